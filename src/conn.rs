@@ -1,0 +1,353 @@
+//! One client connection, request after request.
+//!
+//! Lifecycle: wait for the first byte (header timeout on a new connection,
+//! keep-alive timeout after a response) → read and parse the head (header
+//! timeout, size limits) → route → answer directly, or hand the request to
+//! `proxy::exchange` → keep the pipelined bytes that followed and loop, or
+//! close. The client's read buffer is leased for the connection's life; the
+//! write buffer only while a request is served.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use monoio::io::{
+    AsyncWriteRent, CancelableAsyncReadRent, OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
+use monoio::net::TcpStream;
+
+use crate::config::{Action, MAX_HEADERS_CAP};
+use crate::error::Reject;
+use crate::http1::body::Framing;
+use crate::http1::encode::{Forward, request_head};
+use crate::http1::parse::{HeadError, parse_request};
+use crate::io::{Wait, budget, read_more, write_buf};
+use crate::route::Match;
+use crate::shard::{ShardState, refuse};
+use crate::slab::Lease;
+use crate::snapshot::Snapshot;
+
+pub type ClientRead = OwnedReadHalf<TcpStream>;
+pub type ClientWrite = OwnedWriteHalf<TcpStream>;
+
+/// What a served request leaves the connection to do.
+pub enum Next {
+    KeepAlive,
+    Close,
+}
+
+pub struct Conn<'s> {
+    pub shard: &'s ShardState,
+    pub r: ClientRead,
+    pub w: ClientWrite,
+    /// Bytes from the client not yet handled: a head, body bytes, pipelined requests.
+    pub rbuf: Lease,
+    pub peer: SocketAddr,
+}
+
+/// A request once its head is parsed, reduced to what serving it needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub head_len: usize,
+    pub framing: Framing,
+    pub keep_alive: bool,
+    pub minor_version: u8,
+    pub head_method: bool,
+    pub idempotent: bool,
+    pub upgrade: bool,
+    /// 0: no limit.
+    pub max_body: u64,
+    pub deadline: Option<Instant>,
+    pub action: Step,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Step {
+    /// The response is already in the write buffer.
+    Answer { close: bool },
+    Proxy { upstream: usize, endpoint: usize },
+}
+
+pub async fn serve(shard: &ShardState, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let Some(rbuf) = shard.slab.lease() else {
+        refuse(stream).await;
+        return;
+    };
+    let (r, w) = stream.into_split();
+    let mut conn = Conn {
+        shard,
+        r,
+        w,
+        rbuf,
+        peer,
+    };
+    let mut first = true;
+    loop {
+        let snap = shard.snapshot();
+        match conn.request(&snap, first).await {
+            Next::KeepAlive if !shard.draining() => first = false,
+            _ => break,
+        }
+    }
+    let _ = monoio::time::timeout(Duration::from_secs(1), conn.w.shutdown()).await;
+}
+
+impl Conn<'_> {
+    async fn request(&mut self, snap: &Snapshot, first: bool) -> Next {
+        let t = &snap.config.timeouts;
+        if self.rbuf.get().is_empty() {
+            let limit = if first { t.client_header.0 } else { t.keepalive_idle.0 };
+            if self.wait_for_request(limit).await.is_err() {
+                return Next::Close;
+            }
+        }
+        let Some(mut wbuf) = self.shard.slab.lease() else {
+            let _ = self.write_reject(snap, Reject::Unavailable).await;
+            return Next::Close;
+        };
+        let head_deadline = Instant::now() + t.client_header.0;
+        let plan = loop {
+            match self.plan(snap, wbuf.get_mut()) {
+                Ok(Some(plan)) => break plan,
+                Ok(None) => {}
+                Err(reject) => {
+                    wbuf.get_mut().clear();
+                    reject.write(wbuf.get_mut(), true, "");
+                    return self.answer(snap, &mut wbuf, true).await;
+                }
+            }
+            let limit = budget(t.client_header.0, Some(head_deadline));
+            match read_more(&mut self.r, &mut self.rbuf, limit).await {
+                Ok(_) => {}
+                Err(Wait::TimedOut) => {
+                    wbuf.get_mut().clear();
+                    Reject::RequestTimeout.write(wbuf.get_mut(), true, "");
+                    return self.answer(snap, &mut wbuf, true).await;
+                }
+                Err(_) => return Next::Close,
+            }
+        };
+        match plan.action {
+            Step::Answer { close } => {
+                // A body we do not read would be taken for the next request.
+                let close = close || !plan.keep_alive || plan.framing != Framing::None;
+                if !close {
+                    self.rbuf.get_mut().drain(..plan.head_len);
+                }
+                self.answer(snap, &mut wbuf, close).await
+            }
+            Step::Proxy { upstream, endpoint } => {
+                crate::proxy::exchange(self, snap, &plan, &mut wbuf, upstream, endpoint).await
+            }
+        }
+    }
+
+    /// Waits for the first byte of a request; a drain cuts the wait short.
+    async fn wait_for_request(&mut self, limit: Duration) -> Result<(), Wait> {
+        if self.shard.draining() {
+            return Err(Wait::Closed);
+        }
+        let mut buf = self.rbuf.take();
+        buf.clear();
+        let cap = buf.capacity();
+        let handle = self.shard.idle_handle();
+        let read = self.r.cancelable_read(monoio::buf::IoBufMut::slice_mut(buf, 0..cap), handle);
+        match monoio::time::timeout(limit, read).await {
+            Ok((res, slice)) => {
+                self.rbuf.put(slice.into_inner());
+                match res {
+                    Ok(0) => Err(Wait::Closed),
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(Wait::Failed),
+                }
+            }
+            Err(_) => Err(Wait::TimedOut),
+        }
+    }
+
+    /// Parses the head in the read buffer and decides what to do with it.
+    /// Responses decided here are written into `out`; a proxied request's
+    /// rewritten head is too. `Ok(None)`: the head is not complete yet.
+    fn plan(&self, snap: &Snapshot, out: &mut Vec<u8>) -> Result<Option<Plan>, Reject> {
+        let cfg = &snap.config;
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+        let headers = &mut headers[..cfg.limits.max_headers];
+        let req = match parse_request(self.rbuf.get(), headers, snap.head_limits()) {
+            Ok(Some(req)) => req,
+            Ok(None) => return Ok(None),
+            Err(HeadError::Malformed(why)) => return Err(Reject::BadRequest(why)),
+            Err(HeadError::UriTooLong) => return Err(Reject::UriTooLong),
+            Err(HeadError::HeadersTooLarge) => return Err(Reject::HeadersTooLarge),
+        };
+        let mut host_buf = [0u8; 256];
+        let host = route_host(req.host, &mut host_buf);
+        let mut plan = Plan {
+            head_len: req.head_len,
+            framing: req.framing,
+            keep_alive: req.keep_alive(),
+            minor_version: req.minor_version,
+            head_method: req.method == "HEAD",
+            idempotent: req.is_idempotent(),
+            upgrade: req.upgrade,
+            max_body: cfg.limits.max_body_bytes.0,
+            deadline: None,
+            action: Step::Answer { close: false },
+        };
+        out.clear();
+        let (route_idx, route) = match snap.routes.find(host, req.path, req.method) {
+            Match::Route(i) => (i, &cfg.routes[i]),
+            Match::NotFound => {
+                Reject::NotFound.write(out, !plan.keep_alive, "");
+                return Ok(Some(plan));
+            }
+            Match::MethodNotAllowed(allow) => {
+                Reject::MethodNotAllowed.write(out, !plan.keep_alive, allow);
+                return Ok(Some(plan));
+            }
+        };
+        if let Some(max) = route.max_body_bytes {
+            plan.max_body = max;
+        }
+        if let (Framing::Length(n), max) = (plan.framing, plan.max_body)
+            && max > 0
+            && n > max
+        {
+            Reject::PayloadTooLarge.write(out, true, "");
+            plan.action = Step::Answer { close: true };
+            return Ok(Some(plan));
+        }
+        match route.action {
+            Action::Respond(_) => {
+                let close = !plan.keep_alive || plan.framing != Framing::None;
+                if let Some(d) = &snap.direct[route_idx] {
+                    out.extend_from_slice(&d.head);
+                    if close {
+                        out.extend_from_slice(b"Connection: close\r\n");
+                    } else if plan.minor_version == 0 {
+                        out.extend_from_slice(b"Connection: keep-alive\r\n");
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    if !plan.head_method {
+                        out.extend_from_slice(&d.body);
+                    }
+                }
+                plan.action = Step::Answer { close };
+                Ok(Some(plan))
+            }
+            Action::Proxy(upstream) => {
+                let pool = &self.shard.pools[upstream];
+                let endpoint = pool.pick();
+                let mut fallback = [0u8; 64];
+                let fallback_host = addr_text(pool.addr(endpoint), &mut fallback);
+                let (lead, target) = strip(req.target, route.strip_prefix.then_some(&*route.prefix));
+                let fwd = Forward {
+                    client_ip: self.peer.ip(),
+                    target_lead: lead,
+                    target,
+                    set_host: route.set_host.as_deref(),
+                    fallback_host,
+                };
+                request_head(out, &req, &fwd);
+                let total = route.timeout.unwrap_or(cfg.timeouts.request_total.0);
+                plan.deadline = (!total.is_zero()).then(|| Instant::now() + total);
+                plan.action = Step::Proxy { upstream, endpoint };
+                Ok(Some(plan))
+            }
+        }
+    }
+
+    /// Writes the response in `wbuf`; closes (after letting the client read it) if asked.
+    pub async fn answer(&mut self, snap: &Snapshot, wbuf: &mut Lease, close: bool) -> Next {
+        let limit = snap.config.timeouts.client_send.0;
+        if write_buf(&mut self.w, wbuf, limit).await.is_err() {
+            return Next::Close;
+        }
+        if close {
+            self.linger().await;
+            return Next::Close;
+        }
+        Next::KeepAlive
+    }
+
+    pub async fn write_reject(&mut self, snap: &Snapshot, reject: Reject) -> Next {
+        let mut out = Vec::new();
+        reject.write(&mut out, true, "");
+        let limit = snap.config.timeouts.client_send.0;
+        let _ = monoio::time::timeout(limit, monoio::io::AsyncWriteRentExt::write_all(&mut self.w, out)).await;
+        Next::Close
+    }
+
+    /// Closes our side, then reads and drops what the client still sends for
+    /// a moment, so that closing with unread bytes does not reset the
+    /// connection before the client has read our response.
+    pub async fn linger(&mut self) {
+        let _ = monoio::time::timeout(Duration::from_secs(1), self.w.shutdown()).await;
+        let until = Instant::now() + Duration::from_secs(2);
+        for _ in 0..64 {
+            self.rbuf.get_mut().clear();
+            let limit = budget(Duration::from_secs(2), Some(until));
+            if read_more(&mut self.r, &mut self.rbuf, limit).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// The host to route on: without its port, lower-cased into `buf`.
+fn route_host<'a>(host: &str, buf: &'a mut [u8; 256]) -> &'a str {
+    let name = if host.starts_with('[') {
+        host.find(']').map_or(host, |i| &host[..=i])
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    if name.len() > buf.len() {
+        return "";
+    }
+    let out = &mut buf[..name.len()];
+    out.copy_from_slice(name.as_bytes());
+    out.make_ascii_lowercase();
+    std::str::from_utf8(out).unwrap_or("")
+}
+
+/// The target with the route's prefix taken off; `("/", rest)` when what is
+/// left does not start with a slash ("/api?q" less "/api" is "/?q").
+fn strip<'a>(target: &'a str, prefix: Option<&str>) -> (&'static str, &'a str) {
+    let Some(prefix) = prefix.map(|p| p.trim_end_matches('/')) else {
+        return ("", target);
+    };
+    match target.strip_prefix(prefix) {
+        Some(rest) if rest.starts_with('/') => ("", rest),
+        Some(rest) => ("/", rest),
+        None => ("", target),
+    }
+}
+
+fn addr_text(addr: SocketAddr, buf: &mut [u8; 64]) -> &str {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{addr}");
+    let len = cursor.position() as usize;
+    std::str::from_utf8(&buf[..len]).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_for_routing() {
+        let mut b = [0u8; 256];
+        assert_eq!(route_host("Example.COM:8080", &mut b), "example.com");
+        assert_eq!(route_host("[::1]:80", &mut b), "[::1]");
+        assert_eq!(route_host("h", &mut b), "h");
+    }
+
+    #[test]
+    fn strip_prefix() {
+        assert_eq!(strip("/api/x?q", Some("/api")), ("", "/x?q"));
+        assert_eq!(strip("/api?q", Some("/api/")), ("/", "?q"));
+        assert_eq!(strip("/api", Some("/api")), ("/", ""));
+        assert_eq!(strip("/x", Some("/")), ("", "/x"));
+        assert_eq!(strip("/x", None), ("", "/x"));
+    }
+}

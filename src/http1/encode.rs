@@ -1,0 +1,269 @@
+//! Writing heads: the request as sent upstream, the response as sent to
+//! the client. Hop-by-hop headers are dropped (RFC 9110 §7.6.1), the
+//! forwarding headers are appended. Everything is written into a reused
+//! buffer, so once warm this allocates nothing.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use httparse::Header;
+
+use super::parse::{Request, Response, tokens};
+
+pub const VIA: &[u8] = b"1.1 ringway";
+
+/// How the request head is rewritten for the upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct Forward<'a> {
+    pub client_ip: IpAddr,
+    /// The request target to send is `target_lead` then `target`; it differs
+    /// from the client's when a prefix is stripped ("/" + "?q" for "/api?q").
+    pub target_lead: &'static str,
+    pub target: &'a str,
+    /// Replaces the Host header when the route says so.
+    pub set_host: Option<&'a str>,
+    /// Host to send when the client sent none (HTTP/1.0).
+    pub fallback_host: &'a str,
+}
+
+/// The Connection header's values, kept to drop the headers they name.
+struct Named<'b> {
+    values: [&'b [u8]; 4],
+    len: usize,
+}
+
+impl<'b> Named<'b> {
+    fn of(headers: &[Header<'b>]) -> Named<'b> {
+        let mut n = Named {
+            values: [&[]; 4],
+            len: 0,
+        };
+        for h in headers {
+            if n.len < n.values.len() && h.name.eq_ignore_ascii_case("connection") {
+                n.values[n.len] = h.value;
+                n.len += 1;
+            }
+        }
+        n
+    }
+
+    fn names(&self, name: &str) -> bool {
+        self.values[..self.len]
+            .iter()
+            .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+    }
+}
+
+fn hop_by_hop(name: &str) -> bool {
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+pub fn request_head(out: &mut Vec<u8>, req: &Request<'_, '_>, fwd: &Forward<'_>) {
+    let named = Named::of(req.headers);
+    out.extend_from_slice(req.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(fwd.target_lead.as_bytes());
+    out.extend_from_slice(fwd.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+
+    // One X-Forwarded-For line gets our address appended; several are one
+    // list split over lines, kept as they are, with ours on a final line.
+    let xff_lines = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+        .count();
+    let mut xff: Option<&[u8]> = None;
+    let mut via_seen = false;
+    let mut host_seen = false;
+    for h in req.headers {
+        let name = h.name;
+        if hop_by_hop(name) {
+            if req.upgrade && name.eq_ignore_ascii_case("upgrade") {
+                header(out, b"Upgrade", h.value);
+            }
+            continue;
+        }
+        if named.names(name) || name.eq_ignore_ascii_case("x-forwarded-proto") {
+            continue;
+        }
+        if xff_lines == 1 && name.eq_ignore_ascii_case("x-forwarded-for") {
+            xff = Some(h.value);
+            continue;
+        }
+        if name.eq_ignore_ascii_case("host") {
+            host_seen = true;
+            match fwd.set_host {
+                Some(set) => header(out, b"Host", set.as_bytes()),
+                None => header(out, name.as_bytes(), h.value),
+            }
+            continue;
+        }
+        if name.eq_ignore_ascii_case("via") {
+            via_seen = true;
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b", ");
+            out.extend_from_slice(VIA);
+            out.extend_from_slice(b"\r\n");
+            continue;
+        }
+        header(out, name.as_bytes(), h.value);
+    }
+    if !host_seen {
+        header(out, b"Host", fwd.set_host.unwrap_or(fwd.fallback_host).as_bytes());
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    if let Some(v) = xff {
+        out.extend_from_slice(v);
+        out.extend_from_slice(b", ");
+    }
+    let _ = write!(out, "{}\r\n", fwd.client_ip);
+    out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+    if !via_seen {
+        header(out, b"Via", VIA);
+    }
+    if req.upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the response head is adjusted for the client.
+#[derive(Debug, Clone, Copy)]
+pub struct Reply {
+    /// The client connection closes after this response.
+    pub close: bool,
+    /// The client speaks HTTP/1.0 and asked for keep-alive.
+    pub keep_alive_1_0: bool,
+    /// Drop Transfer-Encoding: the body is de-chunked for an HTTP/1.0 client.
+    pub dechunk: bool,
+}
+
+pub fn response_head(out: &mut Vec<u8>, resp: &Response<'_, '_>, reply: Reply) {
+    let named = Named::of(resp.headers);
+    let switching = resp.status == 101;
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, resp.reason);
+    let mut via_seen = false;
+    for h in resp.headers {
+        let name = h.name;
+        if hop_by_hop(name) {
+            if switching && name.eq_ignore_ascii_case("upgrade") {
+                header(out, b"Upgrade", h.value);
+            }
+            continue;
+        }
+        if named.names(name) || (reply.dechunk && name.eq_ignore_ascii_case("transfer-encoding"))
+        {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("via") {
+            via_seen = true;
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b", ");
+            out.extend_from_slice(VIA);
+            out.extend_from_slice(b"\r\n");
+            continue;
+        }
+        header(out, name.as_bytes(), h.value);
+    }
+    if !via_seen {
+        header(out, b"Via", VIA);
+    }
+    if switching {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    } else if reply.close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if reply.keep_alive_1_0 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::parse::{HeadLimits, parse_request, parse_response};
+
+    fn rewrite(raw: &str, set_host: Option<&str>) -> String {
+        let mut h = [httparse::EMPTY_HEADER; 32];
+        let limits = HeadLimits {
+            max_request_line: 1000,
+            max_header_bytes: 4000,
+        };
+        let req = parse_request(raw.as_bytes(), &mut h, limits).unwrap().unwrap();
+        let mut out = Vec::new();
+        let fwd = Forward {
+            client_ip: "10.0.0.9".parse().unwrap(),
+            target_lead: "",
+            target: req.target,
+            set_host,
+            fallback_host: "up:80",
+        };
+        request_head(&mut out, &req, &fwd);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_dropped_and_forwarding_added() {
+        let out = rewrite(
+            "GET /p?q HTTP/1.1\r\nHost: ex\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: 5\r\n\
+             X-Secret: s\r\nTE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nX-Forwarded-For: 1.2.3.4\r\n\
+             X-Forwarded-Proto: https\r\nAccept: */*\r\n\r\n",
+            None,
+        );
+        assert_eq!(
+            out,
+            "GET /p?q HTTP/1.1\r\nHost: ex\r\nAccept: */*\r\nX-Forwarded-For: 1.2.3.4, 10.0.0.9\r\n\
+             X-Forwarded-Proto: http\r\nVia: 1.1 ringway\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn set_host_and_fallback_host() {
+        let out = rewrite("GET / HTTP/1.1\r\nHost: ex\r\n\r\n", Some("inner"));
+        assert!(out.contains("Host: inner\r\n") && !out.contains("ex"), "{out}");
+        let out = rewrite("GET / HTTP/1.0\r\n\r\n", None);
+        assert!(out.starts_with("GET / HTTP/1.1\r\nHost: up:80\r\n"), "{out}");
+    }
+
+    #[test]
+    fn upgrade_kept_when_upgrading() {
+        let out = rewrite(
+            "GET /ws HTTP/1.1\r\nHost: ex\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            None,
+        );
+        assert!(out.contains("Upgrade: websocket\r\n") && out.contains("Connection: upgrade\r\n"), "{out}");
+    }
+
+    #[test]
+    fn response_rewrite() {
+        let raw = "HTTP/1.1 200 OK\r\nConnection: X-A\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\nVia: 1.0 a\r\n\r\n";
+        let mut h = [httparse::EMPTY_HEADER; 8];
+        let resp = parse_response(raw.as_bytes(), &mut h, false, 1000).unwrap().unwrap();
+        let mut out = Vec::new();
+        let reply = Reply {
+            close: true,
+            keep_alive_1_0: false,
+            dechunk: true,
+        };
+        response_head(&mut out, &resp, reply);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nVia: 1.0 a, 1.1 ringway\r\nConnection: close\r\n\r\n"
+        );
+    }
+}

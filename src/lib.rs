@@ -1,0 +1,36 @@
+//! ringway: an HTTP/1.1 reverse proxy, one io_uring event loop per core.
+//!
+//! The map:
+//! - `config`   the TOML file → a validated `Config` (errors name file, line, key)
+//! - `snapshot` a `Config` compiled into what the shards read: routes, direct responses
+//! - `route`    host → longest prefix on a segment boundary → method
+//! - `http1`    sans-IO HTTP/1.1: `parse` heads, `body` framing, `encode` rewritten heads
+//! - `control`  binds listeners, starts the shards, signals, shutdown
+//! - `shard`    one pinned thread: a monoio runtime, its listeners, slab and pools
+//! - `conn`     one client connection: read head, route, answer or proxy, keep alive
+//! - `proxy`    one proxied request: body pump ‖ response relay, retry, upgrade tunnel
+//! - `upstream` per-shard, per-endpoint keep-alive pools
+//! - `slab`     the shard's bounded buffer pool
+//! - `io`       bounded reads and writes on leased buffers
+//! - `error`    what failed, and the response that says so
+//!
+//! A request: `shard::accept` → `conn::serve` → `Conn::plan` (parse, route,
+//! rewrite the head) → `proxy::exchange` (pool checkout, `pump` ‖ `relay`,
+//! checkin) → back to `conn::serve` for the next request on the connection.
+
+pub mod config;
+pub mod conn;
+pub mod control;
+pub mod error;
+pub mod http1;
+pub mod io;
+pub mod proxy;
+pub mod route;
+pub mod shard;
+pub mod slab;
+pub mod snapshot;
+pub mod upstream;
+
+pub use config::Config;
+pub use control::Server;
+pub use snapshot::Snapshot;

@@ -1,0 +1,74 @@
+//! The `ringway` binary: run the proxy, or check a config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use ringway::{Config, Server, Snapshot};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "ringway", version, about = "HTTP/1.1 edge reverse proxy, one io_uring loop per core")]
+struct Cli {
+    /// Config file.
+    #[arg(long, short, global = true, default_value = "conf/ringway.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config and print the compiled routes; exit 1 if invalid.
+    Check,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Some(Command::Check) => {
+            let snapshot = Snapshot::compile(config);
+            print!("{}", snapshot.describe());
+            for w in &snapshot.warnings {
+                println!("warning: {w}");
+            }
+            println!("{}: ok", cli.config.display());
+            ExitCode::SUCCESS
+        }
+        None => match run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let server = Server::start(config)?;
+    for signal in signals.forever() {
+        match signal {
+            SIGHUP => log::warn!("SIGHUP: hot reload is not implemented yet; restart to apply config changes"),
+            _ => break,
+        }
+    }
+    log::info!("shutting down: draining connections");
+    server.shutdown();
+    log::info!("stopped");
+    Ok(())
+}

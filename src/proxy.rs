@@ -1,0 +1,533 @@
+//! One proxied request: take an upstream connection, send the rewritten
+//! head, then stream the request body (`pump`) while relaying the response
+//! (`relay`) — concurrently, so that `100 Continue` reaches the client and
+//! an early response is not stuck behind an unread body. The response head
+//! timeout starts once the body is sent. A 101 turns the connection into a
+//! two-way tunnel.
+//!
+//! An idempotent request without a body that finds its reused connection
+//! closed before any response byte is sent again, once, on a new one.
+
+use std::cell::Cell;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use monoio::io::{OwnedReadHalf, OwnedWriteHalf};
+use monoio::net::TcpStream;
+
+use crate::config::{MAX_HEADERS_CAP, Timeouts};
+use crate::conn::{ClientRead, ClientWrite, Conn, Next, Plan};
+use crate::error::{Reject, UpstreamError};
+use crate::http1::body::{BodyReader, Framing};
+use crate::http1::encode::{Reply, response_head};
+use crate::http1::parse::{BadResponse, parse_response};
+use crate::io::{Wait, budget, read_more, write_buf, write_range};
+use crate::slab::Lease;
+use crate::snapshot::Snapshot;
+
+type UpRead = OwnedReadHalf<TcpStream>;
+type UpWrite = OwnedWriteHalf<TcpStream>;
+
+/// How the request body's streaming failed.
+#[derive(Debug, Clone, Copy)]
+enum PumpError {
+    TooLarge,
+    Invalid(&'static str),
+    TimedOut,
+    /// The client went away or the upstream stopped taking the body.
+    Broken,
+}
+
+impl PumpError {
+    fn reject(self) -> Option<Reject> {
+        match self {
+            PumpError::TooLarge => Some(Reject::PayloadTooLarge),
+            PumpError::Invalid(why) => Some(Reject::BadRequest(why)),
+            PumpError::TimedOut => Some(Reject::RequestTimeout),
+            PumpError::Broken => None,
+        }
+    }
+}
+
+enum Relayed {
+    /// The response went out whole.
+    Done { reusable: bool, close: bool },
+    /// 101 sent to the client; the upstream's bytes after its head start at `rest`.
+    Upgraded { rest: usize },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum RelayError {
+    Upstream(UpstreamError),
+    Client,
+}
+
+pub async fn exchange(
+    conn: &mut Conn<'_>,
+    snap: &Snapshot,
+    plan: &Plan,
+    wbuf: &mut Lease,
+    upstream: usize,
+    endpoint: usize,
+) -> Next {
+    let shard = conn.shard;
+    let pool = &shard.pools[upstream];
+    let t = &snap.config.timeouts;
+    let Some(mut ubuf) = shard.slab.lease() else {
+        return fail(conn, snap, plan, wbuf, Reject::Unavailable, None).await;
+    };
+    let has_body = plan.framing != Framing::None;
+    let mut fresh = false;
+    loop {
+        let (mut up, reused) = match pool.checkout(endpoint, t, fresh).await {
+            Ok(c) => c,
+            Err(e) => return fail(conn, snap, plan, wbuf, e.reject(), None).await,
+        };
+        let may_retry = reused && !fresh && plan.idempotent && !has_body;
+        if write_buf(&mut up.w, wbuf, budget(t.upstream_idle.0, plan.deadline))
+            .await
+            .is_err()
+        {
+            pool.discard(up);
+            if may_retry {
+                fresh = true;
+                continue;
+            }
+            return fail(conn, snap, plan, wbuf, Reject::BadGateway, None).await;
+        }
+
+        let sent = Cell::new(false);
+        let head_done = Cell::new(false);
+        let rx = RelayCx {
+            plan,
+            t,
+            sent: &sent,
+            head_done: &head_done,
+            max_head: snap.config.limits.buffer_size.get(),
+        };
+        let Conn { r, w, rbuf, .. } = conn;
+        let (pumped, relayed) = if has_body {
+            let pump = pump(r, rbuf, plan, t, &mut up.w);
+            let relay = relay(&rx, &mut up.r, w, &mut ubuf, wbuf, None);
+            drive(pump, relay, &head_done, plan, t).await
+        } else {
+            let limit = budget(t.upstream_response_header.0, plan.deadline);
+            let relayed = relay(&rx, &mut up.r, w, &mut ubuf, wbuf, Some(limit)).await;
+            (Some(Ok(plan.head_len)), Some(relayed))
+        };
+
+        let consumed = match pumped {
+            Some(Ok(end)) => Some(end),
+            Some(Err(e)) => {
+                pool.discard(up);
+                return match e.reject() {
+                    Some(reject) if !sent.get() => fail(conn, snap, plan, wbuf, reject, None).await,
+                    _ => Next::Close,
+                };
+            }
+            None => None,
+        };
+        match relayed {
+            Some(Ok(Relayed::Done { reusable, close })) => {
+                if reusable && consumed.is_some() {
+                    pool.checkin(up);
+                } else {
+                    pool.discard(up);
+                }
+                return match consumed {
+                    Some(end) if !close => {
+                        conn.rbuf.get_mut().drain(..end);
+                        Next::KeepAlive
+                    }
+                    Some(_) => Next::Close,
+                    None => {
+                        // Answered before the body was read: the rest of it must not
+                        // be taken for a request.
+                        conn.linger().await;
+                        Next::Close
+                    }
+                };
+            }
+            Some(Ok(Relayed::Upgraded { rest })) => {
+                let start = consumed.unwrap_or(plan.head_len);
+                let idle = t.upstream_idle.0;
+                let Conn { r, w, rbuf, .. } = conn;
+                tunnel((r, w, rbuf, start), (&mut up.r, &mut up.w, &mut ubuf, rest), idle).await;
+                pool.discard(up);
+                return Next::Close;
+            }
+            Some(Err(RelayError::Upstream(UpstreamError::ClosedEarly))) if may_retry => {
+                pool.discard(up);
+                fresh = true;
+                continue;
+            }
+            Some(Err(RelayError::Upstream(e))) => {
+                pool.discard(up);
+                log::debug!("upstream {} failed: {e:?}", pool.addr(endpoint));
+                if sent.get() {
+                    return Next::Close;
+                }
+                return fail(conn, snap, plan, wbuf, e.reject(), consumed).await;
+            }
+            Some(Err(RelayError::Client)) | None => {
+                pool.discard(up);
+                return Next::Close;
+            }
+        }
+    }
+}
+
+/// Answers with a proxy error. `consumed`: where the request ended in the
+/// read buffer, if it was read whole (else the connection must close).
+async fn fail(
+    conn: &mut Conn<'_>,
+    snap: &Snapshot,
+    plan: &Plan,
+    wbuf: &mut Lease,
+    reject: Reject,
+    consumed: Option<usize>,
+) -> Next {
+    let consumed = consumed.or((plan.framing == Framing::None).then_some(plan.head_len));
+    let close = !plan.keep_alive || reject.closes() || consumed.is_none();
+    let out = wbuf.get_mut();
+    out.clear();
+    reject.write(out, close, "");
+    if let (Some(end), false) = (consumed, close) {
+        conn.rbuf.get_mut().drain(..end);
+    }
+    conn.answer(snap, wbuf, close).await
+}
+
+/// Polls the body pump and the response relay together. Returns early if
+/// the pump fails; starts the response-head timer when the pump is done.
+async fn drive<P, R>(
+    pump: P,
+    relay: R,
+    head_done: &Cell<bool>,
+    plan: &Plan,
+    t: &Timeouts,
+) -> (
+    Option<Result<usize, PumpError>>,
+    Option<Result<Relayed, RelayError>>,
+)
+where
+    P: Future<Output = Result<usize, PumpError>>,
+    R: Future<Output = Result<Relayed, RelayError>>,
+{
+    let mut pump = pin!(pump);
+    let mut relay = pin!(relay);
+    let mut timer = pin!(None::<monoio::time::Sleep>);
+    let mut pumped = None;
+    poll_fn(|cx| {
+        if pumped.is_none()
+            && let Poll::Ready(res) = pump.as_mut().poll(cx)
+        {
+            if res.is_err() {
+                return Poll::Ready((Some(res), None));
+            }
+            pumped = Some(res);
+            let limit = budget(t.upstream_response_header.0, plan.deadline);
+            timer.set(Some(monoio::time::sleep(limit)));
+        }
+        if let Poll::Ready(res) = relay.as_mut().poll(cx) {
+            return Poll::Ready((pumped.take(), Some(res)));
+        }
+        if !head_done.get()
+            && let Some(t) = timer.as_mut().as_pin_mut()
+            && t.poll(cx).is_ready()
+        {
+            let timeout = Err(RelayError::Upstream(UpstreamError::Timeout));
+            return Poll::Ready((pumped.take(), Some(timeout)));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Streams the request body from the client to the upstream, validating its
+/// framing and size. Returns where the request ends in the read buffer.
+async fn pump(
+    cr: &mut ClientRead,
+    rbuf: &mut Lease,
+    plan: &Plan,
+    t: &Timeouts,
+    uw: &mut UpWrite,
+) -> Result<usize, PumpError> {
+    let mut reader = BodyReader::new(plan.framing);
+    let mut pos = plan.head_len;
+    let mut total: u64 = 0;
+    loop {
+        let progress = reader
+            .advance(&rbuf.get()[pos..], |r| total += r.len() as u64)
+            .map_err(|e| PumpError::Invalid(e.0))?;
+        if plan.max_body > 0 && total > plan.max_body {
+            return Err(PumpError::TooLarge);
+        }
+        let end = pos + progress.consumed;
+        let limit = budget(t.upstream_idle.0, plan.deadline);
+        write_range(uw, rbuf, pos..end, limit)
+            .await
+            .map_err(|_| PumpError::Broken)?;
+        if progress.done {
+            return Ok(end);
+        }
+        rbuf.get_mut().clear();
+        pos = 0;
+        let limit = budget(t.client_body_idle.0, plan.deadline);
+        match read_more(cr, rbuf, limit).await {
+            Ok(_) => {}
+            Err(Wait::TimedOut) => return Err(PumpError::TimedOut),
+            Err(_) => return Err(PumpError::Broken),
+        }
+    }
+}
+
+struct RelayCx<'a> {
+    plan: &'a Plan,
+    t: &'a Timeouts,
+    /// Some response byte reached the client: an error can only close now.
+    sent: &'a Cell<bool>,
+    head_done: &'a Cell<bool>,
+    max_head: usize,
+}
+
+enum Head {
+    /// A 1xx other than 101, `len` bytes long; its rewrite, if any, is in the write buffer.
+    Interim(usize),
+    Switch(usize),
+    Final {
+        len: usize,
+        framing: Framing,
+        reusable: bool,
+        close: bool,
+        dechunk: bool,
+    },
+}
+
+/// Reads the response head (within `head_limit`, if given) and relays the
+/// response to the client.
+async fn relay(
+    cx: &RelayCx<'_>,
+    ur: &mut UpRead,
+    cw: &mut ClientWrite,
+    ubuf: &mut Lease,
+    wbuf: &mut Lease,
+    head_limit: Option<Duration>,
+) -> Result<Relayed, RelayError> {
+    let plan = cx.plan;
+    let send_limit = cx.t.client_send.0;
+    let head_deadline = head_limit.map(|l| Instant::now() + l);
+    let far = Duration::from_secs(24 * 3600);
+    ubuf.get_mut().clear();
+    let mut seen_any = false;
+    let head = loop {
+        match response(cx, ubuf.get(), wbuf.get_mut()) {
+            Err(BadResponse(why)) => return Err(RelayError::Upstream(UpstreamError::Protocol(why))),
+            Ok(Some(Head::Interim(len))) => {
+                if !wbuf.get().is_empty() {
+                    write_buf(cw, wbuf, send_limit).await.map_err(|_| RelayError::Client)?;
+                    cx.sent.set(true);
+                }
+                ubuf.get_mut().drain(..len);
+                continue;
+            }
+            Ok(Some(Head::Switch(len))) => {
+                write_buf(cw, wbuf, send_limit).await.map_err(|_| RelayError::Client)?;
+                cx.sent.set(true);
+                return Ok(Relayed::Upgraded { rest: len });
+            }
+            Ok(Some(head)) => break head,
+            Ok(None) => {}
+        }
+        seen_any |= !ubuf.get().is_empty();
+        let limit = budget(head_deadline.map_or(far, |d| d - Instant::now().min(d)), plan.deadline);
+        match read_more(ur, ubuf, limit).await {
+            Ok(_) => {}
+            Err(Wait::TimedOut) => return Err(RelayError::Upstream(UpstreamError::Timeout)),
+            Err(_) if !seen_any => return Err(RelayError::Upstream(UpstreamError::ClosedEarly)),
+            Err(_) => {
+                return Err(RelayError::Upstream(UpstreamError::Protocol(
+                    "upstream closed mid-head",
+                )));
+            }
+        }
+    };
+    cx.head_done.set(true);
+    let Head::Final {
+        len,
+        framing,
+        reusable,
+        close,
+        dechunk,
+    } = head
+    else {
+        unreachable!("interim and switching heads are handled in the loop")
+    };
+
+    let mut reader = BodyReader::new(framing);
+    let mut pos = len;
+    let mut head_pending = true;
+    let mut extra = false;
+    loop {
+        // Run the framing over what arrived; for an HTTP/1.0 client the chunk
+        // framing is squeezed out in place, leaving the payload at pos..out_end.
+        let buf = ubuf.get_mut();
+        let (progress, out_end) = if dechunk {
+            reader
+                .advance_dechunk(&mut buf[pos..])
+                .map(|(p, payload)| (p, pos + payload))
+        } else {
+            reader.advance(&buf[pos..], |_| {}).map(|p| (p, pos + p.consumed))
+        }
+        .map_err(|e| RelayError::Upstream(UpstreamError::Protocol(e.0)))?;
+        let consumed_end = pos + progress.consumed;
+
+        if head_pending {
+            // Small responses go out in one write: head and first body bytes.
+            let out = wbuf.get_mut();
+            let body = &ubuf.get()[pos..out_end];
+            let fits = out.capacity() - out.len() >= body.len();
+            if fits {
+                out.extend_from_slice(body);
+            }
+            write_buf(cw, wbuf, send_limit).await.map_err(|_| RelayError::Client)?;
+            cx.sent.set(true);
+            if !fits {
+                write_range(cw, ubuf, pos..out_end, send_limit)
+                    .await
+                    .map_err(|_| RelayError::Client)?;
+            }
+            head_pending = false;
+        } else {
+            write_range(cw, ubuf, pos..out_end, send_limit)
+                .await
+                .map_err(|_| RelayError::Client)?;
+        }
+        if progress.done {
+            extra = ubuf.get().len() > consumed_end;
+            break;
+        }
+        ubuf.get_mut().clear();
+        pos = 0;
+        let limit = budget(cx.t.upstream_idle.0, plan.deadline);
+        match read_more(ur, ubuf, limit).await {
+            Ok(_) => {}
+            Err(Wait::Closed) if framing == Framing::Close => break,
+            Err(Wait::TimedOut) => return Err(RelayError::Upstream(UpstreamError::Timeout)),
+            Err(_) => {
+                return Err(RelayError::Upstream(UpstreamError::Protocol(
+                    "upstream closed mid-body",
+                )));
+            }
+        }
+    }
+    Ok(Relayed::Done {
+        reusable: reusable && !extra,
+        close,
+    })
+}
+
+/// Parses a response head in `buf` and writes its rewrite into `out`.
+fn response(cx: &RelayCx<'_>, buf: &[u8], out: &mut Vec<u8>) -> Result<Option<Head>, BadResponse> {
+    let plan = cx.plan;
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+    let Some(resp) = parse_response(buf, &mut headers, plan.head_method, cx.max_head)? else {
+        return Ok(None);
+    };
+    out.clear();
+    let keep = Reply {
+        close: false,
+        keep_alive_1_0: false,
+        dechunk: false,
+    };
+    if resp.status == 101 {
+        if !plan.upgrade {
+            return Err(BadResponse("101 to a request that asked for no upgrade"));
+        }
+        response_head(out, &resp, keep);
+        return Ok(Some(Head::Switch(resp.head_len)));
+    }
+    if resp.status < 200 {
+        // An HTTP/1.0 client is sent no interim responses (RFC 9110 §15.2).
+        if plan.minor_version == 1 {
+            response_head(out, &resp, keep);
+        }
+        return Ok(Some(Head::Interim(resp.head_len)));
+    }
+    let dechunk = resp.framing == Framing::Chunked && plan.minor_version == 0;
+    let close = !plan.keep_alive || resp.framing == Framing::Close || dechunk;
+    let reply = Reply {
+        close,
+        keep_alive_1_0: plan.minor_version == 0 && !close,
+        dechunk,
+    };
+    response_head(out, &resp, reply);
+    Ok(Some(Head::Final {
+        len: resp.head_len,
+        framing: resp.framing,
+        reusable: resp.keep_alive,
+        close,
+        dechunk,
+    }))
+}
+
+type Side<'a, R, W> = (&'a mut R, &'a mut W, &'a mut Lease, usize);
+
+/// Copies bytes both ways until either side closes, fails, or both are idle
+/// for `idle`. Each side's buffer holds bytes read before the switch, from
+/// the given offset.
+async fn tunnel(
+    client: Side<'_, ClientRead, ClientWrite>,
+    upstream: (&mut UpRead, &mut UpWrite, &mut Lease, usize),
+    idle: Duration,
+) {
+    let last = Cell::new(Instant::now());
+    let (cr, cw, cbuf, cstart) = client;
+    let (ur, uw, ubuf, ustart) = upstream;
+    let up = pin!(copy(cr, uw, cbuf, cstart, idle, &last));
+    let down = pin!(copy(ur, cw, ubuf, ustart, idle, &last));
+    let mut up = up;
+    let mut down = down;
+    poll_fn(|cx| {
+        if up.as_mut().poll(cx).is_ready() || down.as_mut().poll(cx).is_ready() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
+async fn copy<R, W>(
+    r: &mut R,
+    w: &mut W,
+    buf: &mut Lease,
+    start: usize,
+    idle: Duration,
+    last: &Cell<Instant>,
+) where
+    R: monoio::io::AsyncReadRent,
+    W: monoio::io::AsyncWriteRent,
+{
+    let len = buf.get().len();
+    if write_range(w, buf, start..len, idle).await.is_err() {
+        return;
+    }
+    loop {
+        buf.get_mut().clear();
+        // The buffer is empty here, so a read dropped by its timeout loses nothing.
+        let limit = idle.saturating_sub(last.get().elapsed()).max(Duration::from_millis(1));
+        match read_more(r, buf, limit).await {
+            Ok(_) => {}
+            Err(Wait::TimedOut) if last.get().elapsed() < idle => continue,
+            Err(_) => return,
+        }
+        last.set(Instant::now());
+        let len = buf.get().len();
+        if write_range(w, buf, 0..len, idle).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Upstream connections of one shard: a pool per endpoint with a LIFO idle
+//! list, a cap on open connections (a request waits a bounded time for a
+//! slot), idle timeout, lifetime and request limits. Round-robin picks the
+//! endpoint.
+//!
+//! Lifecycle of a connection: `checkout` (reuse an idle one that is still
+//! open, or connect) → one exchange → `checkin` (back to the idle list if
+//! it may carry another request) or `discard`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use monoio::io::{OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::net::TcpStream;
+
+use crate::config::{Timeouts, Upstream};
+use crate::error::UpstreamError;
+
+pub struct UpstreamConn {
+    pub r: OwnedReadHalf<TcpStream>,
+    pub w: OwnedWriteHalf<TcpStream>,
+    fd: RawFd,
+    endpoint: usize,
+    created: Instant,
+    requests: u64,
+}
+
+struct Idle {
+    conn: UpstreamConn,
+    since: Instant,
+}
+
+struct Endpoint {
+    addr: SocketAddr,
+    /// Most recently used last: reuse pops from the end.
+    idle: RefCell<Vec<Idle>>,
+    /// Open connections, idle ones included.
+    open: Cell<usize>,
+    waiters: RefCell<VecDeque<(u64, Waker)>>,
+}
+
+pub struct UpstreamPool {
+    cfg: Upstream,
+    endpoints: Vec<Endpoint>,
+    next: Cell<usize>,
+    next_waiter: Cell<u64>,
+}
+
+impl UpstreamPool {
+    pub fn new(cfg: &Upstream) -> UpstreamPool {
+        UpstreamPool {
+            endpoints: cfg
+                .endpoints
+                .iter()
+                .map(|&addr| Endpoint {
+                    addr,
+                    idle: RefCell::new(Vec::with_capacity(cfg.max_idle_per_endpoint)),
+                    open: Cell::new(0),
+                    waiters: RefCell::new(VecDeque::new()),
+                })
+                .collect(),
+            cfg: cfg.clone(),
+            next: Cell::new(0),
+            next_waiter: Cell::new(0),
+        }
+    }
+
+    /// The endpoint the next request goes to.
+    pub fn pick(&self) -> usize {
+        let i = self.next.get();
+        self.next.set((i + 1) % self.endpoints.len());
+        i
+    }
+
+    pub fn addr(&self, endpoint: usize) -> SocketAddr {
+        self.endpoints[endpoint].addr
+    }
+
+    /// A connection to `endpoint`; the flag says whether it was reused.
+    pub async fn checkout(
+        &self,
+        endpoint: usize,
+        timeouts: &Timeouts,
+        fresh: bool,
+    ) -> Result<(UpstreamConn, bool), UpstreamError> {
+        let ep = &self.endpoints[endpoint];
+        if !fresh && let Some(conn) = self.take_idle(ep, Instant::now()) {
+            return Ok((conn, true));
+        }
+        if ep.open.get() >= self.cfg.max_per_endpoint {
+            let wait = self.wait_for_slot(ep, fresh);
+            match monoio::time::timeout(self.cfg.queue_timeout, wait).await {
+                Ok(Some(conn)) => return Ok((conn, true)),
+                Ok(None) => {}
+                Err(_) => return Err(UpstreamError::Saturated),
+            }
+        }
+        ep.open.set(ep.open.get() + 1);
+        let connected =
+            monoio::time::timeout(timeouts.upstream_connect.0, TcpStream::connect_addr(ep.addr)).await;
+        let stream = match connected {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                log::debug!("connect to {} failed: {e}", ep.addr);
+                self.release(ep);
+                return Err(UpstreamError::Connect);
+            }
+            Err(_) => {
+                self.release(ep);
+                return Err(UpstreamError::Connect);
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let fd = stream.as_raw_fd();
+        let (r, w) = stream.into_split();
+        Ok((
+            UpstreamConn {
+                r,
+                w,
+                fd,
+                endpoint,
+                created: Instant::now(),
+                requests: 0,
+            },
+            false,
+        ))
+    }
+
+    /// Waits until a connection slot frees or an idle connection comes back.
+    async fn wait_for_slot(&self, ep: &Endpoint, fresh: bool) -> Option<UpstreamConn> {
+        let id = self.next_waiter.get();
+        self.next_waiter.set(id + 1);
+        // Removes our waker if we stop waiting before being woken.
+        struct Leave<'a>(&'a Endpoint, u64);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.waiters.borrow_mut().retain(|(w, _)| *w != self.1);
+            }
+        }
+        let _leave = Leave(ep, id);
+        poll_fn(|cx| {
+            if !fresh && let Some(conn) = self.take_idle(ep, Instant::now()) {
+                return Poll::Ready(Some(conn));
+            }
+            if ep.open.get() < self.cfg.max_per_endpoint {
+                return Poll::Ready(None);
+            }
+            let mut waiters = ep.waiters.borrow_mut();
+            match waiters.iter_mut().find(|(w, _)| *w == id) {
+                Some((_, waker)) => waker.clone_from(cx.waker()),
+                None => waiters.push_back((id, cx.waker().clone())),
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn take_idle(&self, ep: &Endpoint, now: Instant) -> Option<UpstreamConn> {
+        loop {
+            let idle = ep.idle.borrow_mut().pop()?;
+            let expired = now.duration_since(idle.since) >= self.cfg.idle_timeout
+                || now.duration_since(idle.conn.created) >= self.cfg.max_lifetime;
+            if !expired && still_open(idle.conn.fd) {
+                return Some(idle.conn);
+            }
+            self.release(ep);
+        }
+    }
+
+    /// Returns a connection after a complete exchange that left it reusable.
+    pub fn checkin(&self, mut conn: UpstreamConn) {
+        let ep = &self.endpoints[conn.endpoint];
+        conn.requests += 1;
+        let now = Instant::now();
+        let retire = (self.cfg.max_requests > 0 && conn.requests >= self.cfg.max_requests)
+            || now.duration_since(conn.created) >= self.cfg.max_lifetime
+            || ep.idle.borrow().len() >= self.cfg.max_idle_per_endpoint;
+        if retire {
+            drop(conn);
+            self.release(ep);
+            return;
+        }
+        ep.idle.borrow_mut().push(Idle { conn, since: now });
+        wake_one(ep);
+    }
+
+    /// Closes a connection that must not be reused.
+    pub fn discard(&self, conn: UpstreamConn) {
+        let ep = &self.endpoints[conn.endpoint];
+        drop(conn);
+        self.release(ep);
+    }
+
+    fn release(&self, ep: &Endpoint) {
+        ep.open.set(ep.open.get() - 1);
+        wake_one(ep);
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        self.cfg.idle_timeout
+    }
+}
+
+fn wake_one(ep: &Endpoint) {
+    let waker = ep.waiters.borrow_mut().pop_front();
+    if let Some((_, w)) = waker {
+        w.wake();
+    }
+}
+
+/// An idle upstream connection is usable if reading it would block: no EOF,
+/// no stray bytes. One non-blocking `recv` with MSG_PEEK per reuse; it
+/// saves a request sent down a connection the upstream already closed.
+fn still_open(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: `fd` belongs to a live TcpStream owned by the connection being
+    // checked; recv writes at most one byte into `byte`.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}
