@@ -371,7 +371,11 @@ impl Located<'_> {
             let at = l.span().start;
             let l = l.get_ref();
             if listeners.iter().any(|x: &Listener| x.name == l.name) {
-                return Err(self.error(at, "listener.name", format!("duplicate listener name '{}'", l.name)));
+                return Err(self.error(
+                    at,
+                    "listener.name",
+                    format!("duplicate listener name '{}'", l.name),
+                ));
             }
             let bind = l.bind.parse::<SocketAddr>().map_err(|_| {
                 self.error(
@@ -391,7 +395,11 @@ impl Located<'_> {
             let at = u.span().start;
             let u = u.get_ref();
             if upstreams.iter().any(|x| x.name == u.name) {
-                return Err(self.error(at, "upstream.name", format!("duplicate upstream name '{}'", u.name)));
+                return Err(self.error(
+                    at,
+                    "upstream.name",
+                    format!("duplicate upstream name '{}'", u.name),
+                ));
             }
             if u.endpoints.is_empty() {
                 return Err(self.error(at, "upstream.endpoints", "needs at least one host:port"));
@@ -399,12 +407,17 @@ impl Located<'_> {
             let mut endpoints = Vec::new();
             for e in &u.endpoints {
                 // Resolved once here, on the control thread: shards never do DNS.
+                #[allow(clippy::disallowed_methods)]
                 let addr = e
                     .to_socket_addrs()
                     .ok()
                     .and_then(|mut a| a.next())
                     .ok_or_else(|| {
-                        self.error(at, "upstream.endpoints", format!("cannot resolve '{e}' as host:port"))
+                        self.error(
+                            at,
+                            "upstream.endpoints",
+                            format!("cannot resolve '{e}' as host:port"),
+                        )
                     })?;
                 endpoints.push(addr);
             }
@@ -435,13 +448,20 @@ impl Located<'_> {
             let at = r.span().start;
             let r = r.get_ref();
             if routes.iter().any(|x| x.name == r.name) {
-                return Err(self.error(at, "route.name", format!("duplicate route name '{}'", r.name)));
+                return Err(self.error(
+                    at,
+                    "route.name",
+                    format!("duplicate route name '{}'", r.name),
+                ));
             }
             if !r.prefix.starts_with('/') || r.prefix.contains(['?', '#', ' ']) {
                 return Err(self.error(
                     at,
                     "route.prefix",
-                    format!("'{}' must start with '/' and hold no '?', '#' or space", r.prefix),
+                    format!(
+                        "'{}' must start with '/' and hold no '?', '#' or space",
+                        r.prefix
+                    ),
                 ));
             }
             let host = match &r.host {
@@ -467,14 +487,20 @@ impl Located<'_> {
             }
             let action = match (&r.upstream, &r.respond) {
                 (Some(name), None) => {
-                    let idx = upstreams.iter().position(|u| &u.name == name).ok_or_else(|| {
-                        let known: Vec<_> = upstreams.iter().map(|u| u.name.as_str()).collect();
-                        self.error(
-                            at,
-                            "route.upstream",
-                            format!("no [[upstream]] named '{name}' (defined: {})", known.join(", ")),
-                        )
-                    })?;
+                    let idx = upstreams
+                        .iter()
+                        .position(|u| &u.name == name)
+                        .ok_or_else(|| {
+                            let known: Vec<_> = upstreams.iter().map(|u| u.name.as_str()).collect();
+                            self.error(
+                                at,
+                                "route.upstream",
+                                format!(
+                                    "no [[upstream]] named '{name}' (defined: {})",
+                                    known.join(", ")
+                                ),
+                            )
+                        })?;
                     Action::Proxy(idx)
                 }
                 (None, Some(resp)) => {
@@ -482,7 +508,11 @@ impl Located<'_> {
                         return Err(self.error(at, "route.respond.status", "must be 200..=599"));
                     }
                     if resp.content_type.contains(['\r', '\n']) {
-                        return Err(self.error(at, "route.respond.content_type", "must be one line"));
+                        return Err(self.error(
+                            at,
+                            "route.respond.content_type",
+                            "must be one line",
+                        ));
                     }
                     Action::Respond(resp.clone())
                 }
@@ -490,14 +520,21 @@ impl Located<'_> {
                     return Err(self.error(
                         at,
                         "route",
-                        format!("route '{}' needs exactly one of `upstream` or `respond`", r.name),
+                        format!(
+                            "route '{}' needs exactly one of `upstream` or `respond`",
+                            r.name
+                        ),
                     ));
                 }
             };
             if let Some(h) = &r.set_host
                 && h.bytes().any(|b| b.is_ascii_control() || b == b' ')
             {
-                return Err(self.error(at, "route.set_host", "must be a host[:port] without spaces"));
+                return Err(self.error(
+                    at,
+                    "route.set_host",
+                    "must be a host[:port] without spaces",
+                ));
             }
             routes.push(Route {
                 name: r.name.clone(),
@@ -661,7 +698,8 @@ mod tests {
 
     #[test]
     fn unknown_upstream_names_route_line() {
-        let text = format!("{BASE}\n[[route]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"nope\"\n");
+        let text =
+            format!("{BASE}\n[[route]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"nope\"\n");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.starts_with("test.toml:5: `route.upstream`:"), "{err}");
         assert!(err.contains("no [[upstream]] named 'nope'"), "{err}");

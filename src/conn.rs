@@ -63,8 +63,13 @@ pub struct Plan {
 #[derive(Debug, Clone, Copy)]
 pub enum Step {
     /// The response is already in the write buffer.
-    Answer { close: bool },
-    Proxy { upstream: usize, endpoint: usize },
+    Answer {
+        close: bool,
+    },
+    Proxy {
+        upstream: usize,
+        endpoint: usize,
+    },
 }
 
 pub async fn serve(shard: &ShardState, stream: TcpStream, peer: SocketAddr) {
@@ -96,7 +101,11 @@ impl Conn<'_> {
     async fn request(&mut self, snap: &Snapshot, first: bool) -> Next {
         let t = &snap.config.timeouts;
         if self.rbuf.get().is_empty() {
-            let limit = if first { t.client_header.0 } else { t.keepalive_idle.0 };
+            let limit = if first {
+                t.client_header.0
+            } else {
+                t.keepalive_idle.0
+            };
             if self.wait_for_request(limit).await.is_err() {
                 return Next::Close;
             }
@@ -151,7 +160,9 @@ impl Conn<'_> {
         buf.clear();
         let cap = buf.capacity();
         let handle = self.shard.idle_handle();
-        let read = self.r.cancelable_read(monoio::buf::IoBufMut::slice_mut(buf, 0..cap), handle);
+        let read = self
+            .r
+            .cancelable_read(monoio::buf::IoBufMut::slice_mut(buf, 0..cap), handle);
         match monoio::time::timeout(limit, read).await {
             Ok((res, slice)) => {
                 self.rbuf.put(slice.into_inner());
@@ -239,7 +250,8 @@ impl Conn<'_> {
                 let endpoint = pool.pick();
                 let mut fallback = [0u8; 64];
                 let fallback_host = addr_text(pool.addr(endpoint), &mut fallback);
-                let (lead, target) = strip(req.target, route.strip_prefix.then_some(&*route.prefix));
+                let (lead, target) =
+                    strip(req.target, route.strip_prefix.then_some(&*route.prefix));
                 let fwd = Forward {
                     client_ip: self.peer.ip(),
                     target_lead: lead,
@@ -273,7 +285,11 @@ impl Conn<'_> {
         let mut out = Vec::new();
         reject.write(&mut out, true, "");
         let limit = snap.config.timeouts.client_send.0;
-        let _ = monoio::time::timeout(limit, monoio::io::AsyncWriteRentExt::write_all(&mut self.w, out)).await;
+        let _ = monoio::time::timeout(
+            limit,
+            monoio::io::AsyncWriteRentExt::write_all(&mut self.w, out),
+        )
+        .await;
         Next::Close
     }
 

@@ -35,12 +35,14 @@ impl Server {
             Vec::new()
         };
 
-        let mut per_shard: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut per_shard: Vec<Vec<std::net::TcpListener>> =
+            (0..workers).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
         for l in &cfg.listeners {
             let mut addr = l.bind;
             for sockets in per_shard.iter_mut() {
-                let sock = bind(addr).with_context(|| format!("listener '{}': cannot bind {addr}", l.name))?;
+                let sock = bind(addr)
+                    .with_context(|| format!("listener '{}': cannot bind {addr}", l.name))?;
                 addr = sock.local_addr()?;
                 sockets.push(sock);
             }

@@ -168,8 +168,14 @@ mod tests {
             let mut out = Vec::new();
             r.write(&mut out, false, "GET");
             let (head, body) = body_of(&out);
-            assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
-            assert!(body.ends_with(&format!("\"status\":{}}}", r.status())), "{body}");
+            assert!(
+                head.contains(&format!("Content-Length: {}", body.len())),
+                "{head}"
+            );
+            assert!(
+                body.ends_with(&format!("\"status\":{}}}", r.status())),
+                "{body}"
+            );
             assert!(body.starts_with("{\"error\":\""), "{body}");
             assert_eq!(head.contains("Connection: close"), r.closes());
         }

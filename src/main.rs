@@ -13,7 +13,11 @@ use ringway::{Config, Server, Snapshot};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "ringway", version, about = "HTTP/1.1 edge reverse proxy, one io_uring loop per core")]
+#[command(
+    name = "ringway",
+    version,
+    about = "HTTP/1.1 edge reverse proxy, one io_uring loop per core"
+)]
 struct Cli {
     /// Config file.
     #[arg(long, short, global = true, default_value = "conf/ringway.toml")]
@@ -63,7 +67,9 @@ fn run(config: Config) -> anyhow::Result<()> {
     let server = Server::start(config)?;
     for signal in signals.forever() {
         match signal {
-            SIGHUP => log::warn!("SIGHUP: hot reload is not implemented yet; restart to apply config changes"),
+            SIGHUP => log::warn!(
+                "SIGHUP: hot reload is not implemented yet; restart to apply config changes"
+            ),
             _ => break,
         }
     }

@@ -154,7 +154,12 @@ pub async fn exchange(
                 let start = consumed.unwrap_or(plan.head_len);
                 let idle = t.upstream_idle.0;
                 let Conn { r, w, rbuf, .. } = conn;
-                tunnel((r, w, rbuf, start), (&mut up.r, &mut up.w, &mut ubuf, rest), idle).await;
+                tunnel(
+                    (r, w, rbuf, start),
+                    (&mut up.r, &mut up.w, &mut ubuf, rest),
+                    idle,
+                )
+                .await;
                 pool.discard(up);
                 return Next::Close;
             }
@@ -324,17 +329,23 @@ async fn relay(
     let mut seen_any = false;
     let head = loop {
         match response(cx, ubuf.get(), wbuf.get_mut()) {
-            Err(BadResponse(why)) => return Err(RelayError::Upstream(UpstreamError::Protocol(why))),
+            Err(BadResponse(why)) => {
+                return Err(RelayError::Upstream(UpstreamError::Protocol(why)));
+            }
             Ok(Some(Head::Interim(len))) => {
                 if !wbuf.get().is_empty() {
-                    write_buf(cw, wbuf, send_limit).await.map_err(|_| RelayError::Client)?;
+                    write_buf(cw, wbuf, send_limit)
+                        .await
+                        .map_err(|_| RelayError::Client)?;
                     cx.sent.set(true);
                 }
                 ubuf.get_mut().drain(..len);
                 continue;
             }
             Ok(Some(Head::Switch(len))) => {
-                write_buf(cw, wbuf, send_limit).await.map_err(|_| RelayError::Client)?;
+                write_buf(cw, wbuf, send_limit)
+                    .await
+                    .map_err(|_| RelayError::Client)?;
                 cx.sent.set(true);
                 return Ok(Relayed::Upgraded { rest: len });
             }
@@ -342,7 +353,10 @@ async fn relay(
             Ok(None) => {}
         }
         seen_any |= !ubuf.get().is_empty();
-        let limit = budget(head_deadline.map_or(far, |d| d - Instant::now().min(d)), plan.deadline);
+        let limit = budget(
+            head_deadline.map_or(far, |d| d - Instant::now().min(d)),
+            plan.deadline,
+        );
         match read_more(ur, ubuf, limit).await {
             Ok(_) => {}
             Err(Wait::TimedOut) => return Err(RelayError::Upstream(UpstreamError::Timeout)),
@@ -379,7 +393,9 @@ async fn relay(
                 .advance_dechunk(&mut buf[pos..])
                 .map(|(p, payload)| (p, pos + payload))
         } else {
-            reader.advance(&buf[pos..], |_| {}).map(|p| (p, pos + p.consumed))
+            reader
+                .advance(&buf[pos..], |_| {})
+                .map(|p| (p, pos + p.consumed))
         }
         .map_err(|e| RelayError::Upstream(UpstreamError::Protocol(e.0)))?;
         let consumed_end = pos + progress.consumed;
@@ -392,7 +408,9 @@ async fn relay(
             if fits {
                 out.extend_from_slice(body);
             }
-            write_buf(cw, wbuf, send_limit).await.map_err(|_| RelayError::Client)?;
+            write_buf(cw, wbuf, send_limit)
+                .await
+                .map_err(|_| RelayError::Client)?;
             cx.sent.set(true);
             if !fits {
                 write_range(cw, ubuf, pos..out_end, send_limit)
@@ -518,7 +536,9 @@ async fn copy<R, W>(
     loop {
         buf.get_mut().clear();
         // The buffer is empty here, so a read dropped by its timeout loses nothing.
-        let limit = idle.saturating_sub(last.get().elapsed()).max(Duration::from_millis(1));
+        let limit = idle
+            .saturating_sub(last.get().elapsed())
+            .max(Duration::from_millis(1));
         match read_more(r, buf, limit).await {
             Ok(_) => {}
             Err(Wait::TimedOut) if last.get().elapsed() < idle => continue,

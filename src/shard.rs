@@ -70,7 +70,10 @@ impl Mailbox {
 pub struct ShardState {
     pub id: usize,
     /// The config in force. A reload replaces the outer `Rc`; requests in
-    /// flight keep the snapshot they started with.
+    /// flight keep the snapshot they started with. The `Rc` makes a request's
+    /// reference a plain increment instead of an atomic one on a cache line
+    /// every shard shares.
+    #[allow(clippy::redundant_allocation)]
     snapshot: RefCell<Rc<Arc<Snapshot>>>,
     pub slab: Rc<Slab>,
     /// Indexed like the snapshot's upstreams.
@@ -83,6 +86,7 @@ pub struct ShardState {
 }
 
 impl ShardState {
+    #[allow(clippy::redundant_allocation)]
     pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
         self.snapshot.borrow().clone()
     }
@@ -143,7 +147,12 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
     let shard = Rc::new(ShardState {
         id: spec.id,
         slab: Slab::new(limits.buffer_size.get(), limits.max_buffer_bytes.get()),
-        pools: snapshot.config.upstreams.iter().map(UpstreamPool::new).collect(),
+        pools: snapshot
+            .config
+            .upstreams
+            .iter()
+            .map(UpstreamPool::new)
+            .collect(),
         snapshot: RefCell::new(Rc::new(snapshot)),
         conns: Cell::new(0),
         idle: RefCell::new(Canceller::new()),

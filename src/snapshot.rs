@@ -98,7 +98,11 @@ impl Snapshot {
                 r.prefix,
                 methods,
                 target,
-                if r.strip_prefix { " (strip prefix)" } else { "" }
+                if r.strip_prefix {
+                    " (strip prefix)"
+                } else {
+                    ""
+                }
             );
         }
         out

@@ -101,8 +101,11 @@ impl UpstreamPool {
             }
         }
         ep.open.set(ep.open.get() + 1);
-        let connected =
-            monoio::time::timeout(timeouts.upstream_connect.0, TcpStream::connect_addr(ep.addr)).await;
+        let connected = monoio::time::timeout(
+            timeouts.upstream_connect.0,
+            TcpStream::connect_addr(ep.addr),
+        )
+        .await;
         let stream = match connected {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {

@@ -29,17 +29,33 @@ const MAX_TRAILERS: u32 = 16 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
     /// Reading hex digits; `digits` counts them.
-    Size { size: u64, digits: u8 },
+    Size {
+        size: u64,
+        digits: u8,
+    },
     /// After the size: whitespace and `;ext` up to CR.
-    Ext { size: u64, len: u32 },
-    SizeLf { size: u64 },
-    Data { left: u64 },
+    Ext {
+        size: u64,
+        len: u32,
+    },
+    SizeLf {
+        size: u64,
+    },
+    Data {
+        left: u64,
+    },
     DataCr,
     DataLf,
     /// At the start of a trailer line, or of the final CRLF.
-    TrailerStart { total: u32 },
-    TrailerLine { total: u32 },
-    TrailerLf { total: u32 },
+    TrailerStart {
+        total: u32,
+    },
+    TrailerLine {
+        total: u32,
+    },
+    TrailerLf {
+        total: u32,
+    },
     FinalLf,
     End,
 }
@@ -145,7 +161,9 @@ impl BodyReader {
                 })
             }
             State::Length(left) => {
-                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(input.len());
+                let n = usize::try_from(*left)
+                    .unwrap_or(usize::MAX)
+                    .min(input.len());
                 if n > 0 {
                     on_data(0..n);
                 }
@@ -309,7 +327,8 @@ mod tests {
 
     #[test]
     fn chunked_at_every_split() {
-        let body = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let body =
+            b"4;ext=1\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\nNEXT";
         let end = body.len() - 4;
         for at in 0..=body.len() {
             let (payload, consumed, done) = run(Framing::Chunked, body, at).unwrap();
@@ -342,7 +361,11 @@ mod tests {
         ];
         for b in bad {
             for at in 0..=b.len() {
-                assert!(run(Framing::Chunked, b, at).is_err(), "{:?} split {at}", String::from_utf8_lossy(b));
+                assert!(
+                    run(Framing::Chunked, b, at).is_err(),
+                    "{:?} split {at}",
+                    String::from_utf8_lossy(b)
+                );
             }
         }
     }
@@ -358,6 +381,9 @@ mod tests {
     #[test]
     fn close_never_ends() {
         let (payload, consumed, done) = run(Framing::Close, b"abc", 1).unwrap();
-        assert_eq!((payload.as_slice(), consumed, done), (&b"abc"[..], 3, false));
+        assert_eq!(
+            (payload.as_slice(), consumed, done),
+            (&b"abc"[..], 3, false)
+        );
     }
 }

@@ -56,9 +56,16 @@ impl<'b> Named<'b> {
 }
 
 fn hop_by_hop(name: &str) -> bool {
-    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -122,7 +129,11 @@ pub fn request_head(out: &mut Vec<u8>, req: &Request<'_, '_>, fwd: &Forward<'_>)
         header(out, name.as_bytes(), h.value);
     }
     if !host_seen {
-        header(out, b"Host", fwd.set_host.unwrap_or(fwd.fallback_host).as_bytes());
+        header(
+            out,
+            b"Host",
+            fwd.set_host.unwrap_or(fwd.fallback_host).as_bytes(),
+        );
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
     if let Some(v) = xff {
@@ -164,8 +175,7 @@ pub fn response_head(out: &mut Vec<u8>, resp: &Response<'_, '_>, reply: Reply) {
             }
             continue;
         }
-        if named.names(name) || (reply.dechunk && name.eq_ignore_ascii_case("transfer-encoding"))
-        {
+        if named.names(name) || (reply.dechunk && name.eq_ignore_ascii_case("transfer-encoding")) {
             continue;
         }
         if name.eq_ignore_ascii_case("via") {
@@ -204,7 +214,9 @@ mod tests {
             max_request_line: 1000,
             max_header_bytes: 4000,
         };
-        let req = parse_request(raw.as_bytes(), &mut h, limits).unwrap().unwrap();
+        let req = parse_request(raw.as_bytes(), &mut h, limits)
+            .unwrap()
+            .unwrap();
         let mut out = Vec::new();
         let fwd = Forward {
             client_ip: "10.0.0.9".parse().unwrap(),
@@ -235,9 +247,15 @@ mod tests {
     #[test]
     fn set_host_and_fallback_host() {
         let out = rewrite("GET / HTTP/1.1\r\nHost: ex\r\n\r\n", Some("inner"));
-        assert!(out.contains("Host: inner\r\n") && !out.contains("ex"), "{out}");
+        assert!(
+            out.contains("Host: inner\r\n") && !out.contains("ex"),
+            "{out}"
+        );
         let out = rewrite("GET / HTTP/1.0\r\n\r\n", None);
-        assert!(out.starts_with("GET / HTTP/1.1\r\nHost: up:80\r\n"), "{out}");
+        assert!(
+            out.starts_with("GET / HTTP/1.1\r\nHost: up:80\r\n"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -246,14 +264,19 @@ mod tests {
             "GET /ws HTTP/1.1\r\nHost: ex\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
             None,
         );
-        assert!(out.contains("Upgrade: websocket\r\n") && out.contains("Connection: upgrade\r\n"), "{out}");
+        assert!(
+            out.contains("Upgrade: websocket\r\n") && out.contains("Connection: upgrade\r\n"),
+            "{out}"
+        );
     }
 
     #[test]
     fn response_rewrite() {
         let raw = "HTTP/1.1 200 OK\r\nConnection: X-A\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\nVia: 1.0 a\r\n\r\n";
         let mut h = [httparse::EMPTY_HEADER; 8];
-        let resp = parse_response(raw.as_bytes(), &mut h, false, 1000).unwrap().unwrap();
+        let resp = parse_response(raw.as_bytes(), &mut h, false, 1000)
+            .unwrap()
+            .unwrap();
         let mut out = Vec::new();
         let reply = Reply {
             close: true,

@@ -123,9 +123,10 @@ pub fn parse_request<'h, 'b>(
             if content_length.is_some() {
                 return Err(HeadError::Malformed("repeated content-length"));
             }
-            content_length = Some(parse_content_length(h.value).ok_or(HeadError::Malformed(
-                "content-length is not a number",
-            ))?);
+            content_length = Some(
+                parse_content_length(h.value)
+                    .ok_or(HeadError::Malformed("content-length is not a number"))?,
+            );
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             if transfer_encoding {
                 return Err(HeadError::Malformed("repeated transfer-encoding"));
@@ -141,8 +142,8 @@ pub fn parse_request<'h, 'b>(
             if host_header.is_some() {
                 return Err(HeadError::Malformed("repeated host"));
             }
-            let v = std::str::from_utf8(h.value)
-                .map_err(|_| HeadError::Malformed("invalid host"))?;
+            let v =
+                std::str::from_utf8(h.value).map_err(|_| HeadError::Malformed("invalid host"))?;
             host_header = Some(v.trim());
         } else if name.eq_ignore_ascii_case("connection") {
             for token in tokens(h.value) {
@@ -167,7 +168,9 @@ pub fn parse_request<'h, 'b>(
         ));
     }
     if transfer_encoding && minor_version == 0 {
-        return Err(HeadError::Malformed("transfer-encoding in an HTTP/1.0 request"));
+        return Err(HeadError::Malformed(
+            "transfer-encoding in an HTTP/1.0 request",
+        ));
     }
     let host = match (authority, host_header) {
         (Some(a), _) => a,
@@ -175,7 +178,10 @@ pub fn parse_request<'h, 'b>(
         (None, None) if minor_version == 0 => "",
         (None, None) => return Err(HeadError::Malformed("missing host")),
     };
-    if host.bytes().any(|b| b.is_ascii_whitespace() || b == b'/' || b == b'@') {
+    if host
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b == b'/' || b == b'@')
+    {
         return Err(HeadError::Malformed("invalid host"));
     }
 
@@ -269,8 +275,9 @@ pub fn parse_content_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    v.iter()
-        .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    v.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 fn is_final_chunked(v: &[u8]) -> bool {
@@ -286,7 +293,10 @@ fn is_final_chunked(v: &[u8]) -> bool {
 }
 
 pub fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(v.len());
+    let start = v
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(v.len());
     let end = v
         .iter()
         .rposition(|b| !matches!(b, b' ' | b'\t'))
@@ -359,7 +369,9 @@ pub fn parse_response<'h, 'b>(
         }
     }
     if transfer_encoding.is_some() && content_length.is_some() {
-        return Err(BadResponse("content-length together with transfer-encoding"));
+        return Err(BadResponse(
+            "content-length together with transfer-encoding",
+        ));
     }
     let framing = if head_request || (100..200).contains(&status) || status == 204 || status == 304
     {
@@ -399,7 +411,14 @@ mod tests {
     fn parse(raw: &str) -> Result<Option<(String, String, Framing, bool)>, HeadError> {
         let mut h = [httparse::EMPTY_HEADER; 16];
         parse_request(raw.as_bytes(), &mut h, LIMITS).map(|r| {
-            r.map(|r| (r.target.to_string(), r.host.to_string(), r.framing, r.keep_alive()))
+            r.map(|r| {
+                (
+                    r.target.to_string(),
+                    r.host.to_string(),
+                    r.framing,
+                    r.keep_alive(),
+                )
+            })
         })
     }
 
@@ -412,9 +431,13 @@ mod tests {
 
     #[test]
     fn simple_request() {
-        let r = parse("GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().unwrap();
+        let r = parse("GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(r, ("/a?b".into(), "x".into(), Framing::None, true));
-        let r = parse("POST / HTTP/1.0\r\nContent-Length: 5\r\n\r\n").unwrap().unwrap();
+        let r = parse("POST / HTTP/1.0\r\nContent-Length: 5\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(r.2, Framing::Length(5));
         assert!(!r.3, "HTTP/1.0 closes by default");
     }
@@ -474,8 +497,15 @@ mod tests {
     fn limits() {
         let long = format!("GET /{} HTTP/1.1\r\nHost: h\r\n\r\n", "a".repeat(100));
         assert_eq!(parse(&long), Err(HeadError::UriTooLong));
-        assert_eq!(parse(&long[..105]), Err(HeadError::UriTooLong), "before the line ends");
-        let big = format!("GET / HTTP/1.1\r\nHost: h\r\nX: {}\r\n\r\n", "a".repeat(400));
+        assert_eq!(
+            parse(&long[..105]),
+            Err(HeadError::UriTooLong),
+            "before the line ends"
+        );
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: h\r\nX: {}\r\n\r\n",
+            "a".repeat(400)
+        );
         assert_eq!(parse(&big), Err(HeadError::HeadersTooLarge));
         let mut many = String::from("GET / HTTP/1.1\r\nHost: h\r\n");
         for i in 0..20 {
@@ -489,20 +519,67 @@ mod tests {
     fn response_framing() {
         let f = |raw: &str, head: bool| {
             let mut h = [httparse::EMPTY_HEADER; 16];
-            parse_response(raw.as_bytes(), &mut h, head, 1000).map(|r| r.map(|r| (r.framing, r.keep_alive)))
+            parse_response(raw.as_bytes(), &mut h, head, 1000)
+                .map(|r| r.map(|r| (r.framing, r.keep_alive)))
         };
         let ok = |raw, head| f(raw, head).unwrap().unwrap();
-        assert_eq!(ok("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false), (Framing::Length(5), true));
-        assert_eq!(ok("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true), (Framing::None, true));
-        assert_eq!(ok("HTTP/1.1 204 No\r\nContent-Length: 5\r\n\r\n", false), (Framing::None, true));
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false),
+            (Framing::Length(5), true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true),
+            (Framing::None, true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 204 No\r\nContent-Length: 5\r\n\r\n", false),
+            (Framing::None, true)
+        );
         assert_eq!(ok("HTTP/1.1 304 No\r\n\r\n", false), (Framing::None, true));
-        assert_eq!(ok("HTTP/1.1 100 Continue\r\n\r\n", false), (Framing::None, true));
-        assert_eq!(ok("HTTP/1.1 200 OK\r\n\r\n", false), (Framing::Close, false));
-        assert_eq!(ok("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false), (Framing::Chunked, true));
-        assert_eq!(ok("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n", false), (Framing::Length(1), false));
-        assert_eq!(ok("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false), (Framing::Length(1), false));
-        assert!(f("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", false).is_err());
-        assert!(f("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false).is_err());
-        assert!(f("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n", false).unwrap().is_none());
+        assert_eq!(
+            ok("HTTP/1.1 100 Continue\r\n\r\n", false),
+            (Framing::None, true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\n\r\n", false),
+            (Framing::Close, false)
+        );
+        assert_eq!(
+            ok(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            ),
+            (Framing::Chunked, true)
+        );
+        assert_eq!(
+            ok(
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+                false
+            ),
+            (Framing::Length(1), false)
+        );
+        assert_eq!(
+            ok("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false),
+            (Framing::Length(1), false)
+        );
+        assert!(
+            f(
+                "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            )
+            .is_err()
+        );
+        assert!(
+            f(
+                "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                false
+            )
+            .is_err()
+        );
+        assert!(
+            f("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n", false)
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -1,0 +1,235 @@
+//! The real binary, end to end: `check`, config errors, a 1 GiB body each
+//! way in bounded memory, and a graceful SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringway");
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringway-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Starts the binary and waits for its listener line; returns the address.
+fn start(config: &std::path::Path) -> (Child, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(["--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("on http://").nth(1) {
+                let addr = rest.split(' ').next().unwrap().to_string();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the proxy logs its listener");
+    (child, addr.parse().unwrap())
+}
+
+fn config_for(origin: SocketAddr) -> String {
+    format!(
+        "[server]\nworkers = 2\n[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\n\
+         [limits]\nmax_body_bytes = 0\n\
+         [[upstream]]\nname = \"o\"\nendpoints = [\"{origin}\"]\n\
+         [[route]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"o\"\n"
+    )
+}
+
+#[test]
+fn check_prints_routes_and_accepts_the_example_configs() {
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/conf")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = Command::new(BIN)
+                .args(["check", "--config"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(stdout.contains("route "), "{stdout}");
+            assert!(stdout.trim_end().ends_with(": ok"), "{stdout}");
+        }
+    }
+}
+
+#[test]
+fn config_errors_name_file_line_and_key() {
+    let cases = [
+        (
+            "[[listener]]\nname = \"m\"\nbind = \"127.0.0.1:0\"\n\n[server]\nworkerz = 2\n",
+            ":6: `workerz`:",
+            "unknown field",
+        ),
+        (
+            "[[listener]]\nname = \"m\"\nbind = \"nowhere\"\n",
+            ":1: `listener.bind`:",
+            "not an address",
+        ),
+        (
+            "[[listener]]\nname = \"m\"\nbind = \"127.0.0.1:0\"\n[timeouts]\nkeepalive_idle = \"forever\"\n",
+            ":5: `keepalive_idle`:",
+            "not a duration",
+        ),
+        (
+            "[[listener]]\nname = \"m\"\nbind = \"127.0.0.1:0\"\n\n[[route]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"ghost\"\n",
+            ":5: `route.upstream`:",
+            "no [[upstream]] named 'ghost'",
+        ),
+    ];
+    for (text, place, reason) in cases {
+        let path = write_config("bad.toml", text);
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{}{place}", path.display())),
+            "{stderr}"
+        );
+        assert!(stderr.contains(reason), "{stderr}");
+        // Running refuses the same file.
+        let run = Command::new(BIN)
+            .args(["--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(1));
+    }
+}
+
+#[test]
+fn shadowed_route_is_a_warning() {
+    let path = write_config(
+        "shadow.toml",
+        "[[listener]]\nname = \"m\"\nbind = \"127.0.0.1:0\"\n\
+         [[route]]\nname = \"a\"\nprefix = \"/x\"\nrespond = { status = 200 }\n\
+         [[route]]\nname = \"b\"\nprefix = \"/x/\"\nrespond = { status = 201 }\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        stdout.contains("warning: route 'b' (line 8) is shadowed by route 'a' (line 4)"),
+        "{stdout}"
+    );
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn one_gib_each_way_in_bounded_memory() {
+    const N: u64 = 1 << 30;
+    let origin = Origin::start(|s| {
+        if s.method == "GET" {
+            Reply::Big(N)
+        } else {
+            ok("stored")
+        }
+    });
+    let (mut child, addr) = start(&write_config("big.toml", &config_for(origin.addr)));
+
+    let mut c = Client::connect(addr);
+    c.send(format!("POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: {N}\r\n\r\n").as_bytes());
+    let piece = big_piece();
+    for _ in 0..N / piece.len() as u64 {
+        c.s.write_all(&piece).unwrap();
+    }
+    assert_eq!(c.read(false).unwrap().text(), "stored");
+    assert_eq!(origin.seen()[0].body_len, N);
+
+    c.send(b"GET /down HTTP/1.1\r\nHost: h\r\n\r\n");
+    // Read the head, then count the body without keeping it.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        c.s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).contains(&format!("Content-Length: {N}")));
+    let mut left = N;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = c.s.read(&mut buf[..(left.min(1 << 20)) as usize]).unwrap();
+        assert!(n > 0, "body cut short with {left} bytes left");
+        left -= n as u64;
+    }
+
+    let peak = peak_rss_kib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        peak < 64 * 1024,
+        "peak RSS {peak} KiB: the body was not streamed in bounded memory"
+    );
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_0() {
+    let origin = Origin::start(|_| {
+        Reply::Delay(
+            Duration::from_millis(500),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow".to_vec(),
+        )
+    });
+    let (mut child, addr) = start(&write_config("drain.toml", &config_for(origin.addr)));
+    let mut idle = Client::connect(addr);
+    assert_eq!(
+        idle.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .read(false)
+            .unwrap()
+            .status,
+        200
+    );
+    let mut busy = Client::connect(addr);
+    busy.send(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n");
+    // Wait until the origin has the request, then signal.
+    while origin.seen().len() < 2 {
+        std::thread::yield_now();
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let resp = busy.read(false).expect("the in-flight request completes");
+    assert_eq!(resp.text(), "slow");
+    assert!(idle.is_closed(), "idle keep-alive connections are closed");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
