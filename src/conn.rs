@@ -17,7 +17,7 @@ use monoio::net::TcpStream;
 
 use crate::config::{Action, MAX_HEADERS_CAP};
 use crate::error::Reject;
-use crate::http1::body::Framing;
+use crate::http1::body::{BodyReader, Framing};
 use crate::http1::encode::{Forward, request_head};
 use crate::http1::parse::{HeadError, parse_request};
 use crate::io::{Wait, budget, read_more, write_buf};
@@ -190,6 +190,14 @@ impl Conn<'_> {
             Err(HeadError::UriTooLong) => return Err(Reject::UriTooLong),
             Err(HeadError::HeadersTooLarge) => return Err(Reject::HeadersTooLarge),
         };
+        // Invalid chunk framing that came with the head is refused before
+        // anything goes upstream.
+        if req.framing == Framing::Chunked {
+            let after_head = &self.rbuf.get()[req.head_len..];
+            if let Err(e) = BodyReader::new(Framing::Chunked).advance(after_head, |_| {}) {
+                return Err(Reject::BadRequest(e.0));
+            }
+        }
         let mut host_buf = [0u8; 256];
         let host = route_host(req.host, &mut host_buf);
         let mut plan = Plan {

@@ -120,14 +120,14 @@ pub async fn exchange(
 
         let consumed = match pumped {
             Some(Ok(end)) => Some(end),
-            Some(Err(e)) => {
+            Some(Err(e)) if let Some(reject) = e.reject() => {
                 pool.discard(up);
-                return match e.reject() {
-                    Some(reject) if !sent.get() => fail(conn, snap, plan, wbuf, reject, None).await,
-                    _ => Next::Close,
-                };
+                if sent.get() {
+                    return Next::Close;
+                }
+                return fail(conn, snap, plan, wbuf, reject, None).await;
             }
-            None => None,
+            Some(Err(_)) | None => None,
         };
         match relayed {
             Some(Ok(Relayed::Done { reusable, close })) => {
@@ -229,7 +229,9 @@ where
         if pumped.is_none()
             && let Poll::Ready(res) = pump.as_mut().poll(cx)
         {
-            if res.is_err() {
+            // A body the client got wrong ends the exchange; a broken
+            // connection does not, as the upstream may have answered early.
+            if res.as_ref().is_err_and(|e| e.reject().is_some()) {
                 return Poll::Ready((Some(res), None));
             }
             pumped = Some(res);
@@ -302,13 +304,19 @@ enum Head {
     /// A 1xx other than 101, `len` bytes long; its rewrite, if any, is in the write buffer.
     Interim(usize),
     Switch(usize),
-    Final {
-        len: usize,
-        framing: Framing,
-        reusable: bool,
-        close: bool,
-        dechunk: bool,
-    },
+    Final(FinalHead),
+}
+
+/// A final response head, already rewritten into the write buffer.
+struct FinalHead {
+    len: usize,
+    framing: Framing,
+    /// The upstream may carry another request on this connection.
+    reusable: bool,
+    /// The client connection closes after this response.
+    close: bool,
+    /// Strip the chunk framing: the client speaks HTTP/1.0.
+    dechunk: bool,
 }
 
 /// Reads the response head (within `head_limit`, if given) and relays the
@@ -349,7 +357,7 @@ async fn relay(
                 cx.sent.set(true);
                 return Ok(Relayed::Upgraded { rest: len });
             }
-            Ok(Some(head)) => break head,
+            Ok(Some(Head::Final(head))) => break head,
             Ok(None) => {}
         }
         seen_any |= !ubuf.get().is_empty();
@@ -369,16 +377,13 @@ async fn relay(
         }
     };
     cx.head_done.set(true);
-    let Head::Final {
+    let FinalHead {
         len,
         framing,
         reusable,
         close,
         dechunk,
-    } = head
-    else {
-        unreachable!("interim and switching heads are handled in the loop")
-    };
+    } = head;
 
     let mut reader = BodyReader::new(framing);
     let mut pos = len;
@@ -482,13 +487,13 @@ fn response(cx: &RelayCx<'_>, buf: &[u8], out: &mut Vec<u8>) -> Result<Option<He
         dechunk,
     };
     response_head(out, &resp, reply);
-    Ok(Some(Head::Final {
+    Ok(Some(Head::Final(FinalHead {
         len: resp.head_len,
         framing: resp.framing,
         reusable: resp.keep_alive,
         close,
         dechunk,
-    }))
+    })))
 }
 
 type Side<'a, R, W> = (&'a mut R, &'a mut W, &'a mut Lease, usize);

@@ -394,3 +394,32 @@ fn retries_idempotent_request_once_when_pooled_connection_was_closed() {
     );
     assert_eq!(resp.status, 502);
 }
+
+#[test]
+fn early_upstream_response_reaches_the_client_while_the_body_is_unsent() {
+    // This origin reads only the head, refuses the body and closes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let t = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut buf = Vec::new();
+        let mut b = [0u8; 4096];
+        while find(&buf, b"\r\n\r\n").is_none() {
+            let n = s.read(&mut b).unwrap();
+            buf.extend_from_slice(&b[..n]);
+        }
+        s.write_all(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope",
+        )
+        .unwrap();
+    });
+    let proxy = proxy_to(addr, "[limits]\nmax_body_bytes = 0\n");
+    let mut c = Client::connect(proxy.addr());
+    c.send(b"PUT /f HTTP/1.1\r\nHost: h\r\nContent-Length: 100000000\r\n\r\nfirst bytes");
+    let resp = c.read(false).expect("the origin's early answer");
+    assert_eq!((resp.status, resp.text().as_str()), (413, "nope"));
+    assert!(c.is_closed(), "the unread body ends the connection");
+    t.join().unwrap();
+}

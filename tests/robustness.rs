@@ -69,13 +69,25 @@ fn smuggling_attempts_get_400_close_and_never_reach_the_upstream() {
         assert_eq!(resp.header("connection"), Some("close"), "case {i}");
         assert!(c.is_closed(), "case {i}: connection closed after 400");
     }
-    // Chunked-size errors are found while streaming: the head may have gone
-    // upstream, but no byte of an invalid chunk did and no request completed.
-    let seen = origin.seen();
+    assert_eq!(origin.connections(), 0, "nothing reached the upstream");
+}
+
+#[test]
+fn invalid_chunk_arriving_later_never_completes_a_request_upstream() {
+    let origin = Origin::start(|_| ok("should not happen"));
+    let proxy = proxy_to(origin.addr, "");
+    let mut c = Client::connect(proxy.addr());
+    c.send(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
+    // Wait until the head and first chunk are upstream, then send garbage.
+    while origin.connections() == 0 {
+        std::thread::yield_now();
+    }
+    c.send(b"zz\r\n0\r\n\r\n");
+    json_error(&c.read(false).unwrap(), 400);
+    assert!(c.is_closed());
     assert!(
-        seen.is_empty(),
-        "the origin saw a complete request: {}",
-        seen[0].head
+        origin.seen().is_empty(),
+        "the origin saw no complete request"
     );
 }
 
@@ -358,6 +370,42 @@ fn routing_precedence_boundary_and_405() {
         (resp.status, resp.header("content-length")),
         (200, Some("2"))
     );
+}
+
+#[test]
+fn exhausted_buffer_slab_answers_503() {
+    // 16 KiB of 4 KiB buffers: each kept-alive connection holds one.
+    let proxy = proxy(
+        "[limits]\nbuffer_size = \"4KiB\"\nmax_header_bytes = \"2KiB\"\nmax_request_line = \"1KiB\"\n\
+         max_buffer_bytes = \"16KiB\"\n\
+         [[route]]\nname = \"r\"\nprefix = \"/\"\nrespond = { status = 200, body = \"hi\" }\n",
+    );
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(proxy.addr());
+        let resp = c
+            .send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .read(false)
+            .unwrap();
+        assert_eq!(resp.status, 200);
+        held.push(c);
+    }
+    // A fourth connection gets the last buffer to read into, none to answer with.
+    json_error(&get(proxy.addr(), "/"), 503);
+    // A fourth idle connection takes the last buffer; the next is refused
+    // before it is read (it is accepted, and served, after the fourth).
+    held.push(Client::connect(proxy.addr()));
+    json_error(&get(proxy.addr(), "/"), 503);
+    drop(held);
+    // Buffers come back to the slab when connections close.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(proxy.addr(), "/").status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "buffers never returned to the slab"
+        );
+        std::thread::yield_now();
+    }
 }
 
 #[test]
