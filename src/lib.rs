@@ -13,6 +13,7 @@
 //! - `slab`     the shard's bounded buffer pool
 //! - `io`       bounded reads and writes on leased buffers
 //! - `error`    what failed, and the response that says so
+//! - `hgrm`     latency histograms and their `.hgrm` text
 //!
 //! A request: `shard::accept` → `conn::serve` → `Conn::plan` (parse, route,
 //! rewrite the head) → `proxy::exchange` (pool checkout, `pump` ‖ `relay`,
@@ -22,6 +23,7 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod error;
+pub mod hgrm;
 pub mod http1;
 pub mod io;
 pub mod proxy;

@@ -5,7 +5,7 @@
 //! Pure functions over a byte slice: `Ok(None)` means more bytes are needed.
 #![forbid(unsafe_code)]
 
-use httparse::Header;
+pub use httparse::{EMPTY_HEADER, Header};
 
 use super::body::Framing;
 
