@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: ringway, nginx and HAProxy as keep-alive reverse
+# proxies in front of the same origin, driven by wrk and ringway-load.
+# Installs what it needs (nginx, haproxy, wrk, python3) from Debian when
+# missing, builds the release binaries, writes bench/results/ and updates
+# the README's table.
+#
+#   bench/run.sh                      # every proxy, every scenario, 5 s each
+#   BENCH_SECONDS=10 bench/run.sh     # longer runs
+#   BENCH_PROXIES=ringway,nginx bench/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "bench/run.sh: missing ${need[*]}; run as root so they can be installed" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo build --release -q -p ringway -p ringway-origin -p ringway-load
+exec python3 bench/bench.py "$@"
