@@ -12,6 +12,19 @@ pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid")
 }
 
+/// The value at percentile `p` (100 is the maximum) in milliseconds; 0 if empty.
+pub fn percentile_ms(h: &Histogram<u64>, p: f64) -> f64 {
+    if h.is_empty() {
+        return 0.0;
+    }
+    let v = if p >= 100.0 {
+        h.max()
+    } else {
+        h.value_at_percentile(p)
+    };
+    v as f64 / 1000.0
+}
+
 /// Writes the percentile distribution with 5 ticks per half distance, as
 /// `outputPercentileDistribution(out, 1000.0)` does for microsecond values.
 pub fn write_percentiles(h: &Histogram<u64>, out: &mut impl Write) -> io::Result<()> {

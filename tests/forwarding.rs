@@ -257,12 +257,7 @@ fn expect_100_continue_is_relayed_before_the_body() {
         use std::io::{Read, Write};
         let (mut s, _) = listener.accept().unwrap();
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        let mut buf = Vec::new();
-        let mut b = [0u8; 4096];
-        while find(&buf, b"\r\n\r\n").is_none() {
-            let n = s.read(&mut b).unwrap();
-            buf.extend_from_slice(&b[..n]);
-        }
+        let mut buf = read_head(&mut s);
         assert!(
             String::from_utf8_lossy(&buf)
                 .to_lowercase()
@@ -270,11 +265,13 @@ fn expect_100_continue_is_relayed_before_the_body() {
         );
         s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap();
         let head_end = find(&buf, b"\r\n\r\n").unwrap() + 4;
-        while buf.len() < head_end + 5 {
+        let mut body = buf.split_off(head_end);
+        while body.len() < 5 {
+            let mut b = [0u8; 16];
             let n = s.read(&mut b).unwrap();
-            buf.extend_from_slice(&b[..n]);
+            body.extend_from_slice(&b[..n]);
         }
-        assert_eq!(&buf[head_end..], b"hello");
+        assert_eq!(body, b"hello");
         s.write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
             .unwrap();
     });
@@ -401,15 +398,10 @@ fn early_upstream_response_reaches_the_client_while_the_body_is_unsent() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let t = std::thread::spawn(move || {
-        use std::io::{Read, Write};
+        use std::io::Write;
         let (mut s, _) = listener.accept().unwrap();
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        let mut buf = Vec::new();
-        let mut b = [0u8; 4096];
-        while find(&buf, b"\r\n\r\n").is_none() {
-            let n = s.read(&mut b).unwrap();
-            buf.extend_from_slice(&b[..n]);
-        }
+        read_head(&mut s);
         s.write_all(
             b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope",
         )

@@ -68,6 +68,16 @@ fn hop_by_hop(name: &str) -> bool {
     .any(|h| name.eq_ignore_ascii_case(h))
 }
 
+/// `Via` is a list: ours goes after what the message already carries.
+fn append_via(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b", ");
+    out.extend_from_slice(VIA);
+    out.extend_from_slice(b"\r\n");
+}
+
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -118,12 +128,7 @@ pub fn request_head(out: &mut Vec<u8>, req: &Request<'_, '_>, fwd: &Forward<'_>)
         }
         if name.eq_ignore_ascii_case("via") {
             via_seen = true;
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(h.value);
-            out.extend_from_slice(b", ");
-            out.extend_from_slice(VIA);
-            out.extend_from_slice(b"\r\n");
+            append_via(out, name, h.value);
             continue;
         }
         header(out, name.as_bytes(), h.value);
@@ -180,12 +185,7 @@ pub fn response_head(out: &mut Vec<u8>, resp: &Response<'_, '_>, reply: Reply) {
         }
         if name.eq_ignore_ascii_case("via") {
             via_seen = true;
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(h.value);
-            out.extend_from_slice(b", ");
-            out.extend_from_slice(VIA);
-            out.extend_from_slice(b"\r\n");
+            append_via(out, name, h.value);
             continue;
         }
         header(out, name.as_bytes(), h.value);

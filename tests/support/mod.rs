@@ -322,6 +322,15 @@ fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
     }
 }
 
+/// Reads from `s` until a whole head is in; returns everything read.
+pub fn read_head(s: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    while find(&buf, b"\r\n\r\n").is_none() {
+        assert!(fill(s, &mut buf), "closed before a whole head arrived");
+    }
+    buf
+}
+
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }

@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
+use ringway::hgrm::percentile_ms;
 
 #[derive(Parser)]
 #[command(
@@ -92,7 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     mean_ms(&h)
                 );
                 for (name, p) in ROWS {
-                    println!("  {name:>8} {:>12.3} ms", at_ms(&h, p));
+                    println!("  {name:>8} {:>12.3} ms", percentile_ms(&h, p));
                 }
             }
         }
@@ -121,7 +122,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "ratio"
             );
             for (row, p) in ROWS {
-                let (x, y) = (at_ms(&a, p), at_ms(&b, p));
+                let (x, y) = (percentile_ms(&a, p), percentile_ms(&b, p));
                 println!("{row:>8} {x:>11.3} ms {y:>11.3} ms {:>8}", ratio(x, y));
             }
             let (x, y) = (mean_ms(&a), mean_ms(&b));
@@ -150,18 +151,6 @@ fn name(p: &Path) -> String {
         || p.display().to_string(),
         |s| s.to_string_lossy().into_owned(),
     )
-}
-
-fn at_ms(h: &Histogram<u64>, p: f64) -> f64 {
-    if h.is_empty() {
-        return 0.0;
-    }
-    let v = if p >= 100.0 {
-        h.max()
-    } else {
-        h.value_at_percentile(p)
-    };
-    v as f64 / 1000.0
 }
 
 fn mean_ms(h: &Histogram<u64>) -> f64 {

@@ -7,6 +7,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::V2Serializer;
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+use ringway::hgrm::percentile_ms;
 
 use crate::Args;
 use crate::worker::ThreadResult;
@@ -19,18 +20,6 @@ const PERCENTILES: [(&str, f64); 6] = [
     ("p99.99", 99.99),
     ("max", 100.0),
 ];
-
-fn ms(h: &Histogram<u64>, p: f64) -> f64 {
-    if h.is_empty() {
-        return 0.0;
-    }
-    let v = if p >= 100.0 {
-        h.max()
-    } else {
-        h.value_at_percentile(p)
-    };
-    v as f64 / 1000.0
-}
 
 /// `secs`: how long was measured (less than asked if interrupted).
 pub fn print(args: &Args, threads: usize, secs: f64, r: &ThreadResult) {
@@ -50,7 +39,7 @@ pub fn print(args: &Args, threads: usize, secs: f64, r: &ThreadResult) {
     );
     let lat: Vec<String> = PERCENTILES
         .iter()
-        .map(|(name, p)| format!("{name} {:.3}ms", ms(&r.hist, *p)))
+        .map(|(name, p)| format!("{name} {:.3}ms", percentile_ms(&r.hist, *p)))
         .collect();
     println!("  latency  {}", lat.join("  "));
     println!(
@@ -71,7 +60,13 @@ pub fn json(args: &Args, threads: usize, secs: f64, r: &ThreadResult) -> String 
     let c = &r.counts;
     let lat: Vec<String> = PERCENTILES
         .iter()
-        .map(|(name, p)| format!("\"{}\":{:.3}", name.replace('.', "_"), ms(&r.hist, *p)))
+        .map(|(name, p)| {
+            format!(
+                "\"{}\":{:.3}",
+                name.replace('.', "_"),
+                percentile_ms(&r.hist, *p)
+            )
+        })
         .collect();
     format!(
         "{{\"url\":\"{}\",\"connections\":{},\"threads\":{threads},\"duration_s\":{secs:.3},\"rate\":{},\
