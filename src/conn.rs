@@ -100,6 +100,7 @@ pub async fn serve(shard: &ShardState, stream: TcpStream, peer: SocketAddr) {
 impl Conn<'_> {
     async fn request(&mut self, snap: &Snapshot, first: bool) -> Next {
         let t = &snap.config.timeouts;
+        let waiting_since = Instant::now();
         if self.rbuf.get().is_empty() {
             let limit = if first {
                 t.client_header.0
@@ -114,7 +115,10 @@ impl Conn<'_> {
             let _ = self.write_reject(snap, Reject::Unavailable).await;
             return Next::Close;
         };
-        let head_deadline = Instant::now() + t.client_header.0;
+        // A new connection has client_header from accept for its whole first
+        // head; later heads have it from their first byte.
+        let head_from = if first { waiting_since } else { Instant::now() };
+        let head_deadline = head_from + t.client_header.0;
         let plan = loop {
             match self.plan(snap, wbuf.get_mut()) {
                 Ok(Some(plan)) => break plan,

@@ -24,6 +24,13 @@ impl Server {
     /// to port 0 picks a port for the first shard; the others share it.
     pub fn start(config: Config) -> anyhow::Result<Server> {
         let workers = config.workers();
+        if shard::Driver::pick() == shard::Driver::Epoll
+            && std::env::var_os("RINGWAY_DRIVER").is_none()
+        {
+            log::warn!(
+                "io_uring is not available (old kernel, seccomp, or io_uring_disabled): shards run on epoll"
+            );
+        }
         let snapshot = Arc::new(Snapshot::compile(config));
         for w in &snapshot.warnings {
             log::warn!("config: {w}");

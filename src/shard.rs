@@ -121,6 +121,32 @@ pub struct ShardSpec {
     pub mailbox: Arc<Mailbox>,
 }
 
+type Runtime = monoio::FusionRuntime<
+    monoio::time::TimeDriver<monoio::IoUringDriver>,
+    monoio::time::TimeDriver<monoio::LegacyDriver>,
+>;
+
+/// The event loop a shard runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    IoUring,
+    Epoll,
+}
+
+impl Driver {
+    /// io_uring where the kernel offers it, else epoll. `RINGWAY_DRIVER=epoll`
+    /// forces epoll (to compare the two, or to rule io_uring out).
+    pub fn pick() -> Driver {
+        if std::env::var("RINGWAY_DRIVER").is_ok_and(|v| v == "epoll")
+            || !monoio::utils::detect_uring()
+        {
+            Driver::Epoll
+        } else {
+            Driver::IoUring
+        }
+    }
+}
+
 /// Runs a shard until it is told to drain; called on the shard's own thread.
 pub fn run(spec: ShardSpec) -> std::io::Result<()> {
     if let Some(core) = spec.core
@@ -128,16 +154,23 @@ pub fn run(spec: ShardSpec) -> std::io::Result<()> {
     {
         log::warn!("shard {}: could not pin to core {}", spec.id, core.id);
     }
-    let uring = monoio::utils::detect_uring();
-    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .with_entries(1024)
-        .enable_timer()
-        .build()?;
-    if uring {
-        log::info!("shard {}: io_uring driver", spec.id);
-    } else {
-        log::warn!("shard {}: io_uring unavailable, running on epoll", spec.id);
-    }
+    let mut rt = match Driver::pick() {
+        Driver::IoUring => {
+            let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .with_entries(1024)
+                .enable_timer()
+                .build()?;
+            log::info!("shard {}: io_uring driver", spec.id);
+            Runtime::from(rt)
+        }
+        Driver::Epoll => {
+            let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()?;
+            log::info!("shard {}: epoll driver", spec.id);
+            Runtime::from(rt)
+        }
+    };
     rt.block_on(serve(spec))
 }
 

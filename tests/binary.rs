@@ -23,26 +23,71 @@ fn write_config(name: &str, text: &str) -> std::path::PathBuf {
 
 /// Starts the binary and waits for its listener line; returns the address.
 fn start(config: &std::path::Path) -> (Child, SocketAddr) {
+    let (child, addr, _) = start_with(config, &[]);
+    (child, addr)
+}
+
+/// Starts the binary with extra environment; also returns its log lines as they come.
+fn start_with(
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Child, SocketAddr, mpsc::Receiver<String>) {
     let mut child = Command::new(BIN)
         .args(["--config", config.to_str().unwrap()])
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
+    let (log_tx, log_rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("on http://").nth(1) {
                 let addr = rest.split(' ').next().unwrap().to_string();
                 let _ = tx.send(addr);
             }
+            let _ = log_tx.send(line);
         }
     });
     let addr = rx
         .recv_timeout(Duration::from_secs(10))
         .expect("the proxy logs its listener");
-    (child, addr.parse().unwrap())
+    (child, addr.parse().unwrap(), log_rx)
+}
+
+#[test]
+fn runs_on_epoll_when_asked() {
+    let origin = Origin::start(|s| ok(&format!("{} bytes", s.body_len)));
+    let (mut child, addr, log) = start_with(
+        &write_config("epoll.toml", &config_for(origin.addr)),
+        &[("RINGWAY_DRIVER", "epoll")],
+    );
+    let mut drivers = Vec::new();
+    while drivers.len() < 2 {
+        let line = log
+            .recv_timeout(Duration::from_secs(10))
+            .expect("each shard logs its driver");
+        if line.contains(" driver") {
+            drivers.push(line);
+        }
+    }
+    assert!(
+        drivers.iter().all(|l| l.contains("epoll driver")),
+        "{drivers:?}"
+    );
+    let mut c = Client::connect(addr);
+    for _ in 0..3 {
+        let resp = c
+            .send(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+            .read(false)
+            .unwrap();
+        assert_eq!(resp.text(), "5 bytes");
+    }
+    assert_eq!(get(addr, "/x").status, 200);
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn config_for(origin: SocketAddr) -> String {
