@@ -415,3 +415,63 @@ fn early_upstream_response_reaches_the_client_while_the_body_is_unsent() {
     assert!(c.is_closed(), "the unread body ends the connection");
     t.join().unwrap();
 }
+
+#[test]
+fn pooled_connections_retire_after_max_requests() {
+    let origin = Origin::start(|_| ok("x"));
+    let proxy = proxy(&format!(
+        "[[upstream]]\nname = \"o\"\nendpoints = [\"{}\"]\nmax_requests = 2\n\
+         [[route]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"o\"\n",
+        origin.addr
+    ));
+    let mut c = Client::connect(proxy.addr());
+    for _ in 0..5 {
+        let resp = c
+            .send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .read(false)
+            .unwrap();
+        assert_eq!(resp.status, 200);
+    }
+    assert_eq!(origin.connections(), 3, "2 + 2 + 1 requests");
+}
+
+#[test]
+fn pooled_connections_idle_too_long_are_not_reused() {
+    let origin = Origin::start(|_| ok("x"));
+    let proxy = proxy(&format!(
+        "[[upstream]]\nname = \"o\"\nendpoints = [\"{}\"]\nidle_timeout = \"100ms\"\n\
+         [[route]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"o\"\n",
+        origin.addr
+    ));
+    assert_eq!(get(proxy.addr(), "/").status, 200);
+    assert_eq!(get(proxy.addr(), "/").status, 200);
+    assert_eq!(origin.connections(), 1, "reused while fresh");
+    // Time passing is what is under test here, not a stand-in for a signal.
+    #[allow(clippy::disallowed_methods)]
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(get(proxy.addr(), "/").status, 200);
+    assert_eq!(
+        origin.connections(),
+        2,
+        "idle past idle_timeout: a new connection"
+    );
+}
+
+#[test]
+fn ipv4_and_ipv6_listeners_side_by_side() {
+    let config = "[server]\nworkers = 2\npin_cores = false\n\
+        [[listener]]\nname = \"v4\"\nbind = \"127.0.0.1:0\"\n\
+        [[listener]]\nname = \"v6\"\nbind = \"[::1]:0\"\n\
+        [[route]]\nname = \"r\"\nprefix = \"/\"\nrespond = { status = 200, body = \"both\" }\n";
+    let config = ringway::Config::parse(std::path::Path::new("t.toml"), config).unwrap();
+    let server = ringway::Server::start(config).unwrap();
+    let addrs = server.addrs().to_vec();
+    assert_eq!(addrs.len(), 2);
+    assert!(addrs[0].1.is_ipv4() && addrs[1].1.is_ipv6(), "{addrs:?}");
+    for (_, addr) in addrs {
+        // Several connections, so both shards' sockets are likely used.
+        for _ in 0..4 {
+            assert_eq!(get(addr, "/").text(), "both");
+        }
+    }
+}
