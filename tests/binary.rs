@@ -99,16 +99,21 @@ fn config_for(origin: SocketAddr) -> String {
     )
 }
 
+/// `ringway check --config PATH`.
+fn check(path: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_prints_routes_and_accepts_the_example_configs() {
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/conf")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let out = Command::new(BIN)
-                .args(["check", "--config"])
-                .arg(&path)
-                .output()
-                .unwrap();
+            let out = check(&path);
             let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(
                 out.status.success(),
@@ -148,11 +153,7 @@ fn config_errors_name_file_line_and_key() {
     ];
     for (text, place, reason) in cases {
         let path = write_config("bad.toml", text);
-        let out = Command::new(BIN)
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = check(&path);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(
@@ -178,11 +179,7 @@ fn shadowed_route_is_a_warning() {
          [[route]]\nname = \"a\"\nprefix = \"/x\"\nrespond = { status = 200 }\n\
          [[route]]\nname = \"b\"\nprefix = \"/x/\"\nrespond = { status = 201 }\n",
     );
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check(&path);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(
