@@ -55,8 +55,10 @@ pub struct Lease {
 
 impl Lease {
     /// Takes the buffer out for an I/O operation; give it back with `put`.
+    /// If a cancelled operation kept it, a new one of the slab's size.
     pub fn take(&mut self) -> Vec<u8> {
-        self.buf.take().unwrap_or_default()
+        let size = self.slab.size;
+        self.buf.take().unwrap_or_else(|| Vec::with_capacity(size))
     }
 
     pub fn put(&mut self, buf: Vec<u8>) {
@@ -113,6 +115,7 @@ mod tests {
         let slab = Slab::new(1024, 1024);
         let mut a = slab.lease().unwrap();
         drop(a.take()); // as if a cancelled operation kept it
+        assert_eq!(a.take().capacity(), 1024, "a lost buffer is replaced, full size");
         drop(a);
         assert!(slab.lease().is_some());
     }
