@@ -341,6 +341,10 @@ pub fn parse_response<'h, 'b>(
         Err(e) => return Err(BadResponse(httparse_reason(e))),
     };
     let status = resp.code.unwrap_or(0);
+    // httparse takes any three digits; only 100..=599 are statuses (RFC 9110 §15).
+    if !(100..=599).contains(&status) {
+        return Err(BadResponse("invalid status"));
+    }
     let minor_version = resp.version.unwrap_or(1);
     let headers: &'h [Header<'b>] = resp.headers;
     let mut content_length = None;
@@ -581,5 +585,8 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        // Found by fuzzing: three digits that are not a status.
+        assert!(f("HTTP/1.0 063 x\r\n\r\n", false).is_err());
+        assert!(f("HTTP/1.1 600 x\r\n\r\n", false).is_err());
     }
 }
