@@ -115,7 +115,11 @@ mod tests {
         let slab = Slab::new(1024, 1024);
         let mut a = slab.lease().unwrap();
         drop(a.take()); // as if a cancelled operation kept it
-        assert_eq!(a.take().capacity(), 1024, "a lost buffer is replaced, full size");
+        assert_eq!(
+            a.take().capacity(),
+            1024,
+            "a lost buffer is replaced, full size"
+        );
         drop(a);
         assert!(slab.lease().is_some());
     }
