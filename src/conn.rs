@@ -119,14 +119,26 @@ impl Conn<'_> {
         // head; later heads have it from their first byte.
         let head_from = if first { waiting_since } else { Instant::now() };
         let head_deadline = head_from + t.client_header.0;
+        let limits = snap.head_limits();
+        // Bytes already looked at for a line end: a head is parsed again only
+        // when new bytes end a line or reach a limit, so a head sent a byte at
+        // a time costs one parse per line, not one per byte.
+        let mut scanned = 0;
         let plan = loop {
-            match self.plan(snap, wbuf.get_mut()) {
-                Ok(Some(plan)) => break plan,
-                Ok(None) => {}
-                Err(reject) => {
-                    wbuf.get_mut().clear();
-                    reject.write(wbuf.get_mut(), true, "");
-                    return self.answer(snap, &mut wbuf, true).await;
+            let buf = self.rbuf.get();
+            let worth_parsing = memchr::memchr(b'\n', &buf[scanned..]).is_some()
+                || buf.len() >= limits.max_header_bytes
+                || (buf.len() > limits.max_request_line && memchr::memchr(b'\n', buf).is_none());
+            scanned = buf.len();
+            if worth_parsing {
+                match self.plan(snap, wbuf.get_mut()) {
+                    Ok(Some(plan)) => break plan,
+                    Ok(None) => {}
+                    Err(reject) => {
+                        wbuf.get_mut().clear();
+                        reject.write(wbuf.get_mut(), true, "");
+                        return self.answer(snap, &mut wbuf, true).await;
+                    }
                 }
             }
             let limit = budget(t.client_header.0, Some(head_deadline));

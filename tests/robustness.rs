@@ -452,3 +452,46 @@ fn garbage_never_panics_the_proxy() {
     }
     assert_eq!(get(proxy.addr(), "/").text(), "alive");
 }
+
+/// Sends `raw` in `piece`-byte writes (each its own segment, Nagle off).
+fn send_in_pieces(c: &mut Client, raw: &[u8], piece: usize) {
+    c.s.set_nodelay(true).unwrap();
+    for p in raw.chunks(piece) {
+        if c.s.write_all(p).is_err() {
+            return; // the proxy may answer and close before the end
+        }
+    }
+}
+
+#[test]
+fn heads_arriving_in_pieces_are_parsed_and_limited() {
+    let origin = Origin::start(|s| ok(&s.target));
+    let proxy = proxy_to(
+        origin.addr,
+        "[limits]\nmax_request_line = \"1KiB\"\nmax_header_bytes = \"4KiB\"\n",
+    );
+    let mut head = String::from("GET /pieces?x=1 HTTP/1.1\r\nHost: h\r\n");
+    for i in 0..30 {
+        head.push_str(&format!("X-Pad-{i}: {}\r\n", "v".repeat(60)));
+    }
+    head.push_str("\r\n");
+    for piece in [1, 3, 7, 64] {
+        let mut c = Client::connect(proxy.addr());
+        send_in_pieces(&mut c, head.as_bytes(), piece);
+        assert_eq!(
+            c.read(false).unwrap().text(),
+            "/pieces?x=1",
+            "pieces of {piece}"
+        );
+    }
+
+    let mut c = Client::connect(proxy.addr());
+    let long_line = format!("GET /{} HTTP/1.1\r\n", "a".repeat(1500));
+    send_in_pieces(&mut c, long_line.as_bytes(), 50);
+    json_error(&c.read(false).unwrap(), 414);
+
+    let mut c = Client::connect(proxy.addr());
+    let endless = format!("GET / HTTP/1.1\r\nHost: h\r\nX-Big: {}", "b".repeat(5000));
+    send_in_pieces(&mut c, endless.as_bytes(), 100);
+    json_error(&c.read(false).unwrap(), 431);
+}
