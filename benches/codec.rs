@@ -63,6 +63,7 @@ fn parse_and_rewrite(c: &mut Criterion) {
                     target: req.target,
                     set_host: None,
                     fallback_host: "127.0.0.1:9000",
+                    underscores: false,
                 };
                 request_head(&mut out, &req, &fwd);
                 black_box(out.len());
@@ -85,6 +86,7 @@ fn parse_and_rewrite(c: &mut Criterion) {
                 close: false,
                 keep_alive_1_0: false,
                 dechunk: false,
+                date: b"Mon, 23 Nov 2026 12:00:00 GMT",
             };
             response_head(&mut out, &resp, reply);
             black_box(out.len());

@@ -8,6 +8,7 @@
 //! write buffer only while a request is served.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use monoio::io::{
@@ -22,7 +23,7 @@ use crate::http1::encode::{Forward, request_head};
 use crate::http1::parse::{HeadError, parse_request};
 use crate::io::{Wait, budget, read_more, write_buf};
 use crate::route::Match;
-use crate::shard::{ShardState, refuse};
+use crate::shard::ShardState;
 use crate::slab::Lease;
 use crate::snapshot::Snapshot;
 
@@ -42,11 +43,13 @@ pub struct Conn<'s> {
     /// Bytes from the client not yet handled: a head, body bytes, pipelined requests.
     pub rbuf: Lease,
     pub peer: SocketAddr,
+    /// The client socket, to watch for its close while an upstream is slow.
+    pub fd: RawFd,
 }
 
 /// A request once its head is parsed, reduced to what serving it needs.
 #[derive(Debug, Clone, Copy)]
-pub struct Plan {
+pub struct Plan<'s> {
     pub head_len: usize,
     pub framing: Framing,
     pub keep_alive: bool,
@@ -57,14 +60,19 @@ pub struct Plan {
     /// 0: no limit.
     pub max_body: u64,
     pub deadline: Option<Instant>,
-    pub action: Step,
+    pub action: Step<'s>,
 }
 
 #[derive(Debug, Clone, Copy)]
-pub enum Step {
-    /// The response is already in the write buffer.
+pub enum Step<'s> {
+    /// A `respond` route: the response is already in the write buffer.
     Answer {
         close: bool,
+    },
+    /// An error response; `allow` is the Allow header of a 405.
+    Reject {
+        reject: Reject,
+        allow: &'s str,
     },
     Proxy {
         upstream: usize,
@@ -72,12 +80,23 @@ pub enum Step {
     },
 }
 
-pub async fn serve(shard: &ShardState, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(shard: &ShardState, mut stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let Some(rbuf) = shard.slab.lease() else {
-        refuse(stream).await;
+        let limit = Duration::from_secs(1);
+        let _ = send_error(
+            shard,
+            &mut stream,
+            None,
+            Reject::Unavailable,
+            "",
+            true,
+            limit,
+        )
+        .await;
         return;
     };
+    let fd = stream.as_raw_fd();
     let (r, w) = stream.into_split();
     let mut conn = Conn {
         shard,
@@ -85,6 +104,7 @@ pub async fn serve(shard: &ShardState, stream: TcpStream, peer: SocketAddr) {
         w,
         rbuf,
         peer,
+        fd,
     };
     let mut first = true;
     loop {
@@ -112,8 +132,7 @@ impl Conn<'_> {
             }
         }
         let Some(mut wbuf) = self.shard.slab.lease() else {
-            let _ = self.write_reject(snap, Reject::Unavailable).await;
-            return Next::Close;
+            return self.fail(snap, None, Reject::Unavailable, "", None).await;
         };
         // A new connection has client_header from accept for its whole first
         // head; later heads have it from their first byte.
@@ -134,20 +153,15 @@ impl Conn<'_> {
                 match self.plan(snap, wbuf.get_mut()) {
                     Ok(Some(plan)) => break plan,
                     Ok(None) => {}
-                    Err(reject) => {
-                        wbuf.get_mut().clear();
-                        reject.write(wbuf.get_mut(), true, "");
-                        return self.answer(snap, &mut wbuf, true).await;
-                    }
+                    Err(reject) => return self.fail(snap, Some(&mut wbuf), reject, "", None).await,
                 }
             }
             let limit = budget(t.client_header.0, Some(head_deadline));
             match read_more(&mut self.r, &mut self.rbuf, limit).await {
                 Ok(_) => {}
                 Err(Wait::TimedOut) => {
-                    wbuf.get_mut().clear();
-                    Reject::RequestTimeout.write(wbuf.get_mut(), true, "");
-                    return self.answer(snap, &mut wbuf, true).await;
+                    let reject = Reject::RequestTimeout;
+                    return self.fail(snap, Some(&mut wbuf), reject, "", None).await;
                 }
                 Err(_) => return Next::Close,
             }
@@ -160,6 +174,12 @@ impl Conn<'_> {
                     self.rbuf.get_mut().drain(..plan.head_len);
                 }
                 self.answer(snap, &mut wbuf, close).await
+            }
+            Step::Reject { reject, allow } => {
+                // The request was read whole only if it has no body.
+                let keep =
+                    (plan.keep_alive && plan.framing == Framing::None).then_some(plan.head_len);
+                self.fail(snap, Some(&mut wbuf), reject, allow, keep).await
             }
             Step::Proxy { upstream, endpoint } => {
                 crate::proxy::exchange(self, snap, &plan, &mut wbuf, upstream, endpoint).await
@@ -195,7 +215,7 @@ impl Conn<'_> {
     /// Parses the head in the read buffer and decides what to do with it.
     /// Responses decided here are written into `out`; a proxied request's
     /// rewritten head is too. `Ok(None)`: the head is not complete yet.
-    fn plan(&self, snap: &Snapshot, out: &mut Vec<u8>) -> Result<Option<Plan>, Reject> {
+    fn plan<'s>(&self, snap: &'s Snapshot, out: &mut Vec<u8>) -> Result<Option<Plan<'s>>, Reject> {
         let cfg = &snap.config;
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
         let headers = &mut headers[..cfg.limits.max_headers];
@@ -232,11 +252,13 @@ impl Conn<'_> {
         let (route_idx, route) = match snap.routes.find(host, req.path, req.method) {
             Match::Route(i) => (i, &cfg.routes[i]),
             Match::NotFound => {
-                Reject::NotFound.write(out, !plan.keep_alive, "");
+                let reject = Reject::NotFound;
+                plan.action = Step::Reject { reject, allow: "" };
                 return Ok(Some(plan));
             }
             Match::MethodNotAllowed(allow) => {
-                Reject::MethodNotAllowed.write(out, !plan.keep_alive, allow);
+                let reject = Reject::MethodNotAllowed;
+                plan.action = Step::Reject { reject, allow };
                 return Ok(Some(plan));
             }
         };
@@ -247,8 +269,8 @@ impl Conn<'_> {
             && max > 0
             && n > max
         {
-            Reject::PayloadTooLarge.write(out, true, "");
-            plan.action = Step::Answer { close: true };
+            let reject = Reject::PayloadTooLarge;
+            plan.action = Step::Reject { reject, allow: "" };
             return Ok(Some(plan));
         }
         match route.action {
@@ -256,6 +278,9 @@ impl Conn<'_> {
                 let close = !plan.keep_alive || plan.framing != Framing::None;
                 if let Some(d) = &snap.direct[route_idx] {
                     out.extend_from_slice(&d.head);
+                    out.extend_from_slice(b"Date: ");
+                    out.extend_from_slice(&self.shard.date.get());
+                    out.extend_from_slice(b"\r\n");
                     if close {
                         out.extend_from_slice(b"Connection: close\r\n");
                     } else if plan.minor_version == 0 {
@@ -282,6 +307,7 @@ impl Conn<'_> {
                     target,
                     set_host: route.set_host.as_deref(),
                     fallback_host,
+                    underscores: false,
                 };
                 request_head(out, &req, &fwd);
                 let total = route.timeout.unwrap_or(cfg.timeouts.request_total.0);
@@ -305,16 +331,36 @@ impl Conn<'_> {
         Next::KeepAlive
     }
 
-    pub async fn write_reject(&mut self, snap: &Snapshot, reject: Reject) -> Next {
-        let mut out = Vec::new();
-        reject.write(&mut out, true, "");
+    /// Answers with an error. `keep`: where the request ends in the read
+    /// buffer when the connection may carry another one; `None` closes it.
+    /// `wbuf`: the request's write buffer, if it got one.
+    pub async fn fail(
+        &mut self,
+        snap: &Snapshot,
+        wbuf: Option<&mut Lease>,
+        reject: Reject,
+        allow: &str,
+        keep: Option<usize>,
+    ) -> Next {
+        let keep = keep.filter(|_| !reject.closes());
+        let close = keep.is_none();
         let limit = snap.config.timeouts.client_send.0;
-        let _ = monoio::time::timeout(
-            limit,
-            monoio::io::AsyncWriteRentExt::write_all(&mut self.w, out),
-        )
-        .await;
-        Next::Close
+        if send_error(self.shard, &mut self.w, wbuf, reject, allow, close, limit)
+            .await
+            .is_err()
+        {
+            return Next::Close;
+        }
+        match keep {
+            Some(end) => {
+                self.rbuf.get_mut().drain(..end);
+                Next::KeepAlive
+            }
+            None => {
+                self.linger().await;
+                Next::Close
+            }
+        }
     }
 
     /// Closes our side, then reads and drops what the client still sends for
@@ -333,7 +379,35 @@ impl Conn<'_> {
     }
 }
 
-/// The host to route on: without its port, lower-cased into `buf`.
+/// Writes an error response: every response ringway makes itself because
+/// something failed goes out through here. From `buf` when the request has
+/// one, else from the shard's reserve of small reply buffers, so it never
+/// allocates; with no buffer to be had at all, nothing is sent.
+pub async fn send_error<W: AsyncWriteRent>(
+    shard: &ShardState,
+    w: &mut W,
+    buf: Option<&mut Lease>,
+    reject: Reject,
+    allow: &str,
+    close: bool,
+    limit: Duration,
+) -> Result<(), Wait> {
+    let mut reserve;
+    let buf = match buf {
+        Some(buf) => buf,
+        None => {
+            reserve = shard.replies.lease().ok_or(Wait::Failed)?;
+            &mut reserve
+        }
+    };
+    let out = buf.get_mut();
+    out.clear();
+    reject.write(out, close, allow, &shard.date.get());
+    write_buf(w, buf, limit).await
+}
+
+/// The host to route on: without its port, lower-cased into `buf` (the
+/// parser refuses hosts longer than it).
 fn route_host<'a>(host: &str, buf: &'a mut [u8; 256]) -> &'a str {
     let name = if host.starts_with('[') {
         host.find(']').map_or(host, |i| &host[..=i])
@@ -353,7 +427,8 @@ fn route_host<'a>(host: &str, buf: &'a mut [u8; 256]) -> &'a str {
 /// left does not start with a slash ("/api?q" less "/api" is "/?q").
 fn strip<'a>(target: &'a str, prefix: Option<&str>) -> (&'static str, &'a str) {
     let Some(prefix) = prefix.map(|p| p.trim_end_matches('/')) else {
-        return ("", target);
+        // "?q" is what the parser leaves of "http://h?q".
+        return (if target.starts_with('?') { "/" } else { "" }, target);
     };
     match target.strip_prefix(prefix) {
         Some(rest) if rest.starts_with('/') => ("", rest),
@@ -389,5 +464,7 @@ mod tests {
         assert_eq!(strip("/api", Some("/api")), ("/", ""));
         assert_eq!(strip("/x", Some("/")), ("", "/x"));
         assert_eq!(strip("/x", None), ("", "/x"));
+        assert_eq!(strip("?q", None), ("/", "?q"));
+        assert_eq!(strip("?q", Some("/")), ("/", "?q"));
     }
 }

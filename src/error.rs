@@ -1,6 +1,7 @@
 //! Errors on the request path are small values: which side failed and how.
 //! `Reject::write` turns one into its response from static pieces (the JSON
-//! bodies are constants), so an error costs no allocation and no encoder.
+//! bodies are constants), so an error costs no allocation and no encoder;
+//! `conn::send_error` is the one place that sends it.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -89,10 +90,13 @@ impl Reject {
         )
     }
 
-    /// Writes the whole response; `allow` is the Allow header for a 405.
-    pub fn write(self, out: &mut Vec<u8>, close: bool, allow: &str) {
+    /// Writes the whole response; `allow` is the Allow header for a 405,
+    /// `date` the shard's current `Date` value.
+    pub fn write(self, out: &mut Vec<u8>, close: bool, allow: &str, date: &[u8]) {
         out.extend_from_slice(self.status_line().as_bytes());
-        out.extend_from_slice(b"Content-Type: application/json\r\n");
+        out.extend_from_slice(b"Date: ");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\nContent-Type: application/json\r\n");
         if self == Reject::MethodNotAllowed {
             out.extend_from_slice(b"Allow: ");
             out.extend_from_slice(allow.as_bytes());
@@ -166,7 +170,7 @@ mod tests {
             Reject::GatewayTimeout,
         ] {
             let mut out = Vec::new();
-            r.write(&mut out, false, "GET");
+            r.write(&mut out, false, "GET", b"Mon, 23 Nov 2026 12:00:00 GMT");
             let (head, body) = body_of(&out);
             assert!(
                 head.contains(&format!("Content-Length: {}", body.len())),
@@ -178,6 +182,9 @@ mod tests {
             );
             assert!(body.starts_with("{\"error\":\""), "{body}");
             assert_eq!(head.contains("Connection: close"), r.closes());
+            assert!(head.contains("\r\nDate: Mon, 23 Nov 2026 12:00:00 GMT\r\n"));
+            let reason = head.lines().next().unwrap().splitn(3, ' ').nth(2).unwrap();
+            assert_eq!(reason, crate::http1::encode::reason(r.status()), "{head}");
         }
     }
 }

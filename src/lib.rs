@@ -22,6 +22,7 @@
 pub mod config;
 pub mod conn;
 pub mod control;
+pub mod date;
 pub mod error;
 pub mod hgrm;
 pub mod http1;

@@ -7,9 +7,15 @@
 //!
 //! An idempotent request without a body that finds its reused connection
 //! closed before any response byte is sent again, once, on a new one.
+//!
+//! A response is committed before its first byte is written to the client;
+//! from then on a failure closes the connection, never writes an error. A
+//! client that closes while the upstream is slow to answer is noticed at
+//! once (`client_gone`), and the upstream connection is closed with it.
 
 use std::cell::Cell;
-use std::future::{Future, poll_fn};
+use std::future::{Future, pending, poll_fn};
+use std::os::fd::{BorrowedFd, RawFd};
 use std::pin::pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -30,14 +36,23 @@ use crate::snapshot::Snapshot;
 type UpRead = OwnedReadHalf<TcpStream>;
 type UpWrite = OwnedWriteHalf<TcpStream>;
 
+/// How long an upstream may take to answer before the client is watched
+/// for a close: a fast exchange pays nothing for the watch.
+const WATCH_AFTER: Duration = Duration::from_millis(10);
+
+/// No wait in a tunnel has its own limit: one idle timer covers both ways.
+const FAR: Duration = Duration::from_secs(24 * 3600);
+
 /// How the request body's streaming failed.
 #[derive(Debug, Clone, Copy)]
 enum PumpError {
     TooLarge,
     Invalid(&'static str),
     TimedOut,
-    /// The client went away or the upstream stopped taking the body.
-    Broken,
+    /// The client closed or failed mid-body: nobody is left to answer.
+    ClientGone,
+    /// The upstream stopped taking the body; it may have answered early.
+    UpstreamBroken,
 }
 
 impl PumpError {
@@ -46,8 +61,13 @@ impl PumpError {
             PumpError::TooLarge => Some(Reject::PayloadTooLarge),
             PumpError::Invalid(why) => Some(Reject::BadRequest(why)),
             PumpError::TimedOut => Some(Reject::RequestTimeout),
-            PumpError::Broken => None,
+            PumpError::ClientGone | PumpError::UpstreamBroken => None,
         }
+    }
+
+    /// Whether the exchange ends here, without waiting for the response.
+    fn ends_exchange(self) -> bool {
+        !matches!(self, PumpError::UpstreamBroken)
     }
 }
 
@@ -61,13 +81,16 @@ enum Relayed {
 #[derive(Debug, Clone, Copy)]
 enum RelayError {
     Upstream(UpstreamError),
+    /// Writing to the client failed.
     Client,
+    /// The client closed while the upstream had not answered yet.
+    ClientGone,
 }
 
 pub async fn exchange(
     conn: &mut Conn<'_>,
     snap: &Snapshot,
-    plan: &Plan,
+    plan: &Plan<'_>,
     wbuf: &mut Lease,
     upstream: usize,
     endpoint: usize,
@@ -78,6 +101,7 @@ pub async fn exchange(
     let Some(mut ubuf) = shard.slab.lease() else {
         return fail(conn, snap, plan, wbuf, Reject::Unavailable, None).await;
     };
+    let client_fd = conn.fd;
     let has_body = plan.framing != Framing::None;
     let mut fresh = false;
     loop {
@@ -98,31 +122,32 @@ pub async fn exchange(
             return fail(conn, snap, plan, wbuf, Reject::BadGateway, None).await;
         }
 
-        let sent = Cell::new(false);
+        let committed = Cell::new(false);
         let head_done = Cell::new(false);
         let rx = RelayCx {
             plan,
             t,
-            sent: &sent,
+            committed: &committed,
             head_done: &head_done,
             max_head: snap.config.limits.buffer_size.get(),
+            date: shard.date.get(),
         };
         let Conn { r, w, rbuf, .. } = conn;
-        let (pumped, relayed) = if has_body {
-            let pump = pump(r, rbuf, plan, t, &mut up.w);
-            let relay = relay(&rx, &mut up.r, w, &mut ubuf, wbuf, None);
-            drive(pump, relay, &head_done, plan, t).await
-        } else {
-            let limit = budget(t.upstream_response_header.0, plan.deadline);
-            let relayed = relay(&rx, &mut up.r, w, &mut ubuf, wbuf, Some(limit)).await;
-            (Some(Ok(plan.head_len)), Some(relayed))
-        };
+        // Without a body the pump is done at its first poll.
+        let pump = pump(r, rbuf, plan, t, &mut up.w);
+        let relay = relay(&rx, &mut up.r, w, &mut ubuf, wbuf);
+        let (pumped, relayed) = drive(pump, relay, &head_done, plan, t, client_fd).await;
 
         let consumed = match pumped {
             Some(Ok(end)) => Some(end),
+            Some(Err(PumpError::ClientGone)) => {
+                pool.discard(up);
+                shard.client_aborts.set(shard.client_aborts.get() + 1);
+                return Next::Close;
+            }
             Some(Err(e)) if let Some(reject) = e.reject() => {
                 pool.discard(up);
-                if sent.get() {
+                if committed.get() {
                     return Next::Close;
                 }
                 return fail(conn, snap, plan, wbuf, reject, None).await;
@@ -171,10 +196,16 @@ pub async fn exchange(
             Some(Err(RelayError::Upstream(e))) => {
                 pool.discard(up);
                 log::debug!("upstream {} failed: {e:?}", pool.addr(endpoint));
-                if sent.get() {
+                if committed.get() {
                     return Next::Close;
                 }
                 return fail(conn, snap, plan, wbuf, e.reject(), consumed).await;
+            }
+            Some(Err(RelayError::ClientGone)) => {
+                pool.discard(up);
+                shard.client_aborts.set(shard.client_aborts.get() + 1);
+                log::debug!("client {} closed before the response", conn.peer);
+                return Next::Close;
             }
             Some(Err(RelayError::Client)) | None => {
                 pool.discard(up);
@@ -189,30 +220,26 @@ pub async fn exchange(
 async fn fail(
     conn: &mut Conn<'_>,
     snap: &Snapshot,
-    plan: &Plan,
+    plan: &Plan<'_>,
     wbuf: &mut Lease,
     reject: Reject,
     consumed: Option<usize>,
 ) -> Next {
     let consumed = consumed.or((plan.framing == Framing::None).then_some(plan.head_len));
-    let close = !plan.keep_alive || reject.closes() || consumed.is_none();
-    let out = wbuf.get_mut();
-    out.clear();
-    reject.write(out, close, "");
-    if let (Some(end), false) = (consumed, close) {
-        conn.rbuf.get_mut().drain(..end);
-    }
-    conn.answer(snap, wbuf, close).await
+    let keep = consumed.filter(|_| plan.keep_alive);
+    conn.fail(snap, Some(wbuf), reject, "", keep).await
 }
 
 /// Polls the body pump and the response relay together. Returns early if
-/// the pump fails; starts the response-head timer when the pump is done.
+/// the pump fails for good; once the pump is done, starts the response-head
+/// timer and watches the client for a close until the head is in.
 async fn drive<P, R>(
     pump: P,
     relay: R,
     head_done: &Cell<bool>,
-    plan: &Plan,
+    plan: &Plan<'_>,
     t: &Timeouts,
+    client_fd: RawFd,
 ) -> (
     Option<Result<usize, PumpError>>,
     Option<Result<Relayed, RelayError>>,
@@ -224,33 +251,83 @@ where
     let mut pump = pin!(pump);
     let mut relay = pin!(relay);
     let mut timer = pin!(None::<monoio::time::Sleep>);
+    let mut watch = pin!(None);
     let mut pumped = None;
     poll_fn(|cx| {
         if pumped.is_none()
             && let Poll::Ready(res) = pump.as_mut().poll(cx)
         {
-            // A body the client got wrong ends the exchange; a broken
-            // connection does not, as the upstream may have answered early.
-            if res.as_ref().is_err_and(|e| e.reject().is_some()) {
+            // A body the client got wrong, or a client gone, ends the
+            // exchange; an upstream that stopped reading does not, as it
+            // may have answered early.
+            if res.as_ref().is_err_and(|e| e.ends_exchange()) {
                 return Poll::Ready((Some(res), None));
             }
             pumped = Some(res);
             let limit = budget(t.upstream_response_header.0, plan.deadline);
             timer.set(Some(monoio::time::sleep(limit)));
+            watch.set(Some(client_gone(client_fd)));
         }
         if let Poll::Ready(res) = relay.as_mut().poll(cx) {
             return Poll::Ready((pumped.take(), Some(res)));
         }
-        if !head_done.get()
-            && let Some(t) = timer.as_mut().as_pin_mut()
-            && t.poll(cx).is_ready()
-        {
-            let timeout = Err(RelayError::Upstream(UpstreamError::Timeout));
-            return Poll::Ready((pumped.take(), Some(timeout)));
+        if !head_done.get() {
+            if let Some(t) = timer.as_mut().as_pin_mut()
+                && t.poll(cx).is_ready()
+            {
+                let timeout = Err(RelayError::Upstream(UpstreamError::Timeout));
+                return Poll::Ready((pumped.take(), Some(timeout)));
+            }
+            if let Some(w) = watch.as_mut().as_pin_mut()
+                && w.poll(cx).is_ready()
+            {
+                return Poll::Ready((pumped.take(), Some(Err(RelayError::ClientGone))));
+            }
         }
         Poll::Pending
     })
     .await
+}
+
+/// Resolves once the client has closed its connection or it failed; never
+/// while it is open, or once it has sent more (a pipelined request). Armed
+/// only after `WATCH_AFTER`, so an exchange answered sooner costs nothing;
+/// a slower one costs a poll on a duplicate of the socket, and a peek when
+/// that fires. Treats a client that half-closes as gone, as nginx does.
+async fn client_gone(fd: RawFd) {
+    monoio::time::sleep(WATCH_AFTER).await;
+    // SAFETY: `fd` is the client's socket, which its `Conn` keeps open for
+    // the whole exchange that polls this future.
+    let client = unsafe { BorrowedFd::borrow_raw(fd) };
+    let Ok(watch) = client
+        .try_clone_to_owned()
+        .and_then(|dup| TcpStream::from_std(std::net::TcpStream::from(dup)))
+    else {
+        return pending().await;
+    };
+    loop {
+        if watch.readable(false).await.is_err() {
+            return;
+        }
+        let mut byte = 0u8;
+        // SAFETY: a valid descriptor and a one-byte buffer that outlives the call.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => return,
+            n if n > 0 => return pending().await,
+            _ => match std::io::Error::last_os_error().kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => {}
+                _ => return,
+            },
+        }
+    }
 }
 
 /// Streams the request body from the client to the upstream, validating its
@@ -258,7 +335,7 @@ where
 async fn pump(
     cr: &mut ClientRead,
     rbuf: &mut Lease,
-    plan: &Plan,
+    plan: &Plan<'_>,
     t: &Timeouts,
     uw: &mut UpWrite,
 ) -> Result<usize, PumpError> {
@@ -276,7 +353,7 @@ async fn pump(
         let limit = budget(t.upstream_idle.0, plan.deadline);
         write_range(uw, rbuf, pos..end, limit)
             .await
-            .map_err(|_| PumpError::Broken)?;
+            .map_err(|_| PumpError::UpstreamBroken)?;
         if progress.done {
             return Ok(end);
         }
@@ -286,18 +363,20 @@ async fn pump(
         match read_more(cr, rbuf, limit).await {
             Ok(_) => {}
             Err(Wait::TimedOut) => return Err(PumpError::TimedOut),
-            Err(_) => return Err(PumpError::Broken),
+            Err(_) => return Err(PumpError::ClientGone),
         }
     }
 }
 
 struct RelayCx<'a> {
-    plan: &'a Plan,
+    plan: &'a Plan<'a>,
     t: &'a Timeouts,
-    /// Some response byte reached the client: an error can only close now.
-    sent: &'a Cell<bool>,
+    /// A response head is on its way to the client, set before its first
+    /// byte is written: an error can only close the connection now.
+    committed: &'a Cell<bool>,
     head_done: &'a Cell<bool>,
     max_head: usize,
+    date: [u8; crate::date::LEN],
 }
 
 enum Head {
@@ -319,20 +398,17 @@ struct FinalHead {
     dechunk: bool,
 }
 
-/// Reads the response head (within `head_limit`, if given) and relays the
-/// response to the client.
+/// Reads the response head and relays the response to the client. The
+/// head's own timeout is `drive`'s.
 async fn relay(
     cx: &RelayCx<'_>,
     ur: &mut UpRead,
     cw: &mut ClientWrite,
     ubuf: &mut Lease,
     wbuf: &mut Lease,
-    head_limit: Option<Duration>,
 ) -> Result<Relayed, RelayError> {
     let plan = cx.plan;
     let send_limit = cx.t.client_send.0;
-    let head_deadline = head_limit.map(|l| Instant::now() + l);
-    let far = Duration::from_secs(24 * 3600);
     ubuf.get_mut().clear();
     let mut seen_any = false;
     let head = loop {
@@ -342,30 +418,26 @@ async fn relay(
             }
             Ok(Some(Head::Interim(len))) => {
                 if !wbuf.get().is_empty() {
+                    cx.committed.set(true);
                     write_buf(cw, wbuf, send_limit)
                         .await
                         .map_err(|_| RelayError::Client)?;
-                    cx.sent.set(true);
                 }
                 ubuf.get_mut().drain(..len);
                 continue;
             }
             Ok(Some(Head::Switch(len))) => {
+                cx.committed.set(true);
                 write_buf(cw, wbuf, send_limit)
                     .await
                     .map_err(|_| RelayError::Client)?;
-                cx.sent.set(true);
                 return Ok(Relayed::Upgraded { rest: len });
             }
             Ok(Some(Head::Final(head))) => break head,
             Ok(None) => {}
         }
         seen_any |= !ubuf.get().is_empty();
-        let limit = budget(
-            head_deadline.map_or(far, |d| d - Instant::now().min(d)),
-            plan.deadline,
-        );
-        match read_more(ur, ubuf, limit).await {
+        match read_more(ur, ubuf, budget(FAR, plan.deadline)).await {
             Ok(_) => {}
             Err(Wait::TimedOut) => return Err(RelayError::Upstream(UpstreamError::Timeout)),
             Err(_) if !seen_any => return Err(RelayError::Upstream(UpstreamError::ClosedEarly)),
@@ -413,10 +485,10 @@ async fn relay(
             if fits {
                 out.extend_from_slice(body);
             }
+            cx.committed.set(true);
             write_buf(cw, wbuf, send_limit)
                 .await
                 .map_err(|_| RelayError::Client)?;
-            cx.sent.set(true);
             if !fits {
                 write_range(cw, ubuf, pos..out_end, send_limit)
                     .await
@@ -464,6 +536,7 @@ fn response(cx: &RelayCx<'_>, buf: &[u8], out: &mut Vec<u8>) -> Result<Option<He
         close: false,
         keep_alive_1_0: false,
         dechunk: false,
+        date: &cx.date,
     };
     if resp.status == 101 {
         if !plan.upgrade {
@@ -485,6 +558,7 @@ fn response(cx: &RelayCx<'_>, buf: &[u8], out: &mut Vec<u8>) -> Result<Option<He
         close,
         keep_alive_1_0: plan.minor_version == 0 && !close,
         dechunk,
+        date: &cx.date,
     };
     response_head(out, &resp, reply);
     Ok(Some(Head::Final(FinalHead {
@@ -498,61 +572,57 @@ fn response(cx: &RelayCx<'_>, buf: &[u8], out: &mut Vec<u8>) -> Result<Option<He
 
 type Side<'a, R, W> = (&'a mut R, &'a mut W, &'a mut Lease, usize);
 
-/// Copies bytes both ways until either side closes, fails, or both are idle
-/// for `idle`. Each side's buffer holds bytes read before the switch, from
-/// the given offset.
+/// Copies bytes both ways until either side closes or fails, or neither
+/// moves a byte for `idle`. Each side's buffer holds bytes read before the
+/// switch, from the given offset. The one idle timer ends both directions
+/// together, so no read is ever dropped while the tunnel goes on, and no
+/// byte that arrived is lost to a cancelled read.
 async fn tunnel(
     client: Side<'_, ClientRead, ClientWrite>,
-    upstream: (&mut UpRead, &mut UpWrite, &mut Lease, usize),
+    upstream: Side<'_, UpRead, UpWrite>,
     idle: Duration,
 ) {
     let last = Cell::new(Instant::now());
     let (cr, cw, cbuf, cstart) = client;
     let (ur, uw, ubuf, ustart) = upstream;
-    let up = pin!(copy(cr, uw, cbuf, cstart, idle, &last));
-    let down = pin!(copy(ur, cw, ubuf, ustart, idle, &last));
-    let mut up = up;
-    let mut down = down;
+    let mut up = pin!(copy(cr, uw, cbuf, cstart, &last));
+    let mut down = pin!(copy(ur, cw, ubuf, ustart, &last));
+    let mut timer = pin!(monoio::time::sleep(idle));
     poll_fn(|cx| {
         if up.as_mut().poll(cx).is_ready() || down.as_mut().poll(cx).is_ready() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+            return Poll::Ready(());
         }
+        while timer.as_mut().poll(cx).is_ready() {
+            let quiet = last.get().elapsed();
+            if quiet >= idle {
+                return Poll::Ready(());
+            }
+            timer.set(monoio::time::sleep(idle - quiet));
+        }
+        Poll::Pending
     })
     .await;
 }
 
-async fn copy<R, W>(
-    r: &mut R,
-    w: &mut W,
-    buf: &mut Lease,
-    start: usize,
-    idle: Duration,
-    last: &Cell<Instant>,
-) where
+async fn copy<R, W>(r: &mut R, w: &mut W, buf: &mut Lease, start: usize, last: &Cell<Instant>)
+where
     R: monoio::io::AsyncReadRent,
     W: monoio::io::AsyncWriteRent,
 {
     let len = buf.get().len();
-    if write_range(w, buf, start..len, idle).await.is_err() {
+    if write_range(w, buf, start..len, FAR).await.is_err() {
         return;
     }
     loop {
         buf.get_mut().clear();
-        // The buffer is empty here, so a read dropped by its timeout loses nothing.
-        let limit = idle
-            .saturating_sub(last.get().elapsed())
-            .max(Duration::from_millis(1));
-        match read_more(r, buf, limit).await {
-            Ok(_) => {}
-            Err(Wait::TimedOut) if last.get().elapsed() < idle => continue,
-            Err(_) => return,
+        if read_more(r, buf, FAR).await.is_err() {
+            return;
         }
         last.set(Instant::now());
         let len = buf.get().len();
-        if write_range(w, buf, 0..len, idle).await.is_err() {
+        if write_range(w, buf, 0..len, FAR).await.is_err() {
             return;
         }
+        last.set(Instant::now());
     }
 }

@@ -13,13 +13,15 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use atomic_waker::AtomicWaker;
 use crossbeam_queue::ArrayQueue;
-use monoio::io::{AsyncWriteRentExt, CancelHandle, Canceller};
+use monoio::io::{CancelHandle, Canceller};
 use monoio::net::{TcpListener, TcpStream};
 
+use crate::date::HttpDate;
+use crate::error::Reject;
 use crate::slab::Slab;
 use crate::snapshot::Snapshot;
 use crate::upstream::UpstreamPool;
@@ -78,6 +80,12 @@ pub struct ShardState {
     pub slab: Rc<Slab>,
     /// Indexed like the snapshot's upstreams.
     pub pools: Vec<UpstreamPool>,
+    /// Small buffers for error responses when `slab` has none to give.
+    pub replies: Rc<Slab>,
+    /// The `Date` header value, current to the second.
+    pub date: HttpDate,
+    /// Exchanges given up because the client closed before the response.
+    pub client_aborts: Cell<u64>,
     conns: Cell<usize>,
     /// Cancels every keep-alive connection's wait for its next request.
     idle: RefCell<Canceller>,
@@ -186,12 +194,17 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
             .iter()
             .map(UpstreamPool::new)
             .collect(),
+        replies: Slab::new(REPLY_BUFFER, REPLY_BUFFER * REPLY_BUFFERS),
+        date: HttpDate::new(SystemTime::now()),
+        client_aborts: Cell::new(0),
         snapshot: RefCell::new(Rc::new(snapshot)),
         conns: Cell::new(0),
         idle: RefCell::new(Canceller::new()),
         draining: Cell::new(false),
         drained: Cell::new(None),
     });
+    let ticking = shard.clone();
+    monoio::spawn(async move { ticking.date.tick().await });
     let stop_accepting = Canceller::new();
     for l in spec.listeners {
         let listener = TcpListener::from_std(l)?;
@@ -225,13 +238,20 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
     Ok(())
 }
 
+/// An error response is at most this long (the longest 405 `Allow` list
+/// included); that many of them can be in flight when the slab is exhausted.
+const REPLY_BUFFER: usize = 1024;
+const REPLY_BUFFERS: usize = 64;
+
 async fn accept(shard: Rc<ShardState>, listener: TcpListener, stop: CancelHandle) {
     let max = shard.snapshot().config.server.max_connections;
+    let mut backoff = AcceptBackoff::default();
     loop {
         match listener.cancelable_accept(stop.clone()).await {
             Ok((stream, peer)) => {
+                backoff.reset();
                 if shard.conns.get() >= max {
-                    monoio::spawn(refuse(stream));
+                    monoio::spawn(refuse(shard.clone(), stream));
                     continue;
                 }
                 shard.conn_opened();
@@ -239,11 +259,50 @@ async fn accept(shard: Rc<ShardState>, listener: TcpListener, stop: CancelHandle
             }
             Err(_) if shard.draining() => return,
             Err(e) => {
-                // Out of file descriptors, most likely: back off rather than spin.
-                log::warn!("shard {}: accept failed: {e}", shard.id);
-                monoio::time::sleep(Duration::from_millis(50)).await;
+                // Out of descriptors (EMFILE, ENFILE) or kernel memory: the
+                // pending connection stays queued, so retrying at once would
+                // spin. Wait, longer each time, until a descriptor frees up.
+                let wait = backoff.failed(Instant::now(), |failures| {
+                    log::warn!(
+                        "shard {}: accept failed: {e} ({failures} times in the last second); backing off",
+                        shard.id
+                    );
+                });
+                monoio::time::sleep(wait).await;
             }
         }
+    }
+}
+
+/// How long to wait after a failed accept, and when to say so: the wait
+/// doubles from 5 ms to 500 ms, and the log speaks at most once a second.
+#[derive(Default)]
+struct AcceptBackoff {
+    wait: Duration,
+    failures: u64,
+    logged: Option<Instant>,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_millis(500);
+
+    fn failed(&mut self, now: Instant, log: impl FnOnce(u64)) -> Duration {
+        self.failures += 1;
+        if self
+            .logged
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            log(self.failures);
+            self.logged = Some(now);
+            self.failures = 0;
+        }
+        self.wait = (self.wait * 2).clamp(Self::FIRST, Self::MAX);
+        self.wait
+    }
+
+    fn reset(&mut self) {
+        self.wait = Duration::ZERO;
     }
 }
 
@@ -253,8 +312,39 @@ async fn serve_conn(shard: Rc<ShardState>, stream: TcpStream, peer: SocketAddr) 
 }
 
 /// Answers a connection over the limit with a 503 and closes it.
-pub(crate) async fn refuse(mut stream: TcpStream) {
-    let mut out = Vec::new();
-    crate::error::Reject::Unavailable.write(&mut out, true, "");
-    let _ = monoio::time::timeout(Duration::from_secs(1), stream.write_all(out)).await;
+async fn refuse(shard: Rc<ShardState>, mut stream: TcpStream) {
+    let limit = Duration::from_secs(1);
+    let _ = crate::conn::send_error(
+        &shard,
+        &mut stream,
+        None,
+        Reject::Unavailable,
+        "",
+        true,
+        limit,
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backoff_doubles_and_logs_once_a_second() {
+        let mut b = AcceptBackoff::default();
+        let t0 = Instant::now();
+        let mut logs = Vec::new();
+        let mut waits = Vec::new();
+        for ms in 0..1500u64 {
+            let now = t0 + Duration::from_millis(ms);
+            waits.push(b.failed(now, |n| logs.push((ms, n))));
+        }
+        assert_eq!(logs, vec![(0, 1), (1000, 1000)]);
+        assert_eq!(waits[0], Duration::from_millis(5));
+        assert_eq!(waits[1], Duration::from_millis(10));
+        assert_eq!(*waits.last().unwrap(), Duration::from_millis(500));
+        b.reset();
+        assert_eq!(b.failed(t0, |_| {}), Duration::from_millis(5));
+    }
 }

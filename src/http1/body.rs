@@ -28,15 +28,18 @@ const MAX_TRAILERS: u32 = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
-    /// Reading hex digits; `digits` counts them.
+    /// Reading hex digits; `digits` counts the significant ones (leading
+    /// zeros are valid and add nothing), `len` the bytes of the line.
     Size {
         size: u64,
         digits: u8,
+        len: u32,
     },
-    /// After the size: whitespace and `;ext` up to CR.
+    /// After the size: `chunk-ext` up to CR, one grammar position at a time.
     Ext {
         size: u64,
         len: u32,
+        at: Ext,
     },
     SizeLf {
         size: u64,
@@ -46,11 +49,14 @@ enum Chunk {
     },
     DataCr,
     DataLf,
-    /// At the start of a trailer line, or of the final CRLF.
+    /// At the start of a trailer field line, or of the final CRLF.
     TrailerStart {
         total: u32,
     },
-    TrailerLine {
+    TrailerName {
+        total: u32,
+    },
+    TrailerValue {
         total: u32,
     },
     TrailerLf {
@@ -58,6 +64,24 @@ enum Chunk {
     },
     FinalLf,
     End,
+}
+
+/// Where a chunk extension is in
+/// `*( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] )` (RFC 9112 §7.1.1),
+/// ext-val being a token or a quoted-string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ext {
+    /// Whitespace that must lead to a ";".
+    BeforeSemi,
+    BeforeName,
+    Name,
+    AfterName,
+    BeforeValue,
+    Token,
+    Quoted,
+    QuotedEscape,
+    /// After a value: CR, ";" or whitespace.
+    AfterValue,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -85,7 +109,11 @@ impl BodyReader {
         let state = match framing {
             Framing::None | Framing::Length(0) => State::Done,
             Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::Chunked(Chunk::Size { size: 0, digits: 0 }),
+            Framing::Chunked => State::Chunked(Chunk::Size {
+                size: 0,
+                digits: 0,
+                len: 0,
+            }),
             Framing::Close => State::Close,
         };
         BodyReader { state }
@@ -199,32 +227,51 @@ fn advance_chunked(
     while *i < input.len() {
         let b = input[*i];
         *c = match *c {
-            Chunk::Size { size, digits } => match hex(b) {
-                Some(d) => {
-                    if digits >= 15 {
-                        return Err(BodyError("chunk size too large"));
-                    }
-                    Chunk::Size {
+            Chunk::Size { size, digits, len } => {
+                if len >= MAX_CHUNK_LINE {
+                    return Err(BodyError("chunk size line too long"));
+                }
+                let len = len + 1;
+                match hex(b) {
+                    Some(0) if digits == 0 => Chunk::Size { size, digits, len },
+                    Some(d) if digits < 15 => Chunk::Size {
                         size: size << 4 | u64::from(d),
                         digits: digits + 1,
+                        len,
+                    },
+                    Some(_) => return Err(BodyError("chunk size too large")),
+                    None if len == 1 => return Err(BodyError("invalid chunk size")),
+                    None => match b {
+                        b'\r' => Chunk::SizeLf { size },
+                        b';' => Chunk::Ext {
+                            size,
+                            len,
+                            at: Ext::BeforeName,
+                        },
+                        b' ' | b'\t' => Chunk::Ext {
+                            size,
+                            len,
+                            at: Ext::BeforeSemi,
+                        },
+                        _ => return Err(BodyError("invalid chunk size")),
+                    },
+                }
+            }
+            Chunk::Ext { size, len, at } => {
+                if len >= MAX_CHUNK_LINE {
+                    return Err(BodyError("chunk extension too long"));
+                }
+                if b == b'\r' && matches!(at, Ext::Name | Ext::Token | Ext::AfterValue) {
+                    Chunk::SizeLf { size }
+                } else {
+                    let at = chunk_ext(at, b).ok_or(BodyError("invalid chunk extension"))?;
+                    Chunk::Ext {
+                        size,
+                        len: len + 1,
+                        at,
                     }
                 }
-                None if digits == 0 => return Err(BodyError("invalid chunk size")),
-                None => match b {
-                    b'\r' => Chunk::SizeLf { size },
-                    b';' | b' ' | b'\t' => Chunk::Ext { size, len: 1 },
-                    _ => return Err(BodyError("invalid chunk size")),
-                },
-            },
-            Chunk::Ext { size, len } => match b {
-                b'\r' => Chunk::SizeLf { size },
-                _ if len >= MAX_CHUNK_LINE => return Err(BodyError("chunk extension too long")),
-                b'\t' => Chunk::Ext { size, len: len + 1 },
-                _ if b < 0x20 || b == 0x7f => {
-                    return Err(BodyError("control character in chunk extension"));
-                }
-                _ => Chunk::Ext { size, len: len + 1 },
-            },
+            }
             Chunk::SizeLf { size } => match b {
                 b'\n' if size == 0 => Chunk::TrailerStart { total: 0 },
                 b'\n' => Chunk::Data { left: size },
@@ -249,16 +296,39 @@ fn advance_chunked(
                 _ => return Err(BodyError("chunk data longer than its size")),
             },
             Chunk::DataLf => match b {
-                b'\n' => Chunk::Size { size: 0, digits: 0 },
+                b'\n' => Chunk::Size {
+                    size: 0,
+                    digits: 0,
+                    len: 0,
+                },
                 _ => return Err(BodyError("bare CR after chunk data")),
             },
+            // Trailer fields are field lines (RFC 9112 §7.1.2, §5): a token,
+            // a colon, a value; no obs-fold.
             Chunk::TrailerStart { total } => match b {
                 b'\r' => Chunk::FinalLf,
-                _ => trailer_byte(b, total)?,
+                _ if is_tchar(b) => Chunk::TrailerName {
+                    total: trailer_total(total)?,
+                },
+                _ => return Err(BodyError("invalid trailer field")),
             },
-            Chunk::TrailerLine { total } => match b {
+            Chunk::TrailerName { total } => match b {
+                b':' => Chunk::TrailerValue {
+                    total: trailer_total(total)?,
+                },
+                _ if is_tchar(b) => Chunk::TrailerName {
+                    total: trailer_total(total)?,
+                },
+                _ => return Err(BodyError("invalid trailer field")),
+            },
+            Chunk::TrailerValue { total } => match b {
                 b'\r' => Chunk::TrailerLf { total },
-                _ => trailer_byte(b, total)?,
+                _ if (b < 0x20 && b != b'\t') || b == 0x7f => {
+                    return Err(BodyError("control character in trailer"));
+                }
+                _ => Chunk::TrailerValue {
+                    total: trailer_total(total)?,
+                },
             },
             Chunk::TrailerLf { total } => match b {
                 b'\n' => Chunk::TrailerStart { total },
@@ -279,14 +349,43 @@ fn advance_chunked(
     Ok(())
 }
 
-fn trailer_byte(b: u8, total: u32) -> Result<Chunk, BodyError> {
+/// The next position in a chunk extension after byte `b` (CR is handled by
+/// the caller); `None` if `b` cannot stand there.
+fn chunk_ext(at: Ext, b: u8) -> Option<Ext> {
+    let ws = b == b' ' || b == b'\t';
+    Some(match at {
+        Ext::BeforeSemi if ws => Ext::BeforeSemi,
+        Ext::BeforeSemi | Ext::AfterValue | Ext::Token | Ext::Name | Ext::AfterName
+            if b == b';' =>
+        {
+            Ext::BeforeName
+        }
+        Ext::BeforeName if ws => Ext::BeforeName,
+        Ext::BeforeName | Ext::Name if is_tchar(b) => Ext::Name,
+        Ext::Name | Ext::AfterName if ws => Ext::AfterName,
+        Ext::Name | Ext::AfterName if b == b'=' => Ext::BeforeValue,
+        Ext::BeforeValue if ws => Ext::BeforeValue,
+        Ext::BeforeValue if b == b'"' => Ext::Quoted,
+        Ext::BeforeValue | Ext::Token if is_tchar(b) => Ext::Token,
+        Ext::Token | Ext::AfterValue if ws => Ext::BeforeSemi,
+        Ext::Quoted if b == b'"' => Ext::AfterValue,
+        Ext::Quoted if b == b'\\' => Ext::QuotedEscape,
+        // qdtext and quoted-pair: HTAB, SP, visible ASCII, obs-text.
+        Ext::Quoted | Ext::QuotedEscape if b == b'\t' || (b >= 0x20 && b != 0x7f) => Ext::Quoted,
+        _ => return None,
+    })
+}
+
+/// RFC 9110 §5.6.2.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn trailer_total(total: u32) -> Result<u32, BodyError> {
     if total >= MAX_TRAILERS {
         return Err(BodyError("trailers too large"));
     }
-    if (b < 0x20 && b != b'\t') || b == 0x7f {
-        return Err(BodyError("control character in trailer"));
-    }
-    Ok(Chunk::TrailerLine { total: total + 1 })
+    Ok(total + 1)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -348,8 +447,20 @@ mod tests {
 
     #[test]
     fn chunked_errors() {
-        let bad: [&[u8]; 9] = [
+        let bad: [&[u8]; 21] = [
             b"x\r\n",
+            b"1;\r\nA\r\n0\r\n\r\n",
+            b"1 \r\nA\r\n0\r\n\r\n",
+            b"1;a=\r\nA\r\n0\r\n\r\n",
+            b"1;=v\r\nA\r\n0\r\n\r\n",
+            b"1;a b\r\nA\r\n0\r\n\r\n",
+            b"1;a=\"x\r\nA\r\n0\r\n\r\n",
+            b"1;a=x y\r\nA\r\n0\r\n\r\n",
+            b"1;a@\r\nA\r\n0\r\n\r\n",
+            b"0\r\nno-colon\r\n\r\n",
+            b"0\r\n: v\r\n\r\n",
+            b"0\r\n folded\r\n\r\n",
+            b"0\r\nX Y: v\r\n\r\n",
             b"\r\n",
             b"-1\r\n",
             b"1\nA\r\n0\r\n\r\n",
@@ -367,6 +478,38 @@ mod tests {
                     String::from_utf8_lossy(b)
                 );
             }
+        }
+    }
+
+    #[test]
+    fn chunk_extension_grammar() {
+        // BWS around ";" and "=", tokens and quoted strings (with escapes).
+        for line in [
+            "1;a\r\n",
+            "1;a=b\r\n",
+            "1 ; a = b ;c\r\n",
+            "1;a=\"x y;\\\"z\"\r\n",
+            "1;a=\"\" ;b\r\n",
+            "1\t;a\r\n",
+        ] {
+            let body = format!("{line}A\r\n0\r\n\r\n");
+            for at in 0..=body.len() {
+                let (payload, _, done) = run(Framing::Chunked, body.as_bytes(), at)
+                    .unwrap_or_else(|e| panic!("{line:?} split {at}: {e:?}"));
+                assert_eq!((payload.as_slice(), done), (&b"A"[..], true), "{line:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn leading_zeros_in_a_chunk_size_are_not_a_large_size() {
+        let body = b"000000000000000000000001\r\nA\r\n00000\r\n\r\n";
+        for at in 0..=body.len() {
+            let (payload, consumed, done) = run(Framing::Chunked, body, at).unwrap();
+            assert_eq!(
+                (payload.as_slice(), consumed, done),
+                (&b"A"[..], body.len(), true)
+            );
         }
     }
 

@@ -9,9 +9,22 @@ use std::net::IpAddr;
 
 use httparse::Header;
 
-use super::parse::{Request, Response, tokens};
+use super::parse::{Request, Response, is_h2c, tokens};
 
 pub const VIA: &[u8] = b"1.1 ringway";
+
+/// The reason phrase of a status ringway answers with itself: RFC 9110's
+/// names (the `http` crate still has the older ones for 413 and 422).
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        413 => "Content Too Large",
+        422 => "Unprocessable Content",
+        _ => http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or(""),
+    }
+}
 
 /// How the request head is rewritten for the upstream.
 #[derive(Debug, Clone, Copy)]
@@ -25,6 +38,8 @@ pub struct Forward<'a> {
     pub set_host: Option<&'a str>,
     /// Host to send when the client sent none (HTTP/1.0).
     pub fallback_host: &'a str,
+    /// Pass header fields whose names hold `_`; dropped otherwise.
+    pub underscores: bool,
 }
 
 /// The Connection header's values, kept to drop the headers they name.
@@ -63,9 +78,41 @@ fn hop_by_hop(name: &str) -> bool {
         "te",
         "trailer",
         "upgrade",
+        "http2-settings",
     ]
     .iter()
     .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Whether a request field named with `_` may go upstream. A backend that
+/// folds `_` into `-` (CGI, many frameworks) would read `Content_Length` as a
+/// second framing header, so those never go, whatever the route says.
+fn underscore_passes(name: &str, allowed: bool) -> bool {
+    if !name.contains('_') {
+        return true;
+    }
+    let folds_to = |framing: &str| {
+        name.len() == framing.len()
+            && name
+                .bytes()
+                .zip(framing.bytes())
+                .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
+    };
+    allowed && !folds_to("content-length") && !folds_to("transfer-encoding")
+}
+
+/// The Upgrade list without `h2c`, which is never tunnelled.
+fn upgrade_header(out: &mut Vec<u8>, value: &[u8]) {
+    out.extend_from_slice(b"Upgrade: ");
+    let mut first = true;
+    for t in tokens(value).filter(|t| !is_h2c(t)) {
+        if !first {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(t);
+        first = false;
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// `Via` is a list: ours goes after what the message already carries.
@@ -107,11 +154,14 @@ pub fn request_head(out: &mut Vec<u8>, req: &Request<'_, '_>, fwd: &Forward<'_>)
         let name = h.name;
         if hop_by_hop(name) {
             if req.upgrade && name.eq_ignore_ascii_case("upgrade") {
-                header(out, b"Upgrade", h.value);
+                upgrade_header(out, h.value);
             }
             continue;
         }
-        if named.names(name) || name.eq_ignore_ascii_case("x-forwarded-proto") {
+        if named.names(name)
+            || name.eq_ignore_ascii_case("x-forwarded-proto")
+            || !underscore_passes(name, fwd.underscores)
+        {
             continue;
         }
         if xff_lines == 1 && name.eq_ignore_ascii_case("x-forwarded-for") {
@@ -120,9 +170,10 @@ pub fn request_head(out: &mut Vec<u8>, req: &Request<'_, '_>, fwd: &Forward<'_>)
         }
         if name.eq_ignore_ascii_case("host") {
             host_seen = true;
-            match fwd.set_host {
-                Some(set) => header(out, b"Host", set.as_bytes()),
-                None => header(out, name.as_bytes(), h.value),
+            match (fwd.set_host, req.absolute) {
+                (Some(set), _) => header(out, b"Host", set.as_bytes()),
+                (None, true) => header(out, b"Host", req.host.as_bytes()),
+                (None, false) => header(out, name.as_bytes(), h.value),
             }
             continue;
         }
@@ -134,11 +185,12 @@ pub fn request_head(out: &mut Vec<u8>, req: &Request<'_, '_>, fwd: &Forward<'_>)
         header(out, name.as_bytes(), h.value);
     }
     if !host_seen {
-        header(
-            out,
-            b"Host",
-            fwd.set_host.unwrap_or(fwd.fallback_host).as_bytes(),
-        );
+        let host = match (fwd.set_host, req.absolute) {
+            (Some(set), _) => set,
+            (None, true) => req.host,
+            (None, false) => fwd.fallback_host,
+        };
+        header(out, b"Host", host.as_bytes());
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
     if let Some(v) = xff {
@@ -158,20 +210,24 @@ pub fn request_head(out: &mut Vec<u8>, req: &Request<'_, '_>, fwd: &Forward<'_>)
 
 /// How the response head is adjusted for the client.
 #[derive(Debug, Clone, Copy)]
-pub struct Reply {
+pub struct Reply<'a> {
     /// The client connection closes after this response.
     pub close: bool,
     /// The client speaks HTTP/1.0 and asked for keep-alive.
     pub keep_alive_1_0: bool,
     /// Drop Transfer-Encoding: the body is de-chunked for an HTTP/1.0 client.
     pub dechunk: bool,
+    /// The shard's current `Date` value, added when the upstream sent none
+    /// (RFC 9110 §6.6.1).
+    pub date: &'a [u8],
 }
 
-pub fn response_head(out: &mut Vec<u8>, resp: &Response<'_, '_>, reply: Reply) {
+pub fn response_head(out: &mut Vec<u8>, resp: &Response<'_, '_>, reply: Reply<'_>) {
     let named = Named::of(resp.headers);
     let switching = resp.status == 101;
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, resp.reason);
     let mut via_seen = false;
+    let mut date_seen = false;
     for h in resp.headers {
         let name = h.name;
         if hop_by_hop(name) {
@@ -188,10 +244,15 @@ pub fn response_head(out: &mut Vec<u8>, resp: &Response<'_, '_>, reply: Reply) {
             append_via(out, name, h.value);
             continue;
         }
+        date_seen |= name.eq_ignore_ascii_case("date");
         header(out, name.as_bytes(), h.value);
     }
     if !via_seen {
         header(out, b"Via", VIA);
+    }
+    // Interim responses need none; every final one has a Date.
+    if !date_seen && resp.status >= 200 {
+        header(out, b"Date", reply.date);
     }
     if switching {
         out.extend_from_slice(b"Connection: upgrade\r\n");
@@ -209,6 +270,10 @@ mod tests {
     use crate::http1::parse::{HeadLimits, parse_request, parse_response};
 
     fn rewrite(raw: &str, set_host: Option<&str>) -> String {
+        rewrite_with(raw, set_host, false)
+    }
+
+    fn rewrite_with(raw: &str, set_host: Option<&str>, underscores: bool) -> String {
         let mut h = [httparse::EMPTY_HEADER; 32];
         let limits = HeadLimits {
             max_request_line: 1000,
@@ -224,6 +289,7 @@ mod tests {
             target: req.target,
             set_host,
             fallback_host: "up:80",
+            underscores,
         };
         request_head(&mut out, &req, &fwd);
         String::from_utf8(out).unwrap()
@@ -282,11 +348,83 @@ mod tests {
             close: true,
             keep_alive_1_0: false,
             dechunk: true,
+            date: b"Mon, 23 Nov 2026 12:00:00 GMT",
         };
         response_head(&mut out, &resp, reply);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "HTTP/1.1 200 OK\r\nVia: 1.0 a, 1.1 ringway\r\nConnection: close\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nVia: 1.0 a, 1.1 ringway\r\nDate: Mon, 23 Nov 2026 12:00:00 GMT\r\n\
+             Connection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn upstream_date_is_kept() {
+        let raw =
+            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 0\r\n\r\n";
+        let mut h = [httparse::EMPTY_HEADER; 8];
+        let resp = parse_response(raw.as_bytes(), &mut h, false, 1000)
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        let reply = Reply {
+            close: false,
+            keep_alive_1_0: false,
+            dechunk: false,
+            date: b"Mon, 23 Nov 2026 12:00:00 GMT",
+        };
+        response_head(&mut out, &resp, reply);
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(out.matches("Date: ").count(), 1, "{out}");
+        assert!(out.contains("1994"), "{out}");
+    }
+
+    #[test]
+    fn absolute_form_sends_its_authority_as_host() {
+        let out = rewrite(
+            "GET http://a.example:81/p HTTP/1.1\r\nHost: other\r\n\r\n",
+            None,
+        );
+        assert!(
+            out.starts_with("GET /p HTTP/1.1\r\nHost: a.example:81\r\n"),
+            "{out}"
+        );
+        let out = rewrite("GET http://a.example/p HTTP/1.0\r\n\r\n", None);
+        assert!(out.contains("Host: a.example\r\n"), "{out}");
+    }
+
+    #[test]
+    fn underscored_fields_are_dropped_unless_the_route_passes_them() {
+        let raw = "GET / HTTP/1.1\r\nHost: ex\r\nX_User: a\r\nContent_Length: 5\r\n\
+                   transfer_encoding: chunked\r\nX-Ok: 1\r\n\r\n";
+        let out = rewrite_with(raw, None, false);
+        assert!(!out.contains('_') && out.contains("X-Ok: 1\r\n"), "{out}");
+        let out = rewrite_with(raw, None, true);
+        assert!(out.contains("X_User: a\r\n"), "{out}");
+        assert!(
+            !out.contains("Content_Length") && !out.contains("transfer_encoding"),
+            "never a field that folds to a framing header: {out}"
+        );
+    }
+
+    #[test]
+    fn h2c_is_dropped_from_upgrade() {
+        let out = rewrite(
+            "GET / HTTP/1.1\r\nHost: ex\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+             HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+            None,
+        );
+        assert!(
+            !out.to_ascii_lowercase().contains("upgrade") && !out.contains("HTTP2-Settings"),
+            "plain HTTP/1.1: {out}"
+        );
+        let out = rewrite(
+            "GET / HTTP/1.1\r\nHost: ex\r\nConnection: Upgrade\r\nUpgrade: h2c, websocket\r\n\r\n",
+            None,
+        );
+        assert!(
+            out.contains("Upgrade: websocket\r\n") && out.contains("Connection: upgrade\r\n"),
+            "{out}"
         );
     }
 }

@@ -1,6 +1,7 @@
 //! Request and response heads: `httparse` does the tokenising, this module
 //! adds what a proxy must refuse (RFC 9112 §6.3, §11.2): ambiguous framing,
-//! bare CR or LF, control bytes, a missing or doubled Host.
+//! bare CR or LF, control bytes, a missing, doubled or malformed Host, a
+//! request target outside RFC 3986's characters.
 //!
 //! Pure functions over a byte slice: `Ok(None)` means more bytes are needed.
 #![forbid(unsafe_code)]
@@ -33,16 +34,23 @@ pub struct Request<'h, 'b> {
     pub target: &'b str,
     /// `target` without its query.
     pub path: &'b str,
-    /// The host to route on: the absolute-form authority, else the Host header.
+    /// The host to route on and to send upstream: the absolute-form
+    /// authority, else the Host header (RFC 9112 §3.2.2).
     pub host: &'b str,
+    /// The client sent the absolute form: `host` replaces its Host header.
+    pub absolute: bool,
     pub minor_version: u8,
     pub headers: &'h [Header<'b>],
     pub head_len: usize,
     pub framing: Framing,
     pub conn: ConnectionOptions,
     pub expect_continue: bool,
+    /// A protocol upgrade other than `h2c` was asked for (h2c is never tunnelled).
     pub upgrade: bool,
 }
+
+/// Longest Host accepted: a DNS name is at most 253 bytes.
+pub const MAX_HOST: usize = 255;
 
 /// What the Connection header(s) said.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -103,9 +111,6 @@ pub fn parse_request<'h, 'b>(
     let minor_version = req.version.unwrap_or(1);
     let headers: &'h [Header<'b>] = req.headers;
 
-    if raw_target.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
-        return Err(HeadError::Malformed("invalid request target"));
-    }
     let (authority, target) = split_target(raw_target, method)?;
 
     let mut host_header: Option<&'b str> = None;
@@ -142,9 +147,10 @@ pub fn parse_request<'h, 'b>(
             if host_header.is_some() {
                 return Err(HeadError::Malformed("repeated host"));
             }
+            // Checked below, unless the target's authority replaces it.
             let v =
                 std::str::from_utf8(h.value).map_err(|_| HeadError::Malformed("invalid host"))?;
-            host_header = Some(v.trim());
+            host_header = Some(v.trim_matches([' ', '\t']));
         } else if name.eq_ignore_ascii_case("connection") {
             for token in tokens(h.value) {
                 if token.eq_ignore_ascii_case(b"close") {
@@ -158,7 +164,7 @@ pub fn parse_request<'h, 'b>(
         } else if name.eq_ignore_ascii_case("expect") {
             expect_continue = trim(h.value).eq_ignore_ascii_case(b"100-continue");
         } else if name.eq_ignore_ascii_case("upgrade") {
-            has_upgrade = true;
+            has_upgrade |= tokens(h.value).any(|t| !is_h2c(t));
         }
     }
 
@@ -172,18 +178,19 @@ pub fn parse_request<'h, 'b>(
             "transfer-encoding in an HTTP/1.0 request",
         ));
     }
+    // An HTTP/1.1 request carries Host even with an absolute target, whose
+    // authority then wins whatever Host says (RFC 9112 §3.2, §3.2.2).
+    if host_header.is_none() && minor_version == 1 {
+        return Err(HeadError::Malformed("missing host"));
+    }
     let host = match (authority, host_header) {
         (Some(a), _) => a,
-        (None, Some(h)) => h,
-        (None, None) if minor_version == 0 => "",
-        (None, None) => return Err(HeadError::Malformed("missing host")),
+        (None, Some(h)) => {
+            check_host(h.as_bytes())?;
+            h
+        }
+        (None, None) => "",
     };
-    if host
-        .bytes()
-        .any(|b| b.is_ascii_whitespace() || b == b'/' || b == b'@')
-    {
-        return Err(HeadError::Malformed("invalid host"));
-    }
 
     let framing = if chunked {
         Framing::Chunked
@@ -193,12 +200,16 @@ pub fn parse_request<'h, 'b>(
             Some(n) => Framing::Length(n),
         }
     };
-    let path = target.split('?').next().unwrap_or(target);
+    let path = match target.split('?').next() {
+        Some("") | None => "/",
+        Some(p) => p,
+    };
     Ok(Some(Request {
         method,
         target,
         path,
         host,
+        absolute: authority.is_some(),
         minor_version,
         headers,
         head_len,
@@ -209,32 +220,157 @@ pub fn parse_request<'h, 'b>(
     }))
 }
 
-/// Splits an absolute-form target into authority and origin form.
+/// Splits the target into the absolute form's authority, if any, and the
+/// origin form. For "http://h?q" the origin form is "?q": its path is empty,
+/// and whoever writes it sends "/?q".
 fn split_target<'b>(
     target: &'b str,
     method: &str,
 ) -> Result<(Option<&'b str>, &'b str), HeadError> {
+    const INVALID: HeadError = HeadError::Malformed("invalid request target");
     if target.starts_with('/') {
+        check_origin_form(target.as_bytes())?;
         return Ok((None, target));
     }
     if target == "*" && method == "OPTIONS" {
         return Ok((None, target));
     }
-    let rest = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))
-        .ok_or(HeadError::Malformed("invalid request target"))?;
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], &rest[i..]),
-        // "http://h?q" has an empty path: the origin form would be "/?q", which
-        // is not a slice of the input; refuse rather than copy.
-        Some(_) => return Err(HeadError::Malformed("invalid request target")),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() {
-        return Err(HeadError::Malformed("invalid request target"));
+    let scheme_end = target.find("://").ok_or(INVALID)?;
+    let scheme = &target[..scheme_end];
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(INVALID);
     }
-    Ok((Some(authority), path))
+    let rest = &target[scheme_end + 3..];
+    let (authority, origin) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    // No userinfo, and an http(s) URI's host is never empty (RFC 9110 §4.2).
+    if authority.contains('@') {
+        return Err(HeadError::Malformed("userinfo in request target"));
+    }
+    check_host(authority.as_bytes())?;
+    if authority.is_empty() || authority.starts_with(':') {
+        return Err(HeadError::Malformed("invalid host"));
+    }
+    check_origin_form(origin.as_bytes())?;
+    Ok((
+        Some(authority),
+        if origin.is_empty() { "/" } else { origin },
+    ))
+}
+
+/// RFC 3986's path-abempty [ "?" query ]: pchar, "/" and "?", with every
+/// "%" starting a pct-encoded octet. A fragment ("#") never travels in a
+/// request, and nothing else may appear unencoded.
+fn check_origin_form(t: &[u8]) -> Result<(), HeadError> {
+    let mut i = 0;
+    while i < t.len() {
+        let b = t[i];
+        if b == b'%' {
+            if !(t.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && t.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+            {
+                return Err(HeadError::Malformed("invalid percent-encoding in target"));
+            }
+            i += 3;
+            continue;
+        }
+        if !(is_unreserved_or_sub_delim(b) || matches!(b, b':' | b'@' | b'/' | b'?')) {
+            return Err(HeadError::Malformed("invalid request target"));
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// ALPHA DIGIT "-" "." "_" "~" and "!" "$" "&" "'" "(" ")" "*" "+" "," ";" "=".
+fn is_unreserved_or_sub_delim(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2): an IP literal
+/// in brackets, or a reg-name (which may be empty, and covers IPv4), then
+/// at most one port of digits.
+pub fn check_host(h: &[u8]) -> Result<(), HeadError> {
+    const INVALID: HeadError = HeadError::Malformed("invalid host");
+    if h.len() > MAX_HOST {
+        return Err(HeadError::Malformed("host too long"));
+    }
+    let port = if let Some(literal) = h.strip_prefix(b"[") {
+        let end = memchr::memchr(b']', literal).ok_or(INVALID)?;
+        if !is_ip_literal(&literal[..end]) {
+            return Err(INVALID);
+        }
+        match &literal[end + 1..] {
+            [] => None,
+            [b':', port @ ..] => Some(port),
+            _ => return Err(INVALID),
+        }
+    } else {
+        let (name, port) = match memchr::memchr(b':', h) {
+            Some(i) => (&h[..i], Some(&h[i + 1..])),
+            None => (h, None),
+        };
+        let mut i = 0;
+        while i < name.len() {
+            if name[i] == b'%' {
+                let hex = name.get(i + 1..i + 3).ok_or(INVALID)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return Err(INVALID);
+                }
+                i += 3;
+            } else if is_unreserved_or_sub_delim(name[i]) {
+                i += 1;
+            } else {
+                return Err(INVALID);
+            }
+        }
+        port
+    };
+    match port {
+        Some(p) if p.len() > 5 || !p.iter().all(u8::is_ascii_digit) => Err(INVALID),
+        Some(p) if p.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) > 65535 => Err(INVALID),
+        _ => Ok(()),
+    }
+}
+
+/// IPv6address or IPvFuture, between the brackets.
+fn is_ip_literal(lit: &[u8]) -> bool {
+    if let [b'v' | b'V', rest @ ..] = lit {
+        let Some(dot) = memchr::memchr(b'.', rest) else {
+            return false;
+        };
+        let (version, tail) = (&rest[..dot], &rest[dot + 1..]);
+        return !version.is_empty()
+            && version.iter().all(u8::is_ascii_hexdigit)
+            && !tail.is_empty()
+            && tail
+                .iter()
+                .all(|&b| is_unreserved_or_sub_delim(b) || b == b':');
+    }
+    std::str::from_utf8(lit).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok())
+}
+
+/// `h2c` (HTTP/2 over cleartext) in an Upgrade list: never tunnelled, as a
+/// backend that speaks it would take the tunnel past every check here.
+pub fn is_h2c(protocol: &[u8]) -> bool {
+    let name = protocol.split(|&b| b == b'/').next().unwrap_or(protocol);
+    name.eq_ignore_ascii_case(b"h2c")
 }
 
 /// Every LF must end a CRLF and every CR must start one.
@@ -495,6 +631,117 @@ mod tests {
         for c in cases {
             malformed(c);
         }
+    }
+
+    #[test]
+    fn absolute_form_authority_replaces_host() {
+        let host_of = |raw: &str| parse(raw).unwrap().unwrap();
+        // RFC 9112 §3.2.2: whatever Host says, empty included.
+        for host_line in ["Host: other\r\n", "Host:\r\n", "Host: a b\r\n"] {
+            let r = host_of(&format!(
+                "GET http://a.example/p HTTP/1.1\r\n{host_line}\r\n"
+            ));
+            assert_eq!(
+                (r.0.as_str(), r.1.as_str()),
+                ("/p", "a.example"),
+                "{host_line}"
+            );
+        }
+        let r = host_of("GET HTTP://a.example HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(
+            (r.0.as_str(), r.1.as_str()),
+            ("/", "a.example"),
+            "scheme in any case"
+        );
+        let r = host_of("GET http://a.example?q=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.0, "?q=1", "an empty path: the writer adds the slash");
+        let r = host_of("GET https://[::1]:8443/x HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.1, "[::1]:8443");
+        for bad in [
+            "GET http:///p HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET http://:80/p HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET http://u:p@a.example/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET http://a.example:8x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET http://a.example/ HTTP/1.1\r\n\r\n",
+            "GET ws://a.example/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            malformed(bad);
+        }
+    }
+
+    #[test]
+    fn host_syntax() {
+        for good in [
+            "h",
+            "h:80",
+            "h:",
+            "",
+            "a-b.c_d~e",
+            "127.0.0.1:8080",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "[v1.x:y]",
+            "%41b",
+            "x!$&'()*+,;=",
+        ] {
+            assert_eq!(check_host(good.as_bytes()), Ok(()), "{good:?}");
+        }
+        for bad in [
+            "h:8x", "h:80:81", "h:123456", "h:65536", "a b", "a/b", "a@b", "a\"b", "[::1",
+            "[::1]x", "[zz]", "%4", "%zz", "a\\b",
+        ] {
+            assert!(check_host(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        let long = "a".repeat(MAX_HOST + 1);
+        assert_eq!(
+            check_host(long.as_bytes()),
+            Err(HeadError::Malformed("host too long"))
+        );
+        // Over the whole head, too: never re-routed as if it had no host.
+        malformed(&format!("GET / HTTP/1.1\r\nHost: {long}\r\n\r\n"));
+    }
+
+    #[test]
+    fn target_bytes_outside_rfc3986_are_refused() {
+        for bad in [
+            "/a#frag", "/a<b", "/a>b", "/a\"b", "/a{b", "/a}b", "/a|b", "/a\\b", "/a^b", "/a`b",
+            "/a%", "/a%2", "/a%zz", "/%C3%", "/\u{e9}",
+        ] {
+            let raw = format!("GET {bad} HTTP/1.1\r\nHost: h\r\n\r\n");
+            assert!(
+                matches!(parse(&raw), Err(HeadError::Malformed(_))),
+                "{bad:?}: {:?}",
+                parse(&raw)
+            );
+        }
+        for good in [
+            "/",
+            "/a/b?c=d&e=f",
+            "/%C3%A9",
+            "/a:b@c!$&'()*+,;=-._~",
+            "/?a/b?c",
+        ] {
+            let raw = format!("GET {good} HTTP/1.1\r\nHost: h\r\n\r\n");
+            assert_eq!(parse(&raw).unwrap().unwrap().0, good);
+        }
+    }
+
+    #[test]
+    fn h2c_is_never_an_upgrade() {
+        let upgrade = |up: &str| {
+            let raw = format!(
+                "GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: {up}\r\n\r\n"
+            );
+            let mut h = [httparse::EMPTY_HEADER; 16];
+            parse_request(raw.as_bytes(), &mut h, LIMITS)
+                .unwrap()
+                .unwrap()
+                .upgrade
+        };
+        assert!(!upgrade("h2c"));
+        assert!(!upgrade("H2C"));
+        assert!(upgrade("websocket"));
+        assert!(upgrade("h2c, websocket"));
     }
 
     #[test]
