@@ -1,0 +1,383 @@
+//! RFC 9110 / 9112 classes that outside suites check a proxy for: request
+//! target and Host syntax, the absolute form, chunked framing grammar,
+//! fields a backend could misread, h2c, Date; and what happens when a
+//! response is already on its way, or the client leaves before it comes.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn json_400(c: &mut Client, raw: &str) {
+    let resp = c
+        .read(false)
+        .unwrap_or_else(|| panic!("no response to {raw:?}"));
+    assert_eq!(resp.status, 400, "{raw:?}\n{}", resp.head);
+    assert!(resp.text().ends_with(",\"status\":400}"), "{}", resp.text());
+    assert_eq!(resp.header("connection"), Some("close"), "{raw:?}");
+    assert!(c.is_closed(), "{raw:?}: closed after 400");
+}
+
+#[test]
+fn malformed_hosts_targets_and_chunk_framing_get_400_and_never_reach_the_upstream() {
+    let origin = Origin::start(|_| ok("should not happen"));
+    let proxy = proxy_to(origin.addr, "");
+    let long_host = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", "a".repeat(300));
+    let chunked = |body: &str| {
+        format!("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n{body}")
+    };
+    let mut cases: Vec<String> = [
+        // Host: uri-host [ ":" port ]
+        "GET / HTTP/1.1\r\nHost: h:8x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: h:80:81\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: h:99999\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: u@h\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: h\"x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n",
+        // Request-target bytes.
+        "GET /a#frag HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET /a<b> HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET /a{b} HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET /a|b HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET /a\\b HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET /a^b HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET /a%zz HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET /a%4 HTTP/1.1\r\nHost: h\r\n\r\n",
+        // Absolute form.
+        "GET http:///p HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET http://u:p@h/p HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET http://h:8x/p HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET http://h/p HTTP/1.1\r\n\r\n",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    cases.push(long_host);
+    for body in [
+        "1;\r\nA\r\n0\r\n\r\n",
+        "1 \r\nA\r\n0\r\n\r\n",
+        "1;a=\r\nA\r\n0\r\n\r\n",
+        "1;=v\r\nA\r\n0\r\n\r\n",
+        "1;a b\r\nA\r\n0\r\n\r\n",
+        "1;a=\"x\r\nA\r\n0\r\n\r\n",
+        "0\r\nno-colon\r\n\r\n",
+        "0\r\n: v\r\n\r\n",
+        "0\r\nX: v\r\n folded\r\n\r\n",
+    ] {
+        cases.push(chunked(body));
+    }
+    for raw in &cases {
+        let mut c = Client::connect(proxy.addr());
+        c.send(raw.as_bytes());
+        json_400(&mut c, raw);
+    }
+    assert_eq!(origin.connections(), 0, "nothing reached the upstream");
+}
+
+#[test]
+fn valid_chunk_extensions_trailers_and_leading_zeros_pass() {
+    let origin = Origin::start(|s| ok(&s.body_len.to_string()));
+    let proxy = proxy_to(origin.addr, "");
+    let body = "0000000000000000000003 ; a = b ;c=\"q \\\" ;\"\r\nabc\r\n\
+                00\r\nX-Trailer: v\r\n\r\n";
+    let resp = request(
+        proxy.addr(),
+        &format!("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n{body}"),
+    );
+    assert_eq!((resp.status, resp.text().as_str()), (200, "3"));
+    assert_eq!(
+        origin.seen()[0].raw_body,
+        body.as_bytes(),
+        "passed through as sent"
+    );
+}
+
+#[test]
+fn absolute_form_authority_routes_and_replaces_host() {
+    let origin = Origin::start(|s| ok(&s.target));
+    let proxy = proxy(&format!(
+        "[[upstream]]\nname = \"o\"\nendpoints = [\"{}\"]\n\
+         [[route]]\nname = \"a\"\nhost = \"a.example\"\nprefix = \"/\"\nupstream = \"o\"\n\
+         [[route]]\nname = \"other\"\nprefix = \"/\"\nrespond = {{ status = 200, body = \"fallback\" }}\n",
+        origin.addr
+    ));
+    for (host_line, target, sent) in [
+        (
+            "Host: other.example\r\n",
+            "http://a.example/p?x=1",
+            "/p?x=1",
+        ),
+        ("Host:\r\n", "http://A.Example:80/p", "/p"),
+        ("Host: bad host\r\n", "http://a.example", "/"),
+        ("Host: other.example\r\n", "http://a.example?q", "/?q"),
+    ] {
+        let resp = request(
+            proxy.addr(),
+            &format!("GET {target} HTTP/1.1\r\n{host_line}\r\n"),
+        );
+        assert_eq!((resp.status, resp.text().as_str()), (200, sent), "{target}");
+        let seen = origin.seen().pop().unwrap();
+        let authority = target.split('/').nth(2).unwrap().split('?').next().unwrap();
+        assert_eq!(seen.header("host"), Some(authority), "{target}");
+        assert_eq!(seen.header_count("host"), 1);
+    }
+    // Origin form with the same Host header goes to the host-less route.
+    let resp = request(
+        proxy.addr(),
+        "GET /p HTTP/1.1\r\nHost: other.example\r\n\r\n",
+    );
+    assert_eq!(resp.text(), "fallback");
+}
+
+#[test]
+fn underscored_fields_never_reach_the_upstream_by_default() {
+    let origin = Origin::start(|_| ok("x"));
+    let proxy = proxy_to(origin.addr, "");
+    let resp = request(
+        proxy.addr(),
+        "GET / HTTP/1.1\r\nHost: h\r\nX_User: admin\r\nContent_Length: 5\r\nX-Fine: 1\r\n\r\n",
+    );
+    assert_eq!(resp.status, 200);
+    let seen = &origin.seen()[0];
+    assert!(!seen.head.contains('_'), "{}", seen.head);
+    assert_eq!(seen.header("x-fine"), Some("1"));
+}
+
+#[test]
+fn h2c_upgrade_is_forwarded_as_plain_http11() {
+    let origin = Origin::start(|_| ok("plain"));
+    let proxy = proxy_to(origin.addr, "");
+    let resp = request(
+        proxy.addr(),
+        "GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+         HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    );
+    assert_eq!((resp.status, resp.text().as_str()), (200, "plain"));
+    let head = origin.seen()[0].head.to_ascii_lowercase();
+    assert!(
+        !head.contains("upgrade") && !head.contains("http2-settings"),
+        "{head}"
+    );
+}
+
+#[test]
+fn every_response_carries_a_date() {
+    let origin = Origin::start(|s| {
+        if s.target == "/dated" {
+            Reply::Raw(
+                b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 0\r\n\r\n"
+                    .to_vec(),
+            )
+        } else {
+            ok("x")
+        }
+    });
+    let proxy = proxy(&format!(
+        "[[upstream]]\nname = \"o\"\nendpoints = [\"{}\"]\n\
+         [[route]]\nname = \"o\"\nprefix = \"/\"\nupstream = \"o\"\n\
+         [[route]]\nname = \"teapot\"\nprefix = \"/tea\"\nrespond = {{ status = 418, body = \"short and stout\" }}\n",
+        origin.addr
+    ));
+    let is_imf_fixdate =
+        |d: &str| d.len() == 29 && d.ends_with(" GMT") && httpdate::parse_http_date(d).is_ok();
+    for path in ["/", "/tea"] {
+        let resp = get(proxy.addr(), path);
+        let date = resp
+            .header("date")
+            .unwrap_or_else(|| panic!("{}", resp.head));
+        assert!(is_imf_fixdate(date), "{date}");
+    }
+    let resp = get(proxy.addr(), "/dated");
+    assert_eq!(resp.header("date"), Some("Sun, 06 Nov 1994 08:49:37 GMT"));
+    assert_eq!(resp.head.matches("Date:").count(), 1);
+    // ringway's own answers: an error, and a status it has a phrase for.
+    let resp = request(proxy.addr(), "GET /a#b HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert!(is_imf_fixdate(resp.header("date").unwrap()));
+    let resp = get(proxy.addr(), "/tea");
+    assert!(
+        resp.head.starts_with("HTTP/1.1 418 I'm a teapot\r\n"),
+        "{}",
+        resp.head
+    );
+}
+
+/// An upstream that answers as soon as it has the request head, with a
+/// head far bigger than the socket buffers, so the proxy's write of it to a
+/// client that does not read stays in flight.
+#[test]
+fn no_error_response_after_a_response_was_committed() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let big = "a".repeat(7 << 20);
+    let upstream = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        read_head(&mut s);
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\nX-Big: {big}\r\nContent-Length: 0\r\n\r\n"
+        );
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    });
+    let proxy = proxy_to(addr, "[limits]\nbuffer_size = \"8MiB\"\n");
+
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&proxy.addr().into()).unwrap();
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        .unwrap();
+    // Once the response has started to arrive, break the request body.
+    let mut first = [0u8; 1];
+    assert_eq!(s.peek(&mut first).unwrap(), 1);
+    s.write_all(b"zz\r\n").unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{}", &got[..40]);
+    assert_eq!(
+        got.matches("HTTP/1.1 ").count(),
+        1,
+        "a second head followed"
+    );
+    assert!(!got.contains("\"status\":400"));
+    drop(proxy);
+    upstream.join().unwrap();
+}
+
+/// The upstream reads the request, then waits for its connection to close
+/// (and says when), up to a bound.
+fn silent_upstream() -> (
+    std::net::SocketAddr,
+    mpsc::Receiver<()>,
+    mpsc::Receiver<Instant>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (got_request, request_rx) = mpsc::channel();
+    let (closed, closed_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let head = read_head(&mut s);
+            let mut b = [0u8; 4096];
+            if find(&head, b"Content-Length: 5").is_some() {
+                let body_read = head.len() - find(&head, b"\r\n\r\n").unwrap() - 4;
+                let mut rest = vec![0u8; 5 - body_read];
+                if s.read_exact(&mut rest).is_err() {
+                    return;
+                }
+            }
+            got_request.send(()).unwrap();
+            let eof = matches!(s.read(&mut b), Ok(0));
+            if eof {
+                closed.send(Instant::now()).unwrap();
+            }
+        }
+    });
+    (addr, request_rx, closed_rx)
+}
+
+#[test]
+fn client_close_while_the_upstream_is_slow_closes_the_upstream_at_once() {
+    let (addr, request_rx, closed_rx) = silent_upstream();
+    let proxy = proxy_to(addr, "");
+    for raw in [
+        "GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+    ] {
+        let mut c = TcpStream::connect(proxy.addr()).unwrap();
+        c.write_all(raw.as_bytes()).unwrap();
+        request_rx
+            .recv_timeout(IO_TIMEOUT)
+            .expect("the upstream got the request");
+        let t0 = Instant::now();
+        c.shutdown(Shutdown::Both).unwrap();
+        drop(c);
+        let closed = closed_rx
+            .recv_timeout(Duration::from_secs(6))
+            .expect("the upstream connection was closed");
+        let after = closed.saturating_duration_since(t0);
+        assert!(
+            after < Duration::from_millis(100),
+            "{raw:?}: upstream closed {after:?} after the client"
+        );
+    }
+}
+
+/// The client keeps a tunnel busy while the upstream speaks only after
+/// pauses about as long as the idle limit, so the proxy's wait on the
+/// upstream side outlasts the limit again and again: every byte must still
+/// arrive, in order.
+#[test]
+fn tunnel_loses_no_byte_while_the_other_side_keeps_it_alive() {
+    const UP: usize = 1200;
+    const DOWN: usize = 60;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        read_head(&mut s);
+        s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n",
+        )
+        .unwrap();
+        let mut r = s.try_clone().unwrap();
+        let reader = std::thread::spawn(move || read_n(&mut r, UP));
+        for i in 0..DOWN {
+            #[allow(clippy::disallowed_methods)] // a slow peer, not synchronisation
+            std::thread::sleep(Duration::from_micros(18_000 + (i as u64 % 5) * 1000));
+            s.write_all(&[i as u8]).unwrap();
+        }
+        reader.join().unwrap()
+    });
+    let proxy = proxy_to(addr, "[timeouts]\nupstream_idle = \"20ms\"\n");
+    let mut c = TcpStream::connect(proxy.addr()).unwrap();
+    c.set_nodelay(true).unwrap();
+    c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n")
+        .unwrap();
+    let head = read_head(&mut c);
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        for i in 0..UP {
+            if w.write_all(&[(i % 251) as u8]).is_err() {
+                return;
+            }
+            #[allow(clippy::disallowed_methods)] // keeps the tunnel busy
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let got = read_n(&mut c, DOWN);
+    writer.join().unwrap();
+    assert_eq!(
+        got,
+        (0..DOWN).map(|i| i as u8).collect::<Vec<_>>(),
+        "upstream to client"
+    );
+    let expected: Vec<u8> = (0..UP).map(|i| (i % 251) as u8).collect();
+    assert_eq!(upstream.join().unwrap(), expected, "client to upstream");
+}
+
+fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    while got.len() < n {
+        match s.read(&mut b) {
+            Ok(k) if k > 0 => got.extend_from_slice(&b[..k]),
+            _ => break,
+        }
+    }
+    got
+}
