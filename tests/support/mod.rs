@@ -313,12 +313,15 @@ fn read_line(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
 
 fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
     let mut b = [0u8; 64 << 10];
-    match s.read(&mut b) {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            buf.extend_from_slice(&b[..n]);
-            true
-        }
+    loop {
+        return match s.read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buf.extend_from_slice(&b[..n]);
+                true
+            }
+        };
     }
 }
 
