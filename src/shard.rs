@@ -155,6 +155,44 @@ impl Driver {
     }
 }
 
+/// How a shard's io_uring is set up. A shard owns its ring alone: every
+/// submission and every wait is on its own thread, so the kernel need not
+/// interrupt it to post completions (`COOP_TASKRUN`), and can even defer
+/// that work until the shard next waits (`DEFER_TASKRUN`, which requires
+/// `SINGLE_ISSUER`). `RINGWAY_URING=plain|coop|defer` picks one, to compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingSetup {
+    Plain,
+    /// `COOP_TASKRUN` + `TASKRUN_FLAG` (Linux 5.19).
+    Coop,
+    /// `SINGLE_ISSUER` + `DEFER_TASKRUN` (Linux 6.1).
+    Defer,
+}
+
+impl RingSetup {
+    pub fn pick() -> RingSetup {
+        match std::env::var("RINGWAY_URING").as_deref() {
+            Ok("plain") => RingSetup::Plain,
+            Ok("defer") => RingSetup::Defer,
+            _ => RingSetup::Coop,
+        }
+    }
+
+    fn builder(self) -> io_uring::Builder {
+        let mut b = io_uring::IoUring::builder();
+        match self {
+            RingSetup::Plain => {}
+            RingSetup::Coop => {
+                b.setup_coop_taskrun().setup_taskrun_flag();
+            }
+            RingSetup::Defer => {
+                b.setup_single_issuer().setup_defer_taskrun();
+            }
+        }
+        b
+    }
+}
+
 /// Runs a shard until it is told to drain; called on the shard's own thread.
 pub fn run(spec: ShardSpec) -> std::io::Result<()> {
     if let Some(core) = spec.core
@@ -162,13 +200,29 @@ pub fn run(spec: ShardSpec) -> std::io::Result<()> {
     {
         log::warn!("shard {}: could not pin to core {}", spec.id, core.id);
     }
+    let uring = |setup: RingSetup| {
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(1024)
+            .uring_builder(setup.builder())
+            .enable_timer()
+            .build()
+    };
     let mut rt = match Driver::pick() {
         Driver::IoUring => {
-            let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                .with_entries(1024)
-                .enable_timer()
-                .build()?;
-            log::info!("shard {}: io_uring driver", spec.id);
+            let setup = RingSetup::pick();
+            let rt = match uring(setup) {
+                Ok(rt) => rt,
+                // An older kernel refuses flags it does not know.
+                Err(e) if setup != RingSetup::Plain => {
+                    log::warn!(
+                        "shard {}: io_uring {setup:?} set-up refused ({e}); plain",
+                        spec.id
+                    );
+                    uring(RingSetup::Plain)?
+                }
+                Err(e) => return Err(e),
+            };
+            log::info!("shard {}: io_uring driver ({setup:?})", spec.id);
             Runtime::from(rt)
         }
         Driver::Epoll => {
