@@ -166,9 +166,10 @@ impl UpstreamPool {
     fn take_idle(&self, ep: &Endpoint, now: Instant) -> Option<UpstreamConn> {
         loop {
             let idle = ep.idle.borrow_mut().pop()?;
-            let expired = now.duration_since(idle.since) >= self.cfg.idle_timeout
+            let quiet = now.duration_since(idle.since);
+            let expired = quiet >= self.cfg.idle_timeout
                 || now.duration_since(idle.conn.created) >= self.cfg.max_lifetime;
-            if !expired && still_open(idle.conn.fd) {
+            if !expired && (quiet < TRUSTED_IDLE || still_open(idle.conn.fd)) {
                 return Some(idle.conn);
             }
             self.release(ep);
@@ -216,9 +217,17 @@ fn wake_one(ep: &Endpoint) {
     }
 }
 
+/// A connection back in the pool for less than this is reused without a
+/// look: servers close idle keep-alive connections after seconds (gunicorn's
+/// 2 s is among the shortest), so under steady load the check would cost a
+/// syscall per request to find what is all but certain. A request whose
+/// connection closed anyway in that moment is retried when idempotent and
+/// bodiless, like any other.
+const TRUSTED_IDLE: Duration = Duration::from_millis(200);
+
 /// An idle upstream connection is usable if reading it would block: no EOF,
-/// no stray bytes. One non-blocking `recv` with MSG_PEEK per reuse; it
-/// saves a request sent down a connection the upstream already closed.
+/// no stray bytes. One non-blocking `recv` with MSG_PEEK; it saves a request
+/// sent down a connection the upstream already closed.
 fn still_open(fd: RawFd) -> bool {
     let mut byte = 0u8;
     // SAFETY: `fd` belongs to a live TcpStream owned by the connection being

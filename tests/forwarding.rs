@@ -393,6 +393,29 @@ fn retries_idempotent_request_once_when_pooled_connection_was_closed() {
 }
 
 #[test]
+fn pooled_connection_the_upstream_closed_a_while_ago_is_not_reused() {
+    // Each connection answers once, as if it would keep alive, then closes.
+    let origin = Origin::start(|_| {
+        Reply::RawClose(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec())
+    });
+    let proxy = proxy_to(origin.addr, "");
+    assert_eq!(get(proxy.addr(), "/").status, 200);
+    // The age that makes the pool look before reuse (under 200 ms it trusts
+    // a connection and relies on the retry), not synchronisation.
+    #[allow(clippy::disallowed_methods)]
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let resp = request(
+        proxy.addr(),
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx",
+    );
+    assert_eq!(
+        resp.status, 200,
+        "a POST, never retried, found a live connection"
+    );
+    assert_eq!(origin.connections(), 2);
+}
+
+#[test]
 fn early_upstream_response_reaches_the_client_while_the_body_is_unsent() {
     // This origin reads only the head, refuses the body and closes.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
