@@ -4,8 +4,15 @@
 //! keep-alive timeout after a response) → read and parse the head (header
 //! timeout, size limits) → route → answer directly, or hand the request to
 //! `proxy::exchange` → keep the pipelined bytes that followed and loop, or
-//! close. The client's read buffer is leased for the connection's life; the
-//! write buffer only while a request is served.
+//! close.
+//!
+//! A connection that is served holds its read buffer and, per request, a
+//! write buffer. One that stays quiet is demoted: once a second the shard
+//! cancels every wait for a next request (`ShardState::demote_waiting`);
+//! the wait hands back its buffer, the connection becomes an `IdleConn` of a
+//! few hundred bytes with no slab buffer, and `shard` keeps it in a small
+//! task that reads the next request's first byte into one byte of its own.
+//! A busy connection never notices: its next request comes before the tick.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -33,7 +40,31 @@ pub type ClientWrite = OwnedWriteHalf<TcpStream>;
 /// What a served request leaves the connection to do.
 pub enum Next {
     KeepAlive,
+    /// Quiet: give the buffer back and wait as an `IdleConn`.
+    Idle,
     Close,
+}
+
+/// How a connection's turn on the shard ended.
+pub enum After {
+    Closed,
+    Idle(IdleConn),
+}
+
+/// A client connection between requests that holds no slab buffer: what
+/// the shard keeps, in a small task, for a client that is quiet.
+pub struct IdleConn {
+    r: ClientRead,
+    w: ClientWrite,
+    peer: SocketAddr,
+    fd: RawFd,
+    /// The next request's first byte is read here (capacity 1).
+    byte: Vec<u8>,
+    /// When the wait ends: `client_header` from accept before the first
+    /// request, `keepalive_idle` from the end of the last response after.
+    until: Instant,
+    accepted: Instant,
+    first: bool,
 }
 
 pub struct Conn<'s> {
@@ -45,6 +76,11 @@ pub struct Conn<'s> {
     pub peer: SocketAddr,
     /// The client socket, to watch for its close while an upstream is slow.
     pub fd: RawFd,
+    /// No request served yet: the head timer runs from `accepted`.
+    first: bool,
+    accepted: Instant,
+    /// Kept for when the connection goes quiet (see `IdleConn`).
+    byte: Vec<u8>,
 }
 
 /// A request once its head is parsed, reduced to what serving it needs.
@@ -80,7 +116,8 @@ pub enum Step<'s> {
     },
 }
 
-pub async fn serve(shard: &ShardState, mut stream: TcpStream, peer: SocketAddr) {
+/// Serves a new connection until it closes or goes quiet.
+pub async fn serve(shard: &ShardState, mut stream: TcpStream, peer: SocketAddr) -> After {
     let _ = stream.set_nodelay(true);
     let Some(rbuf) = shard.slab.lease() else {
         let limit = Duration::from_secs(1);
@@ -94,41 +131,118 @@ pub async fn serve(shard: &ShardState, mut stream: TcpStream, peer: SocketAddr) 
             limit,
         )
         .await;
-        return;
+        return After::Closed;
     };
     let fd = stream.as_raw_fd();
     let (r, w) = stream.into_split();
-    let mut conn = Conn {
+    let conn = Conn {
         shard,
         r,
         w,
         rbuf,
         peer,
         fd,
+        first: true,
+        accepted: Instant::now(),
+        byte: Vec::new(),
     };
-    let mut first = true;
+    conn.run().await
+}
+
+/// Serves a quiet connection again once `wait_idle` has its first byte.
+pub async fn resume(shard: &ShardState, mut idle: IdleConn) -> After {
+    let Some(mut rbuf) = shard.slab.lease() else {
+        let limit = Duration::from_secs(1);
+        let _ = send_error(shard, &mut idle.w, None, Reject::Unavailable, "", true, limit).await;
+        return After::Closed;
+    };
+    rbuf.get_mut().extend_from_slice(&idle.byte);
+    idle.byte.clear();
+    let conn = Conn {
+        shard,
+        r: idle.r,
+        w: idle.w,
+        rbuf,
+        peer: idle.peer,
+        fd: idle.fd,
+        first: idle.first,
+        accepted: idle.accepted,
+        byte: idle.byte,
+    };
+    conn.run().await
+}
+
+/// Waits, holding no slab buffer, for a quiet connection's next request.
+/// `Some`: its first byte is in; `resume` serves it. `None`: it closed,
+/// timed out, or the shard is draining. It arms no timer of its own: the
+/// shard cancels the wait in the second the limit passes (see
+/// `ShardState::quiet_handle`), so the task that keeps a quiet connection
+/// holds little more than the connection.
+pub async fn wait_idle(shard: &ShardState, mut idle: IdleConn) -> Option<IdleConn> {
     loop {
-        let snap = shard.snapshot();
-        match conn.request(&snap, first).await {
-            Next::KeepAlive if !shard.draining() => first = false,
-            _ => break,
+        if shard.draining() || Instant::now() >= idle.until {
+            return None;
+        }
+        let byte = std::mem::take(&mut idle.byte);
+        let handle = shard.quiet_handle(idle.until);
+        let (res, byte) = idle.r.cancelable_read(byte, handle).await;
+        idle.byte = byte;
+        match res {
+            Ok(1) => return Some(idle),
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
+            _ => return None,
         }
     }
-    let _ = monoio::time::timeout(Duration::from_secs(1), conn.w.shutdown()).await;
 }
 
 impl Conn<'_> {
-    async fn request(&mut self, snap: &Snapshot, first: bool) -> Next {
+    async fn run(mut self) -> After {
+        loop {
+            let snap = self.shard.snapshot();
+            match self.request(&snap).await {
+                Next::KeepAlive if !self.shard.draining() => self.first = false,
+                Next::Idle => return After::Idle(self.into_idle()),
+                _ => break,
+            }
+        }
+        let _ = monoio::time::timeout(Duration::from_secs(1), self.w.shutdown()).await;
+        After::Closed
+    }
+
+    fn into_idle(mut self) -> IdleConn {
+        if self.byte.capacity() == 0 {
+            self.byte.reserve_exact(1);
+        }
+        let t = &self.shard.snapshot().config.timeouts;
+        let until = if self.first {
+            self.accepted + t.client_header.0
+        } else {
+            Instant::now() + t.keepalive_idle.0
+        };
+        IdleConn {
+            r: self.r,
+            w: self.w,
+            peer: self.peer,
+            fd: self.fd,
+            byte: self.byte,
+            until,
+            accepted: self.accepted,
+            first: self.first,
+        }
+    }
+
+    async fn request(&mut self, snap: &Snapshot) -> Next {
         let t = &snap.config.timeouts;
-        let waiting_since = Instant::now();
         if self.rbuf.get().is_empty() {
-            let limit = if first {
-                t.client_header.0
+            let limit = if self.first {
+                budget(t.client_header.0, Some(self.accepted + t.client_header.0))
             } else {
                 t.keepalive_idle.0
             };
-            if self.wait_for_request(limit).await.is_err() {
-                return Next::Close;
+            match self.wait_for_request(limit).await {
+                Ok(()) => {}
+                Err(Waited::Demoted) => return Next::Idle,
+                Err(Waited::Gone) => return Next::Close,
             }
         }
         let Some(mut wbuf) = self.shard.slab.lease() else {
@@ -136,7 +250,11 @@ impl Conn<'_> {
         };
         // A new connection has client_header from accept for its whole first
         // head; later heads have it from their first byte.
-        let head_from = if first { waiting_since } else { Instant::now() };
+        let head_from = if self.first {
+            self.accepted
+        } else {
+            Instant::now()
+        };
         let head_deadline = head_from + t.client_header.0;
         let limits = snap.head_limits();
         // Bytes already looked at for a line end: a head is parsed again only
@@ -187,28 +305,31 @@ impl Conn<'_> {
         }
     }
 
-    /// Waits for the first byte of a request; a drain cuts the wait short.
-    async fn wait_for_request(&mut self, limit: Duration) -> Result<(), Wait> {
+    /// Waits for the first bytes of a request into the read buffer. The
+    /// shard's once-a-second demotion and a drain cancel the wait; the read
+    /// then hands back its buffer, and any bytes that won the race.
+    async fn wait_for_request(&mut self, limit: Duration) -> Result<(), Waited> {
         if self.shard.draining() {
-            return Err(Wait::Closed);
+            return Err(Waited::Gone);
         }
         let mut buf = self.rbuf.take();
         buf.clear();
         let cap = buf.capacity();
-        let handle = self.shard.idle_handle();
+        let handle = self.shard.waiting_handle();
         let read = self
             .r
             .cancelable_read(monoio::buf::IoBufMut::slice_mut(buf, 0..cap), handle);
-        match monoio::time::timeout(limit, read).await {
-            Ok((res, slice)) => {
-                self.rbuf.put(slice.into_inner());
-                match res {
-                    Ok(0) => Err(Wait::Closed),
-                    Ok(_) => Ok(()),
-                    Err(_) => Err(Wait::Failed),
-                }
+        let Ok((res, slice)) = monoio::time::timeout(limit, read).await else {
+            return Err(Waited::Gone);
+        };
+        self.rbuf.put(slice.into_inner());
+        match res {
+            Ok(0) => Err(Waited::Gone),
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) && !self.shard.draining() => {
+                Err(Waited::Demoted)
             }
-            Err(_) => Err(Wait::TimedOut),
+            Err(_) => Err(Waited::Gone),
         }
     }
 
@@ -377,6 +498,14 @@ impl Conn<'_> {
             }
         }
     }
+}
+
+/// Why a wait for the next request ended without one.
+enum Waited {
+    /// The connection is quiet: it gives its buffer back.
+    Demoted,
+    /// Closed, failed, timed out, or the shard is draining.
+    Gone,
 }
 
 /// Writes an error response: every response ringway makes itself because

@@ -1,5 +1,5 @@
 //! The `Date` header value (RFC 9110 §6.6.1), formatted once a second per
-//! shard by a timer task rather than once per response.
+//! shard (by `shard::housekeeping`) rather than once per response.
 #![forbid(unsafe_code)]
 
 use std::cell::Cell;
@@ -32,20 +32,15 @@ impl HttpDate {
         self.value.set(value);
     }
 
-    /// Keeps the value current: wakes at each second's turn. Runs on the
-    /// shard for its whole life.
-    pub async fn tick(&self) {
-        loop {
-            let now = SystemTime::now();
-            let into_second = now
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .subsec_nanos();
-            // A millisecond past the turn: the timer's grain is one millisecond.
-            let to_next = Duration::from_nanos(1_001_000_000 - u64::from(into_second));
-            monoio::time::sleep(to_next).await;
-            self.set(SystemTime::now());
-        }
+    /// Sleeps until just past the turn of the next second.
+    pub async fn next_second(&self) {
+        let into_second = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        // A millisecond past the turn: the timer's grain is one millisecond.
+        let to_next = Duration::from_nanos(1_001_000_000 - u64::from(into_second));
+        monoio::time::sleep(to_next).await;
     }
 }
 

@@ -20,6 +20,7 @@ use crossbeam_queue::ArrayQueue;
 use monoio::io::{CancelHandle, Canceller};
 use monoio::net::{TcpListener, TcpStream};
 
+use crate::conn::{self, After, IdleConn};
 use crate::date::HttpDate;
 use crate::error::Reject;
 use crate::slab::Slab;
@@ -87,8 +88,19 @@ pub struct ShardState {
     /// Exchanges given up because the client closed before the response.
     pub client_aborts: Cell<u64>,
     conns: Cell<usize>,
-    /// Cancels every keep-alive connection's wait for its next request.
-    idle: RefCell<Canceller>,
+    /// Cancel the waits for a next request that hold a read buffer, in two
+    /// generations: each second the older one is cancelled, which demotes
+    /// connections quiet for one to two seconds (see `conn`).
+    waiting: RefCell<[Canceller; 2]>,
+    waiting_now: Cell<usize>,
+    /// Cancel the waits of demoted connections, bucketed by the second
+    /// their limit ends (`QUIET_BUCKETS` seconds round): a wheel of timers
+    /// that costs a quiet connection no timer of its own.
+    quiet: RefCell<Vec<Canceller>>,
+    /// Seconds are counted from here for `quiet`.
+    epoch: Instant,
+    /// The last second whose quiet bucket was cancelled.
+    expired: Cell<u64>,
     draining: Cell<bool>,
     drained: Cell<Option<Waker>>,
 }
@@ -99,8 +111,39 @@ impl ShardState {
         self.snapshot.borrow().clone()
     }
 
-    pub fn idle_handle(&self) -> CancelHandle {
-        self.idle.borrow().handle()
+    pub fn waiting_handle(&self) -> CancelHandle {
+        self.waiting.borrow()[self.waiting_now.get()].handle()
+    }
+
+    /// For a quiet connection whose wait ends at `until`: cancelled in the
+    /// first housekeeping tick at or after `until` (or, for a limit more than
+    /// `QUIET_BUCKETS` seconds away, earlier: the wait then starts again).
+    pub fn quiet_handle(&self, until: Instant) -> CancelHandle {
+        let second = until.saturating_duration_since(self.epoch).as_secs_f64().ceil() as u64;
+        self.quiet.borrow()[second as usize % QUIET_BUCKETS].handle()
+    }
+
+    /// Cancels the waits for a next request that began before the last
+    /// tick: such a connection gives its buffer back and goes on as an
+    /// `IdleConn`. Waits begun since are left for the next tick.
+    fn demote_waiting(&self) {
+        let older = self.waiting_now.get() ^ 1;
+        let mut waiting = self.waiting.borrow_mut();
+        let cancelled = std::mem::take(&mut waiting[older]).cancel();
+        waiting[older] = cancelled;
+        self.waiting_now.set(older);
+    }
+
+    /// Cancels the quiet waits whose limit has passed.
+    fn expire_quiet(&self, now: Instant) {
+        let second = now.saturating_duration_since(self.epoch).as_secs();
+        let from = (self.expired.get() + 1).max(second.saturating_sub(QUIET_BUCKETS as u64 - 1));
+        let mut quiet = self.quiet.borrow_mut();
+        for s in from..=second {
+            let bucket = &mut quiet[s as usize % QUIET_BUCKETS];
+            *bucket = std::mem::take(bucket).cancel();
+        }
+        self.expired.set(second);
     }
 
     pub fn draining(&self) -> bool {
@@ -253,12 +296,15 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         client_aborts: Cell::new(0),
         snapshot: RefCell::new(Rc::new(snapshot)),
         conns: Cell::new(0),
-        idle: RefCell::new(Canceller::new()),
+        waiting: RefCell::new([Canceller::new(), Canceller::new()]),
+        waiting_now: Cell::new(0),
+        quiet: RefCell::new((0..QUIET_BUCKETS).map(|_| Canceller::new()).collect()),
+        epoch: Instant::now(),
+        expired: Cell::new(0),
         draining: Cell::new(false),
         drained: Cell::new(None),
     });
-    let ticking = shard.clone();
-    monoio::spawn(async move { ticking.date.tick().await });
+    monoio::spawn(housekeeping(shard.clone()));
     let stop_accepting = Canceller::new();
     for l in spec.listeners {
         let listener = TcpListener::from_std(l)?;
@@ -270,8 +316,11 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         ToShard::Drain(limit) => {
             shard.draining.set(true);
             stop_accepting.cancel();
-            let idle = std::mem::take(&mut *shard.idle.borrow_mut());
-            idle.cancel();
+            let waits = shard.waiting.borrow_mut().iter_mut().map(std::mem::take).collect::<Vec<_>>();
+            let quiet = shard.quiet.borrow_mut().iter_mut().map(std::mem::take).collect::<Vec<_>>();
+            for waits in waits.into_iter().chain(quiet) {
+                waits.cancel();
+            }
             let all_closed = poll_fn(|cx| {
                 if shard.conns.get() == 0 {
                     Poll::Ready(())
@@ -291,6 +340,9 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// How many seconds the wheel of quiet-connection limits spans.
+const QUIET_BUCKETS: usize = 64;
 
 /// An error response is at most this long (the longest 405 `Allow` list
 /// included); that many of them can be in flight when the slab is exhausted.
@@ -360,9 +412,48 @@ impl AcceptBackoff {
     }
 }
 
+/// Once a second, at the turn of the second: the `Date` value, the
+/// demotion of quiet connections, and the slab's spare buffers trimmed.
+async fn housekeeping(shard: Rc<ShardState>) {
+    loop {
+        shard.date.next_second().await;
+        shard.date.set(SystemTime::now());
+        shard.demote_waiting();
+        shard.expire_quiet(Instant::now());
+        shard.slab.trim();
+    }
+}
+
+/// A connection's task while it is served. A connection that goes quiet
+/// moves to a small task of its own (`quiet_conn`), so the memory of this
+/// one, sized for a whole proxied exchange, is not kept while it waits.
 async fn serve_conn(shard: Rc<ShardState>, stream: TcpStream, peer: SocketAddr) {
-    crate::conn::serve(&shard, stream, peer).await;
-    shard.conn_closed();
+    let after = conn::serve(&shard, stream, peer).await;
+    carry_on(shard, after);
+}
+
+/// A quiet connection's task: small, as it awaits nothing but the wait.
+async fn quiet_conn(shard: Rc<ShardState>, idle: IdleConn) {
+    match conn::wait_idle(&shard, idle).await {
+        Some(idle) => {
+            monoio::spawn(resumed_conn(shard, idle));
+        }
+        None => shard.conn_closed(),
+    }
+}
+
+async fn resumed_conn(shard: Rc<ShardState>, idle: IdleConn) {
+    let after = conn::resume(&shard, idle).await;
+    carry_on(shard, after);
+}
+
+fn carry_on(shard: Rc<ShardState>, after: After) {
+    match after {
+        After::Closed => shard.conn_closed(),
+        After::Idle(idle) => {
+            monoio::spawn(quiet_conn(shard, idle));
+        }
+    }
 }
 
 /// Answers a connection over the limit with a 503 and closes it.

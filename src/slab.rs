@@ -46,6 +46,17 @@ impl Slab {
     pub fn leased(&self) -> usize {
         self.leased.get()
     }
+
+    /// Frees half the spare buffers beyond a few: called once a second, so
+    /// the memory of a burst goes back to the allocator (and the system)
+    /// within seconds while a steady load keeps what it uses.
+    pub fn trim(&self) {
+        const KEEP: usize = 16;
+        let mut free = self.free.borrow_mut();
+        let spare = free.len().saturating_sub(KEEP);
+        let keep = free.len() - spare.div_ceil(2);
+        free.truncate(keep);
+    }
 }
 
 pub struct Lease {
@@ -108,6 +119,19 @@ mod tests {
         assert!(c.get().is_empty(), "and cleared");
         drop((b, c));
         assert_eq!(slab.leased(), 0);
+    }
+
+    #[test]
+    fn trim_gives_spare_buffers_back_by_halves() {
+        let slab = Slab::new(1024, 1024 * 100);
+        let leases: Vec<_> = (0..100).map(|_| slab.lease().unwrap()).collect();
+        drop(leases);
+        let mut left = vec![];
+        for _ in 0..8 {
+            slab.trim();
+            left.push(slab.free.borrow().len());
+        }
+        assert_eq!(left, [58, 37, 26, 21, 18, 17, 16, 16]);
     }
 
     #[test]
