@@ -6,6 +6,7 @@
 //! Every error names the file, the line and the key, and says what to do.
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 /// A config file that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,8 @@ pub struct Config {
     pub limits: Limits,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
+    /// Where each key is written, to place warnings.
+    pub keys: KeyLines,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +168,7 @@ pub struct Route {
     pub set_host: Option<String>,
     pub timeout: Option<Duration>,
     pub max_body_bytes: Option<u64>,
+    /// The line of the route's `[[route]]` header.
     pub line: usize,
 }
 
@@ -196,15 +201,15 @@ struct FileConfig {
     #[serde(default)]
     server: Server,
     #[serde(default)]
-    listener: Vec<Spanned<FileListener>>,
+    listener: Vec<FileListener>,
     #[serde(default)]
     timeouts: Timeouts,
     #[serde(default)]
     limits: Limits,
     #[serde(default)]
-    upstream: Vec<Spanned<FileUpstream>>,
+    upstream: Vec<FileUpstream>,
     #[serde(default)]
-    route: Vec<Spanned<FileRoute>>,
+    route: Vec<FileRoute>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -276,22 +281,11 @@ impl Config {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let at = Located { path, text };
-        let file: FileConfig = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map_or(0, |s| s.start);
-            let line_text = text[offset..].lines().next().unwrap_or("");
-            let before = &text[..offset];
-            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-            let whole_line = text[line_start..].lines().next().unwrap_or(line_text);
-            let key = whole_line
-                .split('=')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            at.error(offset, &key, e.message().trim())
-        })?;
-        at.validate(file)
+        let syntax = |e: toml::de::Error| syntax_error(path, text, &e);
+        let doc = DeTable::parse(text).map_err(syntax)?;
+        let keys = KeyLines::read(text, doc.get_ref());
+        let file = FileConfig::deserialize(toml::de::Deserializer::from(doc)).map_err(syntax)?;
+        ConfigValidator { path, keys }.validate(file)
     }
 
     pub fn workers(&self) -> usize {
@@ -300,87 +294,267 @@ impl Config {
             n => n,
         }
     }
+
+    /// A warning about `key` (a path as in `KeyLines`), placed like an error:
+    /// "file:line: `key`: reason".
+    pub fn warning(&self, key: &str, reason: impl fmt::Display) -> String {
+        format!(
+            "{}:{}: `{}`: {reason}",
+            self.path.display(),
+            self.keys.line(key),
+            display_key(key)
+        )
+    }
 }
 
-struct Located<'a> {
+/// An error from the TOML parser or from deserialising `FileConfig`: the
+/// key is read off the line the parser points at.
+fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e.span().map_or(1, |s| LineIndex::new(text).line(s.start));
+    let written = text.lines().nth(line - 1).unwrap_or("");
+    let key = written.split('=').next().unwrap_or("").trim();
+    ConfigError::Invalid {
+        path: path.display().to_string(),
+        line,
+        key: key.to_string(),
+        reason: e.message().trim().to_string(),
+    }
+}
+
+/// Byte offsets of a text's line ends, to turn an offset into a line number.
+struct LineIndex(Vec<usize>);
+
+impl LineIndex {
+    fn new(text: &str) -> LineIndex {
+        LineIndex(memchr::memchr_iter(b'\n', text.as_bytes()).collect())
+    }
+
+    /// The 1-based line holding byte `offset`.
+    fn line(&self, offset: usize) -> usize {
+        self.0.partition_point(|&end| end < offset) + 1
+    }
+}
+
+/// The line each key of the file is written on, by dotted path with array
+/// items numbered from 0: `limits.buffer_size`, `route.2.timeout`,
+/// `upstream.0.endpoints.1`. A table or array item has its own path
+/// (`limits`, `route.2`), on the line of its header.
+#[derive(Debug, Clone, Default)]
+pub struct KeyLines(HashMap<String, usize>);
+
+impl KeyLines {
+    fn read(text: &str, doc: &DeTable) -> KeyLines {
+        let mut keys = KeyLines::default();
+        keys.table(&LineIndex::new(text), "", doc);
+        keys
+    }
+
+    fn table(&mut self, lines: &LineIndex, prefix: &str, table: &DeTable) {
+        for (key, value) in table.iter() {
+            let path = if prefix.is_empty() {
+                key.get_ref().to_string()
+            } else {
+                format!("{prefix}.{}", key.get_ref())
+            };
+            self.0.insert(path.clone(), lines.line(key.span().start));
+            self.value(lines, &path, value);
+        }
+    }
+
+    fn value(&mut self, lines: &LineIndex, path: &str, value: &Spanned<DeValue>) {
+        match value.get_ref() {
+            DeValue::Table(t) => self.table(lines, path, t),
+            DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("{path}.{i}");
+                    self.0.insert(path.clone(), lines.line(item.span().start));
+                    self.value(lines, &path, item);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The line of `key` if the file writes it (a default is not written).
+    pub fn written(&self, key: &str) -> Option<usize> {
+        self.0.get(key).copied()
+    }
+
+    /// The line of `key`; for a key left at its default, the line of the
+    /// nearest table around it that is written; else line 1.
+    pub fn line(&self, key: &str) -> usize {
+        let mut key = key;
+        loop {
+            if let Some(line) = self.written(key) {
+                return line;
+            }
+            match key.rsplit_once('.') {
+                Some((outer, _)) => key = outer,
+                None => return 1,
+            }
+        }
+    }
+
+    /// The first of `keys` the file writes, else the first: where an error
+    /// about keys that contradict each other is best placed.
+    pub fn first_written<'k>(&self, keys: &[&'k str]) -> &'k str {
+        let written = keys.iter().find(|k| self.written(k).is_some());
+        written.or(keys.first()).copied().unwrap_or("")
+    }
+}
+
+/// A key path as the reader knows it: `route.2.timeout` is `route.timeout`.
+fn display_key(key: &str) -> String {
+    key.split('.')
+        .filter(|seg| !seg.bytes().all(|b| b.is_ascii_digit()))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Most idle connections one endpoint's pool may keep: the pool allocates
+/// room for them up front, and one source address has no more ports than
+/// this towards one endpoint anyway.
+pub const MAX_IDLE_PER_ENDPOINT: usize = 65_535;
+
+/// Most buffers one shard's slab may hold: the slab allocates its free list
+/// up front (with 32KiB buffers this is 32GiB per shard).
+pub const MAX_BUFFERS: u64 = 1 << 20;
+
+/// Turns a `FileConfig` into a `Config`, or into the first error, placed on
+/// the line of the key that is wrong.
+struct ConfigValidator<'a> {
     path: &'a Path,
-    text: &'a str,
+    keys: KeyLines,
 }
 
-impl Located<'_> {
-    fn error(&self, offset: usize, key: &str, reason: impl fmt::Display) -> ConfigError {
-        let offset = offset.min(self.text.len());
+impl ConfigValidator<'_> {
+    fn error(&self, key: &str, reason: impl fmt::Display) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.display().to_string(),
-            line: self.text[..offset].matches('\n').count() + 1,
-            key: key.to_string(),
+            line: self.keys.line(key),
+            key: display_key(key),
             reason: reason.to_string(),
         }
     }
 
-    fn validate(&self, file: FileConfig) -> Result<Config, ConfigError> {
-        let limits = file.limits;
-        let top = 0;
-        if limits.buffer_size.0 < 4096 || limits.buffer_size.0 > (16 << 20) {
-            return Err(self.error(top, "limits.buffer_size", "must be between 4KiB and 16MiB"));
+    fn validate(self, file: FileConfig) -> Result<Config, ConfigError> {
+        self.check_limits(&file.limits)?;
+        if file.server.max_connections == 0 {
+            return Err(self.error("server.max_connections", "must be at least 1"));
         }
-        if limits.max_header_bytes.0 > limits.buffer_size.0 || limits.max_header_bytes.0 < 256 {
+        self.check_timeouts(&file.timeouts)?;
+        let listeners = self.listeners(&file.listener)?;
+        let upstreams = self.upstreams(&file.upstream)?;
+        let routes = self.routes(&file.route, &upstreams)?;
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            server: file.server,
+            listeners,
+            timeouts: file.timeouts,
+            limits: file.limits,
+            upstreams,
+            routes,
+            keys: self.keys,
+        })
+    }
+
+    fn check_limits(&self, limits: &Limits) -> Result<(), ConfigError> {
+        let (buffer, header, line) = (
+            limits.buffer_size.0,
+            limits.max_header_bytes.0,
+            limits.max_request_line.0,
+        );
+        if !(4096..=(16 << 20)).contains(&buffer) {
+            return Err(self.error("limits.buffer_size", "must be between 4KiB and 16MiB"));
+        }
+        if header < 256 {
+            return Err(self.error("limits.max_header_bytes", "must be at least 256"));
+        }
+        if header > buffer {
+            let key = self
+                .keys
+                .first_written(&["limits.max_header_bytes", "limits.buffer_size"]);
             return Err(self.error(
-                top,
-                "limits.max_header_bytes",
+                key,
                 format!(
-                    "must be between 256 and limits.buffer_size ({}): a request head is read into one buffer",
-                    limits.buffer_size.0
+                    "limits.max_header_bytes ({header}) must not exceed limits.buffer_size ({buffer}): a request head is read into one buffer"
                 ),
             ));
         }
-        if limits.max_request_line.0 > limits.max_header_bytes.0 {
+        if line > header {
+            let key = self
+                .keys
+                .first_written(&["limits.max_request_line", "limits.max_header_bytes"]);
             return Err(self.error(
-                top,
-                "limits.max_request_line",
-                "must not exceed limits.max_header_bytes",
+                key,
+                format!(
+                    "limits.max_request_line ({line}) must not exceed limits.max_header_bytes ({header})"
+                ),
             ));
         }
         if limits.max_headers == 0 || limits.max_headers > MAX_HEADERS_CAP {
             return Err(self.error(
-                top,
                 "limits.max_headers",
                 format!("must be between 1 and {MAX_HEADERS_CAP}"),
             ));
         }
-        if limits.max_buffer_bytes.0 < 4 * limits.buffer_size.0 {
+        let buffers = limits.max_buffer_bytes.0 / buffer;
+        if !(4..=MAX_BUFFERS).contains(&buffers) {
+            let key = self
+                .keys
+                .first_written(&["limits.max_buffer_bytes", "limits.buffer_size"]);
             return Err(self.error(
-                top,
-                "limits.max_buffer_bytes",
-                "must hold at least 4 buffers (limits.buffer_size each)",
+                key,
+                format!(
+                    "limits.max_buffer_bytes ({}) holds {buffers} buffers of limits.buffer_size ({buffer}): it must hold between 4 and {MAX_BUFFERS}",
+                    limits.max_buffer_bytes.0
+                ),
             ));
         }
-        if file.server.max_connections == 0 {
-            return Err(self.error(top, "server.max_connections", "must be at least 1"));
-        }
+        Ok(())
+    }
 
-        if file.listener.is_empty() {
+    /// Zero would fail every connection at once; only `request_total` (and a
+    /// route's `timeout`) take 0 to mean off, and `keepalive_idle` 0 to mean
+    /// no keep-alive.
+    fn check_timeouts(&self, t: &Timeouts) -> Result<(), ConfigError> {
+        let never_zero = [
+            ("client_header", t.client_header),
+            ("client_body_idle", t.client_body_idle),
+            ("client_send", t.client_send),
+            ("upstream_connect", t.upstream_connect),
+            ("upstream_response_header", t.upstream_response_header),
+            ("upstream_idle", t.upstream_idle),
+        ];
+        for (name, d) in never_zero {
+            if d.0.is_zero() {
+                return Err(self.error(
+                    &format!("timeouts.{name}"),
+                    "must be more than 0: with 0 every connection would time out at once",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn listeners(&self, file: &[FileListener]) -> Result<Vec<Listener>, ConfigError> {
+        if file.is_empty() {
             return Err(self.error(
-                top,
                 "listener",
                 "no [[listener]]: add one, e.g. bind = \"127.0.0.1:8080\"",
             ));
         }
-        let mut listeners = Vec::new();
-        for l in &file.listener {
-            let at = l.span().start;
-            let l = l.get_ref();
-            if listeners.iter().any(|x: &Listener| x.name == l.name) {
+        let mut listeners: Vec<Listener> = Vec::new();
+        for (i, l) in file.iter().enumerate() {
+            if listeners.iter().any(|x| x.name == l.name) {
                 return Err(self.error(
-                    at,
-                    "listener.name",
+                    &format!("listener.{i}.name"),
                     format!("duplicate listener name '{}'", l.name),
                 ));
             }
             let bind = l.bind.parse::<SocketAddr>().map_err(|_| {
                 self.error(
-                    at,
-                    "listener.bind",
+                    &format!("listener.{i}.bind"),
                     format!("'{}' is not an address:port (IPv6 as [::1]:8080)", l.bind),
                 )
             })?;
@@ -389,23 +563,24 @@ impl Located<'_> {
                 bind,
             });
         }
+        Ok(listeners)
+    }
 
+    fn upstreams(&self, file: &[FileUpstream]) -> Result<Vec<Upstream>, ConfigError> {
         let mut upstreams: Vec<Upstream> = Vec::new();
-        for u in &file.upstream {
-            let at = u.span().start;
-            let u = u.get_ref();
+        for (i, u) in file.iter().enumerate() {
+            let key = |name: &str| format!("upstream.{i}.{name}");
             if upstreams.iter().any(|x| x.name == u.name) {
                 return Err(self.error(
-                    at,
-                    "upstream.name",
+                    &key("name"),
                     format!("duplicate upstream name '{}'", u.name),
                 ));
             }
             if u.endpoints.is_empty() {
-                return Err(self.error(at, "upstream.endpoints", "needs at least one host:port"));
+                return Err(self.error(&key("endpoints"), "needs at least one host:port"));
             }
             let mut endpoints = Vec::new();
-            for e in &u.endpoints {
+            for (j, e) in u.endpoints.iter().enumerate() {
                 // Resolved once here, on the control thread: shards never do DNS.
                 #[allow(clippy::disallowed_methods)]
                 let addr = e
@@ -414,27 +589,38 @@ impl Located<'_> {
                     .and_then(|mut a| a.next())
                     .ok_or_else(|| {
                         self.error(
-                            at,
-                            "upstream.endpoints",
+                            &key(&format!("endpoints.{j}")),
                             format!("cannot resolve '{e}' as host:port"),
                         )
                     })?;
                 endpoints.push(addr);
             }
             if u.max_per_endpoint == 0 {
-                return Err(self.error(at, "upstream.max_per_endpoint", "must be at least 1"));
+                return Err(self.error(&key("max_per_endpoint"), "must be at least 1"));
             }
-            if u.max_idle_per_endpoint > u.max_per_endpoint {
+            // The default idle count follows a smaller max_per_endpoint; a
+            // written one must fit in it.
+            let mut max_idle = u.max_idle_per_endpoint;
+            if self.keys.written(&key("max_idle_per_endpoint")).is_none() {
+                max_idle = max_idle.min(u.max_per_endpoint);
+            } else if max_idle > u.max_per_endpoint {
                 return Err(self.error(
-                    at,
-                    "upstream.max_idle_per_endpoint",
-                    "must not exceed max_per_endpoint",
+                    &key("max_idle_per_endpoint"),
+                    format!(
+                        "{max_idle} is more than max_per_endpoint ({}): idle connections are open connections too",
+                        u.max_per_endpoint
+                    ),
+                ));
+            } else if max_idle > MAX_IDLE_PER_ENDPOINT {
+                return Err(self.error(
+                    &key("max_idle_per_endpoint"),
+                    format!("must be at most {MAX_IDLE_PER_ENDPOINT}"),
                 ));
             }
             upstreams.push(Upstream {
                 name: u.name.clone(),
                 endpoints,
-                max_idle_per_endpoint: u.max_idle_per_endpoint,
+                max_idle_per_endpoint: max_idle,
                 max_per_endpoint: u.max_per_endpoint,
                 queue_timeout: u.queue_timeout.0,
                 idle_timeout: u.idle_timeout.0,
@@ -442,22 +628,23 @@ impl Located<'_> {
                 max_requests: u.max_requests,
             });
         }
+        Ok(upstreams)
+    }
 
+    fn routes(
+        &self,
+        file: &[FileRoute],
+        upstreams: &[Upstream],
+    ) -> Result<Vec<Route>, ConfigError> {
         let mut routes: Vec<Route> = Vec::new();
-        for r in &file.route {
-            let at = r.span().start;
-            let r = r.get_ref();
+        for (i, r) in file.iter().enumerate() {
+            let key = |name: &str| format!("route.{i}.{name}");
             if routes.iter().any(|x| x.name == r.name) {
-                return Err(self.error(
-                    at,
-                    "route.name",
-                    format!("duplicate route name '{}'", r.name),
-                ));
+                return Err(self.error(&key("name"), format!("duplicate route name '{}'", r.name)));
             }
             if !r.prefix.starts_with('/') || r.prefix.contains(['?', '#', ' ']) {
                 return Err(self.error(
-                    at,
-                    "route.prefix",
+                    &key("prefix"),
                     format!(
                         "'{}' must start with '/' and hold no '?', '#' or space",
                         r.prefix
@@ -468,18 +655,16 @@ impl Located<'_> {
                 None => None,
                 Some(h) => Some(valid_host(h).ok_or_else(|| {
                     self.error(
-                        at,
-                        "route.host",
+                        &key("host"),
                         format!("'{h}' is not a host name (a wildcard is written *.example.com)"),
                     )
                 })?),
             };
             let mut methods = Vec::new();
-            for m in &r.methods {
+            for (j, m) in r.methods.iter().enumerate() {
                 if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') {
                     return Err(self.error(
-                        at,
-                        "route.methods",
+                        &key(&format!("methods.{j}")),
                         format!("'{m}' is not a method: write it in capitals, e.g. \"GET\""),
                     ));
                 }
@@ -493,8 +678,7 @@ impl Located<'_> {
                         .ok_or_else(|| {
                             let known: Vec<_> = upstreams.iter().map(|u| u.name.as_str()).collect();
                             self.error(
-                                at,
-                                "route.upstream",
+                                &key("upstream"),
                                 format!(
                                     "no [[upstream]] named '{name}' (defined: {})",
                                     known.join(", ")
@@ -505,21 +689,16 @@ impl Located<'_> {
                 }
                 (None, Some(resp)) => {
                     if !(200..=599).contains(&resp.status) {
-                        return Err(self.error(at, "route.respond.status", "must be 200..=599"));
+                        return Err(self.error(&key("respond.status"), "must be 200..=599"));
                     }
                     if resp.content_type.contains(['\r', '\n']) {
-                        return Err(self.error(
-                            at,
-                            "route.respond.content_type",
-                            "must be one line",
-                        ));
+                        return Err(self.error(&key("respond.content_type"), "must be one line"));
                     }
                     Action::Respond(resp.clone())
                 }
                 _ => {
                     return Err(self.error(
-                        at,
-                        "route",
+                        &format!("route.{i}"),
                         format!(
                             "route '{}' needs exactly one of `upstream` or `respond`",
                             r.name
@@ -530,11 +709,7 @@ impl Located<'_> {
             if let Some(h) = &r.set_host
                 && h.bytes().any(|b| b.is_ascii_control() || b == b' ')
             {
-                return Err(self.error(
-                    at,
-                    "route.set_host",
-                    "must be a host[:port] without spaces",
-                ));
+                return Err(self.error(&key("set_host"), "must be a host[:port] without spaces"));
             }
             routes.push(Route {
                 name: r.name.clone(),
@@ -546,19 +721,10 @@ impl Located<'_> {
                 set_host: r.set_host.clone(),
                 timeout: r.timeout.map(|d| d.0),
                 max_body_bytes: r.max_body_bytes.map(|s| s.0),
-                line: self.text[..at.min(self.text.len())].matches('\n').count() + 1,
+                line: self.keys.line(&format!("route.{i}")),
             });
         }
-
-        Ok(Config {
-            path: self.path.to_path_buf(),
-            server: file.server,
-            listeners,
-            timeouts: file.timeouts,
-            limits,
-            upstreams,
-            routes,
-        })
+        Ok(routes)
     }
 }
 
@@ -697,11 +863,11 @@ mod tests {
     }
 
     #[test]
-    fn unknown_upstream_names_route_line() {
+    fn unknown_upstream_names_its_line() {
         let text =
             format!("{BASE}\n[[route]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"nope\"\n");
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.starts_with("test.toml:5: `route.upstream`:"), "{err}");
+        assert!(err.starts_with("test.toml:8: `route.upstream`:"), "{err}");
         assert!(err.contains("no [[upstream]] named 'nope'"), "{err}");
     }
 
@@ -728,5 +894,201 @@ mod tests {
         assert_eq!(c.routes[0].host.as_deref(), Some("*.example.com"));
         assert_eq!(c.routes[0].max_body_bytes, Some(1 << 20));
         assert_eq!(c.routes[0].line, 7);
+    }
+
+    /// Asserts that `text` is refused with "test.toml:LINE: `KEY`: ...REASON...".
+    fn refused_at(text: &str, line: usize, key: &str, reason: &str) {
+        let err = match parse(text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        };
+        let place = format!("test.toml:{line}: `{key}`:");
+        assert!(
+            err.starts_with(&place),
+            "want {place}\ngot  {err}\nin\n{text}"
+        );
+        assert!(err.contains(reason), "want {reason:?}\ngot  {err}");
+    }
+
+    #[test]
+    fn server_errors_name_the_key_line() {
+        refused_at(
+            &format!("{BASE}[server]\nworkers = 2\n\nmax_connections = 0\n"),
+            7,
+            "server.max_connections",
+            "at least 1",
+        );
+    }
+
+    #[test]
+    fn listener_errors_name_the_key_line() {
+        let text = format!("{BASE}\n[[listener]]\nname = \"b\"\n\nbind = \"nowhere\"\n");
+        refused_at(&text, 8, "listener.bind", "not an address");
+        let text = format!("{BASE}\n[[listener]]\nbind = \"127.0.0.1:0\"\nname = \"main\"\n");
+        refused_at(&text, 7, "listener.name", "duplicate listener name 'main'");
+        refused_at("", 1, "listener", "no [[listener]]");
+    }
+
+    #[test]
+    fn timeout_errors_name_the_key_line() {
+        let text = format!("{BASE}[timeouts]\nclient_header = \"5s\"\nupstream_idle = \"0s\"\n");
+        refused_at(&text, 6, "timeouts.upstream_idle", "more than 0");
+        // 0 means off, or no keep-alive, where it is allowed.
+        parse(&format!(
+            "{BASE}[timeouts]\nrequest_total = \"0s\"\nkeepalive_idle = \"0s\"\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn limit_errors_name_the_key_line() {
+        let limits = |body: &str| format!("{BASE}[limits]\nmax_headers = 50\n{body}");
+        refused_at(
+            &limits("buffer_size = \"1KiB\"\n"),
+            6,
+            "limits.buffer_size",
+            "between 4KiB and 16MiB",
+        );
+        refused_at(
+            &limits("buffer_size = \"64KiB\"\nmax_header_bytes = \"128KiB\"\n"),
+            7,
+            "limits.max_header_bytes",
+            "must not exceed limits.buffer_size (65536)",
+        );
+        // max_header_bytes left at its 16KiB: the key written is to blame.
+        refused_at(
+            &limits("buffer_size = \"8KiB\"\n"),
+            6,
+            "limits.buffer_size",
+            "limits.max_header_bytes (16384) must not exceed limits.buffer_size (8192)",
+        );
+        refused_at(
+            &limits("max_request_line = \"32KiB\"\n"),
+            6,
+            "limits.max_request_line",
+            "must not exceed limits.max_header_bytes",
+        );
+        refused_at(
+            &format!("{BASE}[limits]\n\nmax_headers = 0\n"),
+            6,
+            "limits.max_headers",
+            "between 1 and 256",
+        );
+        refused_at(
+            &limits("max_buffer_bytes = \"64KiB\"\n"),
+            6,
+            "limits.max_buffer_bytes",
+            "holds 2 buffers",
+        );
+        refused_at(
+            &limits(
+                "buffer_size = \"4KiB\"\nmax_header_bytes = \"4KiB\"\nmax_request_line = \"1KiB\"\n\
+                 max_buffer_bytes = \"8GiB\"\n",
+            ),
+            9,
+            "limits.max_buffer_bytes",
+            "between 4 and 1048576",
+        );
+    }
+
+    const UPSTREAM: &str = "\n[[upstream]]\nname = \"u\"\n";
+
+    #[test]
+    fn upstream_errors_name_the_key_line() {
+        let text =
+            format!("{BASE}{UPSTREAM}endpoints = [\n  \"127.0.0.1:80\",\n  \"127.0.0.1\",\n]\n");
+        refused_at(&text, 9, "upstream.endpoints", "cannot resolve '127.0.0.1'");
+        let text = format!("{BASE}{UPSTREAM}endpoints = []\n");
+        refused_at(&text, 7, "upstream.endpoints", "at least one");
+        let ep = "endpoints = [\"127.0.0.1:80\"]\n";
+        let text = format!("{BASE}{UPSTREAM}{ep}max_per_endpoint = 0\n");
+        refused_at(&text, 8, "upstream.max_per_endpoint", "at least 1");
+        let text = format!("{BASE}{UPSTREAM}{ep}max_idle_per_endpoint = 8\nmax_per_endpoint = 4\n");
+        refused_at(
+            &text,
+            8,
+            "upstream.max_idle_per_endpoint",
+            "more than max_per_endpoint (4)",
+        );
+        let text = format!("{BASE}{UPSTREAM}{ep}{UPSTREAM}{ep}");
+        refused_at(&text, 10, "upstream.name", "duplicate upstream name 'u'");
+        let text = format!(
+            "{BASE}{UPSTREAM}{ep}max_idle_per_endpoint = 100000\nmax_per_endpoint = 100000\n"
+        );
+        refused_at(&text, 8, "upstream.max_idle_per_endpoint", "at most 65535");
+    }
+
+    #[test]
+    fn default_idle_count_follows_a_smaller_max_per_endpoint() {
+        let text =
+            format!("{BASE}{UPSTREAM}endpoints = [\"127.0.0.1:80\"]\nmax_per_endpoint = 16\n");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.upstreams[0].max_idle_per_endpoint, 16);
+        assert_eq!(c.upstreams[0].max_per_endpoint, 16);
+    }
+
+    #[test]
+    fn route_errors_name_the_key_line() {
+        let route = |body: &str| format!("{BASE}\n[[route]]\nname = \"r\"\n{body}");
+        let ok = "prefix = \"/\"\nrespond = { status = 200 }\n";
+        refused_at(
+            &route("prefix = \"api\"\n"),
+            7,
+            "route.prefix",
+            "must start with '/'",
+        );
+        refused_at(
+            &route("host = \"a b\"\nprefix = \"/\"\n"),
+            7,
+            "route.host",
+            "not a host name",
+        );
+        refused_at(
+            &route("prefix = \"/\"\nmethods = [\"GET\",\n  \"get\"]\n"),
+            9,
+            "route.methods",
+            "'get' is not a method",
+        );
+        refused_at(
+            &route("prefix = \"/\"\n\nupstream = \"x\"\n"),
+            9,
+            "route.upstream",
+            "no [[upstream]] named 'x'",
+        );
+        refused_at(
+            &route("prefix = \"/\"\nrespond = {\n  body = \"x\",\n  status = 99 }\n"),
+            10,
+            "route.respond.status",
+            "200..=599",
+        );
+        refused_at(
+            &route(&format!("{ok}set_host = \"a b\"\n")),
+            9,
+            "route.set_host",
+            "without spaces",
+        );
+        refused_at(&route("prefix = \"/\"\n"), 5, "route", "exactly one of");
+        let twice = format!("{}\n[[route]]\nprefix = \"/x\"\nname = \"r\"\n", route(ok));
+        refused_at(&twice, 12, "route.name", "duplicate route name 'r'");
+        refused_at(
+            &route(&format!("{ok}timeout = \"soon\"\n")),
+            9,
+            "timeout",
+            "not a duration",
+        );
+    }
+
+    #[test]
+    fn key_lines_fall_back_to_the_table_then_line_1() {
+        let c = parse(&format!("# top\n{BASE}[limits]\nmax_headers = 50\n")).unwrap();
+        assert_eq!(c.keys.written("limits.max_headers"), Some(6));
+        assert_eq!(c.keys.written("limits.buffer_size"), None);
+        assert_eq!(c.keys.line("limits.buffer_size"), 5);
+        assert_eq!(c.keys.line("listener.0.bind"), 4);
+        assert_eq!(c.keys.line("timeouts.upstream_connect"), 1);
+        assert_eq!(
+            c.warning("listener.0.bind", "x"),
+            "test.toml:4: `listener.bind`: x"
+        );
     }
 }

@@ -137,7 +137,7 @@ fn config_errors_name_file_line_and_key() {
         ),
         (
             "[[listener]]\nname = \"m\"\nbind = \"nowhere\"\n",
-            ":1: `listener.bind`:",
+            ":3: `listener.bind`:",
             "not an address",
         ),
         (
@@ -147,8 +147,13 @@ fn config_errors_name_file_line_and_key() {
         ),
         (
             "[[listener]]\nname = \"m\"\nbind = \"127.0.0.1:0\"\n\n[[route]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"ghost\"\n",
-            ":5: `route.upstream`:",
+            ":8: `route.upstream`:",
             "no [[upstream]] named 'ghost'",
+        ),
+        (
+            "[[listener]]\nname = \"m\"\nbind = \"127.0.0.1:0\"\n[limits]\nmax_headers = 10\nbuffer_size = \"4KiB\"\n",
+            ":6: `limits.buffer_size`:",
+            "limits.max_header_bytes (16384) must not exceed limits.buffer_size (4096)",
         ),
     ];
     for (text, place, reason) in cases {
