@@ -779,7 +779,8 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
-/// A byte size written as "64KiB", "10MiB", "1GiB", "512" or a plain integer.
+/// A byte size written as "64KiB", "10MiB", "1GiB" (powers of 1024), "64KB",
+/// "10MB", "1GB" (powers of 1000, as SI means them), "512B" or a plain integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size(pub u64);
 
@@ -789,19 +790,38 @@ impl Size {
     }
 }
 
-pub fn parse_size(s: &str) -> Option<u64> {
+/// Parses a size; the error says how to write it.
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult: u64 = match unit.trim() {
+    let unit = unit.trim();
+    let mult: u64 = match unit {
         "" | "B" => 1,
-        "KiB" | "K" | "KB" => 1 << 10,
-        "MiB" | "M" | "MB" => 1 << 20,
-        "GiB" | "G" | "GB" => 1 << 30,
-        _ => return None,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "K" | "k" | "M" | "G" => {
+            return Err(format!(
+                "'{s}': a bare '{unit}' is ambiguous: write {num}{}iB (powers of 1024) or {num}{}B (powers of 1000)",
+                unit.to_ascii_uppercase(),
+                unit.to_ascii_uppercase()
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "'{s}' is not a size: write e.g. \"64KiB\", \"10MiB\", \"1GiB\", \"64KB\" or a number of bytes"
+            ));
+        }
     };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size: it needs a whole number first"))?;
     n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 impl<'de> Deserialize<'de> for Size {
@@ -814,11 +834,7 @@ impl<'de> Deserialize<'de> for Size {
         }
         match Raw::deserialize(d)? {
             Raw::Int(n) => Ok(Size(n)),
-            Raw::Text(s) => parse_size(&s).map(Size).ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "'{s}' is not a size: write e.g. \"64KiB\", \"10MiB\", \"1GiB\" or a number of bytes"
-                ))
-            }),
+            Raw::Text(s) => parse_size(&s).map(Size).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -834,16 +850,12 @@ mod tests {
     const BASE: &str = "[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\n";
 
     #[test]
-    fn durations_and_sizes() {
+    fn durations() {
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("0"), Some(Duration::ZERO));
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration("1.5s"), None);
-        assert_eq!(parse_size("64KiB"), Some(65536));
-        assert_eq!(parse_size("1GiB"), Some(1 << 30));
-        assert_eq!(parse_size("12"), Some(12));
-        assert_eq!(parse_size("1TiB"), None);
     }
 
     #[test]
@@ -894,6 +906,52 @@ mod tests {
         assert_eq!(c.routes[0].host.as_deref(), Some("*.example.com"));
         assert_eq!(c.routes[0].max_body_bytes, Some(1 << 20));
         assert_eq!(c.routes[0].line, 7);
+    }
+
+    #[test]
+    fn sizes_in_kib_are_1024_and_in_kb_1000() {
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("64KB"), Ok(64_000));
+        assert_eq!(parse_size("64kB"), Ok(64_000));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("512B"), Ok(512));
+        assert_eq!(parse_size("12"), Ok(12));
+        assert_eq!(parse_size(" 8 KiB "), Ok(8192));
+    }
+
+    #[test]
+    fn bare_k_m_g_are_refused_as_ambiguous() {
+        let err = parse_size("64K").unwrap_err();
+        assert!(
+            err.contains("ambiguous") && err.contains("write 64KiB (powers of 1024) or 64KB"),
+            "{err}"
+        );
+        for s in ["64k", "10M", "1G"] {
+            assert!(parse_size(s).unwrap_err().contains("ambiguous"), "{s}");
+        }
+    }
+
+    #[test]
+    fn malformed_sizes_are_refused() {
+        for s in ["1TiB", "KiB", "1.5MiB", "-1", "64 kib", ""] {
+            assert!(parse_size(s).is_err(), "{s}");
+        }
+        assert!(
+            parse_size("99999999999GiB")
+                .unwrap_err()
+                .contains("too large")
+        );
+    }
+
+    #[test]
+    fn an_ambiguous_size_in_the_file_names_its_line() {
+        let text = format!("{BASE}[limits]\nmax_headers = 50\nmax_body_bytes = \"10M\"\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("test.toml:6: `max_body_bytes`:"), "{err}");
+        assert!(err.contains("write 10MiB"), "{err}");
     }
 
     /// Asserts that `text` is refused with "test.toml:LINE: `KEY`: ...REASON...".

@@ -155,6 +155,11 @@ fn config_errors_name_file_line_and_key() {
             ":6: `limits.buffer_size`:",
             "limits.max_header_bytes (16384) must not exceed limits.buffer_size (4096)",
         ),
+        (
+            "[[listener]]\nname = \"m\"\nbind = \"127.0.0.1:0\"\n[limits]\nmax_body_bytes = \"10M\"\n",
+            ":5: `max_body_bytes`:",
+            "write 10MiB (powers of 1024) or 10MB (powers of 1000)",
+        ),
     ];
     for (text, place, reason) in cases {
         let path = write_config("bad.toml", text);
