@@ -168,6 +168,10 @@ pub struct Route {
     pub set_host: Option<String>,
     pub timeout: Option<Duration>,
     pub max_body_bytes: Option<u64>,
+    /// Forward request header fields whose names hold `_`; when false they
+    /// are dropped, as nginx does: `X_User` and `X-User` look alike to many
+    /// applications, so a client could pass one for the other.
+    pub underscores_in_headers: bool,
     /// The line of the route's `[[route]]` header.
     pub line: usize,
 }
@@ -269,6 +273,8 @@ struct FileRoute {
     set_host: Option<String>,
     timeout: Option<Dur>,
     max_body_bytes: Option<Size>,
+    #[serde(default)]
+    underscores_in_headers: bool,
 }
 
 impl Config {
@@ -721,6 +727,7 @@ impl ConfigValidator<'_> {
                 set_host: r.set_host.clone(),
                 timeout: r.timeout.map(|d| d.0),
                 max_body_bytes: r.max_body_bytes.map(|s| s.0),
+                underscores_in_headers: r.underscores_in_headers,
                 line: self.keys.line(&format!("route.{i}")),
             });
         }
@@ -1133,6 +1140,24 @@ mod tests {
             9,
             "timeout",
             "not a duration",
+        );
+    }
+
+    #[test]
+    fn underscores_in_headers_is_off_unless_turned_on() {
+        let route = |extra: &str| {
+            format!(
+                "{BASE}[[route]]\nname = \"r\"\nprefix = \"/\"\nrespond = {{ status = 200 }}\n{extra}"
+            )
+        };
+        assert!(!parse(&route("")).unwrap().routes[0].underscores_in_headers);
+        let on = parse(&route("underscores_in_headers = true\n")).unwrap();
+        assert!(on.routes[0].underscores_in_headers);
+        refused_at(
+            &route("underscores_in_headers = \"yes\"\n"),
+            8,
+            "underscores_in_headers",
+            "invalid type",
         );
     }
 
