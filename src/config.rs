@@ -55,6 +55,7 @@ pub struct Server {
     /// Pin each shard to its own core.
     pub pin_cores: bool,
     /// Open client connections per shard; past it new connections are refused.
+    /// The default is as many as the default slab has buffers.
     pub max_connections: usize,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Dur,
@@ -65,7 +66,7 @@ impl Default for Server {
         Server {
             workers: 0,
             pin_cores: true,
-            max_connections: 10_000,
+            max_connections: 8192,
             drain_timeout: Dur::secs(10),
         }
     }

@@ -122,6 +122,7 @@ fn check_prints_routes_and_accepts_the_example_configs() {
                 String::from_utf8_lossy(&out.stderr)
             );
             assert!(stdout.contains("route "), "{stdout}");
+            assert!(!stdout.contains("warning"), "{stdout}");
             assert!(stdout.trim_end().ends_with(": ok"), "{stdout}");
         }
     }
@@ -179,6 +180,33 @@ fn config_errors_name_file_line_and_key() {
             .unwrap();
         assert_eq!(run.status.code(), Some(1));
     }
+}
+
+#[test]
+fn contradicting_limits_are_warnings_with_their_line() {
+    let path = write_config(
+        "contradict.toml",
+        "[server]\nworkers = 1\nmax_connections = 20000\n\
+         [[listener]]\nname = \"m\"\nbind = \"127.0.0.1:0\"\n\
+         [[route]]\nname = \"a\"\nprefix = \"/\"\nrespond = { status = 200 }\nset_host = \"x\"\n",
+    );
+    let out = check(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    let file = path.display();
+    assert_eq!(warnings.len(), 2, "{stdout}");
+    assert!(
+        warnings[0].starts_with(&format!("warning: {file}:3: `server.max_connections`: ")),
+        "{stdout}"
+    );
+    assert!(
+        warnings[1].starts_with(&format!("warning: {file}:11: `route.set_host`: ")),
+        "{stdout}"
+    );
 }
 
 #[test]
