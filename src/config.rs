@@ -319,11 +319,18 @@ impl Config {
 fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     let line = e.span().map_or(1, |s| LineIndex::new(text).line(s.start));
     let written = text.lines().nth(line - 1).unwrap_or("");
-    let key = written.split('=').next().unwrap_or("").trim();
+    let mut key = written.split('=').next().unwrap_or("").trim().to_string();
+    // A missing key is reported on its table's header: name the table and the key.
+    if let Some(missing) = e.message().strip_prefix("missing field `")
+        && key.starts_with('[')
+    {
+        let table = key.trim_matches(['[', ']', ' ']);
+        key = format!("{table}.{}", missing.trim_end_matches('`'));
+    }
     ConfigError::Invalid {
         path: path.display().to_string(),
         line,
-        key: key.to_string(),
+        key,
         reason: e.message().trim().to_string(),
     }
 }
@@ -834,16 +841,25 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
+        struct SizeVisitor;
+        impl serde::de::Visitor<'_> for SizeVisitor {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size: \"64KiB\", \"10MiB\", \"64KB\" or a whole number of bytes")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Size, E> {
+                Ok(Size(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Size, E> {
+                u64::try_from(n)
+                    .map(Size)
+                    .map_err(|_| E::custom(format!("{n} is not a size: it must not be negative")))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Size, E> {
+                parse_size(s).map(Size).map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Size(n)),
-            Raw::Text(s) => parse_size(&s).map(Size).map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(SizeVisitor)
     }
 }
 

@@ -59,6 +59,21 @@ fn unknown_keys_name_their_line_in_every_section() {
 }
 
 #[test]
+fn a_missing_key_is_named_on_its_table_line() {
+    let text = format!("{BASE}\n[[route]]\nname = \"r\"\nrespond = {{ status = 200 }}\n");
+    refused_at(&text, 5, "route.prefix", "missing field `prefix`");
+}
+
+#[test]
+fn sizes_that_are_not_whole_bytes_say_so() {
+    let limits = |value: &str| format!("{BASE}[limits]\nmax_body_bytes = {value}\n");
+    refused_at(&limits("-1"), 5, "max_body_bytes", "must not be negative");
+    refused_at(&limits("1.5"), 5, "max_body_bytes", "expected a size");
+    let ok = parse(&limits("1024")).unwrap();
+    assert_eq!(ok.limits.max_body_bytes.0, 1024);
+}
+
+#[test]
 fn server_errors_name_the_key_line() {
     refused_at(
         &format!("{BASE}[server]\nworkers = 2\n\nmax_connections = 0\n"),
