@@ -342,10 +342,11 @@ struct Exhaustion {
 /// FD_HARD client connections and holds them while accepting fails, closes
 /// them, then has every later client served, one after another and some at
 /// once; the proxy must stay up without spinning and exit 0 on SIGTERM.
-fn run_out_of_descriptors() -> Exhaustion {
+/// `name` names its config file: tests run at once, each with its origin.
+fn run_out_of_descriptors(name: &str) -> Exhaustion {
     let origin = Origin::start(|_| ok("from origin"));
     let config = write_config(
-        "fds.toml",
+        &format!("{name}.toml"),
         &format!(
             "[server]\nworkers = 1\npin_cores = false\n\
              [[listener]]\nname = \"m\"\nbind = \"127.0.0.1:0\"\n\
@@ -459,7 +460,7 @@ fn run_out_of_descriptors() -> Exhaustion {
 
 #[test]
 fn out_of_descriptors_the_proxy_waits_and_then_serves_everyone() {
-    let e = run_out_of_descriptors();
+    let e = run_out_of_descriptors("fds-serve");
     assert!(e.failures_logged >= 1);
 }
 
@@ -468,7 +469,7 @@ fn out_of_descriptors_the_proxy_waits_and_then_serves_everyone() {
 #[test]
 #[ignore = "waits for the shard's EMFILE back-off that logs at most once a second (src/shard.rs); un-ignore when it lands"]
 fn out_of_descriptors_is_logged_at_most_once_a_second() {
-    let e = run_out_of_descriptors();
+    let e = run_out_of_descriptors("fds-log");
     let bound = e.over.as_secs() as usize + 2;
     assert!(
         e.failures_logged <= bound,
