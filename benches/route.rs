@@ -24,6 +24,7 @@ fn route(i: usize, host: Option<String>, prefix: String, methods: Vec<String>) -
         set_host: None,
         timeout: None,
         max_body_bytes: None,
+        underscores_in_headers: false,
         line: i,
     }
 }

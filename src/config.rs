@@ -6,6 +6,7 @@
 //! Every error names the file, the line and the key, and says what to do.
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 /// A config file that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,8 @@ pub struct Config {
     pub limits: Limits,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
+    /// Where each key is written, to place warnings.
+    pub keys: KeyLines,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -51,6 +55,7 @@ pub struct Server {
     /// Pin each shard to its own core.
     pub pin_cores: bool,
     /// Open client connections per shard; past it new connections are refused.
+    /// The default is as many as the default slab has buffers.
     pub max_connections: usize,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Dur,
@@ -61,7 +66,7 @@ impl Default for Server {
         Server {
             workers: 0,
             pin_cores: true,
-            max_connections: 10_000,
+            max_connections: 8192,
             drain_timeout: Dur::secs(10),
         }
     }
@@ -164,6 +169,11 @@ pub struct Route {
     pub set_host: Option<String>,
     pub timeout: Option<Duration>,
     pub max_body_bytes: Option<u64>,
+    /// Forward request header fields whose names hold `_`; when false they
+    /// are dropped, as nginx does: `X_User` and `X-User` look alike to many
+    /// applications, so a client could pass one for the other.
+    pub underscores_in_headers: bool,
+    /// The line of the route's `[[route]]` header.
     pub line: usize,
 }
 
@@ -196,15 +206,15 @@ struct FileConfig {
     #[serde(default)]
     server: Server,
     #[serde(default)]
-    listener: Vec<Spanned<FileListener>>,
+    listener: Vec<FileListener>,
     #[serde(default)]
     timeouts: Timeouts,
     #[serde(default)]
     limits: Limits,
     #[serde(default)]
-    upstream: Vec<Spanned<FileUpstream>>,
+    upstream: Vec<FileUpstream>,
     #[serde(default)]
-    route: Vec<Spanned<FileRoute>>,
+    route: Vec<FileRoute>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,6 +274,8 @@ struct FileRoute {
     set_host: Option<String>,
     timeout: Option<Dur>,
     max_body_bytes: Option<Size>,
+    #[serde(default)]
+    underscores_in_headers: bool,
 }
 
 impl Config {
@@ -276,22 +288,11 @@ impl Config {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let at = Located { path, text };
-        let file: FileConfig = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map_or(0, |s| s.start);
-            let line_text = text[offset..].lines().next().unwrap_or("");
-            let before = &text[..offset];
-            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-            let whole_line = text[line_start..].lines().next().unwrap_or(line_text);
-            let key = whole_line
-                .split('=')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            at.error(offset, &key, e.message().trim())
-        })?;
-        at.validate(file)
+        let syntax = |e: toml::de::Error| syntax_error(path, text, &e);
+        let doc = DeTable::parse(text).map_err(syntax)?;
+        let keys = KeyLines::read(text, doc.get_ref());
+        let file = FileConfig::deserialize(toml::de::Deserializer::from(doc)).map_err(syntax)?;
+        ConfigValidator { path, keys }.validate(file)
     }
 
     pub fn workers(&self) -> usize {
@@ -300,87 +301,274 @@ impl Config {
             n => n,
         }
     }
+
+    /// A warning about `key` (a path as in `KeyLines`), placed like an error:
+    /// "file:line: `key`: reason".
+    pub fn warning(&self, key: &str, reason: impl fmt::Display) -> String {
+        format!(
+            "{}:{}: `{}`: {reason}",
+            self.path.display(),
+            self.keys.line(key),
+            display_key(key)
+        )
+    }
 }
 
-struct Located<'a> {
+/// An error from the TOML parser or from deserialising `FileConfig`: the
+/// key is read off the line the parser points at.
+fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e.span().map_or(1, |s| LineIndex::new(text).line(s.start));
+    let written = text.lines().nth(line - 1).unwrap_or("");
+    let mut key = written.split('=').next().unwrap_or("").trim().to_string();
+    // A missing key is reported on its table's header: name the table and the key.
+    if let Some(missing) = e.message().strip_prefix("missing field `")
+        && key.starts_with('[')
+    {
+        let table = key.trim_matches(['[', ']', ' ']);
+        key = format!("{table}.{}", missing.trim_end_matches('`'));
+    }
+    ConfigError::Invalid {
+        path: path.display().to_string(),
+        line,
+        key,
+        reason: e.message().trim().to_string(),
+    }
+}
+
+/// Byte offsets of a text's line ends, to turn an offset into a line number.
+struct LineIndex(Vec<usize>);
+
+impl LineIndex {
+    fn new(text: &str) -> LineIndex {
+        LineIndex(memchr::memchr_iter(b'\n', text.as_bytes()).collect())
+    }
+
+    /// The 1-based line holding byte `offset`.
+    fn line(&self, offset: usize) -> usize {
+        self.0.partition_point(|&end| end < offset) + 1
+    }
+}
+
+/// The line each key of the file is written on, by dotted path with array
+/// items numbered from 0: `limits.buffer_size`, `route.2.timeout`,
+/// `upstream.0.endpoints.1`. A table or array item has its own path
+/// (`limits`, `route.2`), on the line of its header.
+#[derive(Debug, Clone, Default)]
+pub struct KeyLines(HashMap<String, usize>);
+
+impl KeyLines {
+    fn read(text: &str, doc: &DeTable) -> KeyLines {
+        let mut keys = KeyLines::default();
+        keys.table(&LineIndex::new(text), "", doc);
+        keys
+    }
+
+    fn table(&mut self, lines: &LineIndex, prefix: &str, table: &DeTable) {
+        for (key, value) in table.iter() {
+            let path = if prefix.is_empty() {
+                key.get_ref().to_string()
+            } else {
+                format!("{prefix}.{}", key.get_ref())
+            };
+            self.0.insert(path.clone(), lines.line(key.span().start));
+            self.value(lines, &path, value);
+        }
+    }
+
+    fn value(&mut self, lines: &LineIndex, path: &str, value: &Spanned<DeValue>) {
+        match value.get_ref() {
+            DeValue::Table(t) => self.table(lines, path, t),
+            DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("{path}.{i}");
+                    self.0.insert(path.clone(), lines.line(item.span().start));
+                    self.value(lines, &path, item);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The line of `key` if the file writes it (a default is not written).
+    pub fn written(&self, key: &str) -> Option<usize> {
+        self.0.get(key).copied()
+    }
+
+    /// The line of `key`; for a key left at its default, the line of the
+    /// nearest table around it that is written; else line 1.
+    pub fn line(&self, key: &str) -> usize {
+        let mut key = key;
+        loop {
+            if let Some(line) = self.written(key) {
+                return line;
+            }
+            match key.rsplit_once('.') {
+                Some((outer, _)) => key = outer,
+                None => return 1,
+            }
+        }
+    }
+
+    /// The first of `keys` the file writes, else the first: where an error
+    /// about keys that contradict each other is best placed.
+    pub fn first_written<'k>(&self, keys: &[&'k str]) -> &'k str {
+        let written = keys.iter().find(|k| self.written(k).is_some());
+        written.or(keys.first()).copied().unwrap_or("")
+    }
+}
+
+/// A key path as the reader knows it: `route.2.timeout` is `route.timeout`.
+fn display_key(key: &str) -> String {
+    key.split('.')
+        .filter(|seg| !seg.bytes().all(|b| b.is_ascii_digit()))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Most idle connections one endpoint's pool may keep: the pool allocates
+/// room for them up front, and one source address has no more ports than
+/// this towards one endpoint anyway.
+pub const MAX_IDLE_PER_ENDPOINT: usize = 65_535;
+
+/// Most buffers one shard's slab may hold: the slab allocates its free list
+/// up front (with 32KiB buffers this is 32GiB per shard).
+pub const MAX_BUFFERS: u64 = 1 << 20;
+
+/// Turns a `FileConfig` into a `Config`, or into the first error, placed on
+/// the line of the key that is wrong.
+struct ConfigValidator<'a> {
     path: &'a Path,
-    text: &'a str,
+    keys: KeyLines,
 }
 
-impl Located<'_> {
-    fn error(&self, offset: usize, key: &str, reason: impl fmt::Display) -> ConfigError {
-        let offset = offset.min(self.text.len());
+impl ConfigValidator<'_> {
+    fn error(&self, key: &str, reason: impl fmt::Display) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.display().to_string(),
-            line: self.text[..offset].matches('\n').count() + 1,
-            key: key.to_string(),
+            line: self.keys.line(key),
+            key: display_key(key),
             reason: reason.to_string(),
         }
     }
 
-    fn validate(&self, file: FileConfig) -> Result<Config, ConfigError> {
-        let limits = file.limits;
-        let top = 0;
-        if limits.buffer_size.0 < 4096 || limits.buffer_size.0 > (16 << 20) {
-            return Err(self.error(top, "limits.buffer_size", "must be between 4KiB and 16MiB"));
+    fn validate(self, file: FileConfig) -> Result<Config, ConfigError> {
+        self.check_limits(&file.limits)?;
+        if file.server.max_connections == 0 {
+            return Err(self.error("server.max_connections", "must be at least 1"));
         }
-        if limits.max_header_bytes.0 > limits.buffer_size.0 || limits.max_header_bytes.0 < 256 {
+        self.check_timeouts(&file.timeouts)?;
+        let listeners = self.listeners(&file.listener)?;
+        let upstreams = self.upstreams(&file.upstream)?;
+        let routes = self.routes(&file.route, &upstreams)?;
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            server: file.server,
+            listeners,
+            timeouts: file.timeouts,
+            limits: file.limits,
+            upstreams,
+            routes,
+            keys: self.keys,
+        })
+    }
+
+    fn check_limits(&self, limits: &Limits) -> Result<(), ConfigError> {
+        let (buffer, header, line) = (
+            limits.buffer_size.0,
+            limits.max_header_bytes.0,
+            limits.max_request_line.0,
+        );
+        if !(4096..=(16 << 20)).contains(&buffer) {
+            return Err(self.error("limits.buffer_size", "must be between 4KiB and 16MiB"));
+        }
+        if header < 256 {
+            return Err(self.error("limits.max_header_bytes", "must be at least 256"));
+        }
+        if header > buffer {
+            let key = self
+                .keys
+                .first_written(&["limits.max_header_bytes", "limits.buffer_size"]);
             return Err(self.error(
-                top,
-                "limits.max_header_bytes",
+                key,
                 format!(
-                    "must be between 256 and limits.buffer_size ({}): a request head is read into one buffer",
-                    limits.buffer_size.0
+                    "limits.max_header_bytes ({header}) must not exceed limits.buffer_size ({buffer}): a request head is read into one buffer"
                 ),
             ));
         }
-        if limits.max_request_line.0 > limits.max_header_bytes.0 {
+        if line > header {
+            let key = self
+                .keys
+                .first_written(&["limits.max_request_line", "limits.max_header_bytes"]);
             return Err(self.error(
-                top,
-                "limits.max_request_line",
-                "must not exceed limits.max_header_bytes",
+                key,
+                format!(
+                    "limits.max_request_line ({line}) must not exceed limits.max_header_bytes ({header})"
+                ),
             ));
         }
         if limits.max_headers == 0 || limits.max_headers > MAX_HEADERS_CAP {
             return Err(self.error(
-                top,
                 "limits.max_headers",
                 format!("must be between 1 and {MAX_HEADERS_CAP}"),
             ));
         }
-        if limits.max_buffer_bytes.0 < 4 * limits.buffer_size.0 {
+        let buffers = limits.max_buffer_bytes.0 / buffer;
+        if !(4..=MAX_BUFFERS).contains(&buffers) {
+            let key = self
+                .keys
+                .first_written(&["limits.max_buffer_bytes", "limits.buffer_size"]);
             return Err(self.error(
-                top,
-                "limits.max_buffer_bytes",
-                "must hold at least 4 buffers (limits.buffer_size each)",
+                key,
+                format!(
+                    "limits.max_buffer_bytes ({}) holds {buffers} buffers of limits.buffer_size ({buffer}): it must hold between 4 and {MAX_BUFFERS}",
+                    limits.max_buffer_bytes.0
+                ),
             ));
         }
-        if file.server.max_connections == 0 {
-            return Err(self.error(top, "server.max_connections", "must be at least 1"));
-        }
+        Ok(())
+    }
 
-        if file.listener.is_empty() {
+    /// Zero would fail every connection at once; only `request_total` (and a
+    /// route's `timeout`) take 0 to mean off, and `keepalive_idle` 0 to mean
+    /// no keep-alive.
+    fn check_timeouts(&self, t: &Timeouts) -> Result<(), ConfigError> {
+        let never_zero = [
+            ("client_header", t.client_header),
+            ("client_body_idle", t.client_body_idle),
+            ("client_send", t.client_send),
+            ("upstream_connect", t.upstream_connect),
+            ("upstream_response_header", t.upstream_response_header),
+            ("upstream_idle", t.upstream_idle),
+        ];
+        for (name, d) in never_zero {
+            if d.0.is_zero() {
+                return Err(self.error(
+                    &format!("timeouts.{name}"),
+                    "must be more than 0: a 0 timeout expires at once and fails every request",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn listeners(&self, file: &[FileListener]) -> Result<Vec<Listener>, ConfigError> {
+        if file.is_empty() {
             return Err(self.error(
-                top,
                 "listener",
                 "no [[listener]]: add one, e.g. bind = \"127.0.0.1:8080\"",
             ));
         }
-        let mut listeners = Vec::new();
-        for l in &file.listener {
-            let at = l.span().start;
-            let l = l.get_ref();
-            if listeners.iter().any(|x: &Listener| x.name == l.name) {
+        let mut listeners: Vec<Listener> = Vec::new();
+        for (i, l) in file.iter().enumerate() {
+            if listeners.iter().any(|x| x.name == l.name) {
                 return Err(self.error(
-                    at,
-                    "listener.name",
+                    &format!("listener.{i}.name"),
                     format!("duplicate listener name '{}'", l.name),
                 ));
             }
             let bind = l.bind.parse::<SocketAddr>().map_err(|_| {
                 self.error(
-                    at,
-                    "listener.bind",
+                    &format!("listener.{i}.bind"),
                     format!("'{}' is not an address:port (IPv6 as [::1]:8080)", l.bind),
                 )
             })?;
@@ -389,23 +577,24 @@ impl Located<'_> {
                 bind,
             });
         }
+        Ok(listeners)
+    }
 
+    fn upstreams(&self, file: &[FileUpstream]) -> Result<Vec<Upstream>, ConfigError> {
         let mut upstreams: Vec<Upstream> = Vec::new();
-        for u in &file.upstream {
-            let at = u.span().start;
-            let u = u.get_ref();
+        for (i, u) in file.iter().enumerate() {
+            let key = |name: &str| format!("upstream.{i}.{name}");
             if upstreams.iter().any(|x| x.name == u.name) {
                 return Err(self.error(
-                    at,
-                    "upstream.name",
+                    &key("name"),
                     format!("duplicate upstream name '{}'", u.name),
                 ));
             }
             if u.endpoints.is_empty() {
-                return Err(self.error(at, "upstream.endpoints", "needs at least one host:port"));
+                return Err(self.error(&key("endpoints"), "needs at least one host:port"));
             }
             let mut endpoints = Vec::new();
-            for e in &u.endpoints {
+            for (j, e) in u.endpoints.iter().enumerate() {
                 // Resolved once here, on the control thread: shards never do DNS.
                 #[allow(clippy::disallowed_methods)]
                 let addr = e
@@ -414,27 +603,38 @@ impl Located<'_> {
                     .and_then(|mut a| a.next())
                     .ok_or_else(|| {
                         self.error(
-                            at,
-                            "upstream.endpoints",
+                            &key(&format!("endpoints.{j}")),
                             format!("cannot resolve '{e}' as host:port"),
                         )
                     })?;
                 endpoints.push(addr);
             }
             if u.max_per_endpoint == 0 {
-                return Err(self.error(at, "upstream.max_per_endpoint", "must be at least 1"));
+                return Err(self.error(&key("max_per_endpoint"), "must be at least 1"));
             }
-            if u.max_idle_per_endpoint > u.max_per_endpoint {
+            // The default idle count follows a smaller max_per_endpoint; a
+            // written one must fit in it.
+            let mut max_idle = u.max_idle_per_endpoint;
+            if self.keys.written(&key("max_idle_per_endpoint")).is_none() {
+                max_idle = max_idle.min(u.max_per_endpoint);
+            } else if max_idle > u.max_per_endpoint {
                 return Err(self.error(
-                    at,
-                    "upstream.max_idle_per_endpoint",
-                    "must not exceed max_per_endpoint",
+                    &key("max_idle_per_endpoint"),
+                    format!(
+                        "{max_idle} is more than max_per_endpoint ({}): idle connections are open connections too",
+                        u.max_per_endpoint
+                    ),
+                ));
+            } else if max_idle > MAX_IDLE_PER_ENDPOINT {
+                return Err(self.error(
+                    &key("max_idle_per_endpoint"),
+                    format!("must be at most {MAX_IDLE_PER_ENDPOINT}"),
                 ));
             }
             upstreams.push(Upstream {
                 name: u.name.clone(),
                 endpoints,
-                max_idle_per_endpoint: u.max_idle_per_endpoint,
+                max_idle_per_endpoint: max_idle,
                 max_per_endpoint: u.max_per_endpoint,
                 queue_timeout: u.queue_timeout.0,
                 idle_timeout: u.idle_timeout.0,
@@ -442,22 +642,23 @@ impl Located<'_> {
                 max_requests: u.max_requests,
             });
         }
+        Ok(upstreams)
+    }
 
+    fn routes(
+        &self,
+        file: &[FileRoute],
+        upstreams: &[Upstream],
+    ) -> Result<Vec<Route>, ConfigError> {
         let mut routes: Vec<Route> = Vec::new();
-        for r in &file.route {
-            let at = r.span().start;
-            let r = r.get_ref();
+        for (i, r) in file.iter().enumerate() {
+            let key = |name: &str| format!("route.{i}.{name}");
             if routes.iter().any(|x| x.name == r.name) {
-                return Err(self.error(
-                    at,
-                    "route.name",
-                    format!("duplicate route name '{}'", r.name),
-                ));
+                return Err(self.error(&key("name"), format!("duplicate route name '{}'", r.name)));
             }
             if !r.prefix.starts_with('/') || r.prefix.contains(['?', '#', ' ']) {
                 return Err(self.error(
-                    at,
-                    "route.prefix",
+                    &key("prefix"),
                     format!(
                         "'{}' must start with '/' and hold no '?', '#' or space",
                         r.prefix
@@ -468,18 +669,16 @@ impl Located<'_> {
                 None => None,
                 Some(h) => Some(valid_host(h).ok_or_else(|| {
                     self.error(
-                        at,
-                        "route.host",
+                        &key("host"),
                         format!("'{h}' is not a host name (a wildcard is written *.example.com)"),
                     )
                 })?),
             };
             let mut methods = Vec::new();
-            for m in &r.methods {
+            for (j, m) in r.methods.iter().enumerate() {
                 if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') {
                     return Err(self.error(
-                        at,
-                        "route.methods",
+                        &key(&format!("methods.{j}")),
                         format!("'{m}' is not a method: write it in capitals, e.g. \"GET\""),
                     ));
                 }
@@ -493,8 +692,7 @@ impl Located<'_> {
                         .ok_or_else(|| {
                             let known: Vec<_> = upstreams.iter().map(|u| u.name.as_str()).collect();
                             self.error(
-                                at,
-                                "route.upstream",
+                                &key("upstream"),
                                 format!(
                                     "no [[upstream]] named '{name}' (defined: {})",
                                     known.join(", ")
@@ -505,21 +703,16 @@ impl Located<'_> {
                 }
                 (None, Some(resp)) => {
                     if !(200..=599).contains(&resp.status) {
-                        return Err(self.error(at, "route.respond.status", "must be 200..=599"));
+                        return Err(self.error(&key("respond.status"), "must be 200..=599"));
                     }
                     if resp.content_type.contains(['\r', '\n']) {
-                        return Err(self.error(
-                            at,
-                            "route.respond.content_type",
-                            "must be one line",
-                        ));
+                        return Err(self.error(&key("respond.content_type"), "must be one line"));
                     }
                     Action::Respond(resp.clone())
                 }
                 _ => {
                     return Err(self.error(
-                        at,
-                        "route",
+                        &format!("route.{i}"),
                         format!(
                             "route '{}' needs exactly one of `upstream` or `respond`",
                             r.name
@@ -530,11 +723,7 @@ impl Located<'_> {
             if let Some(h) = &r.set_host
                 && h.bytes().any(|b| b.is_ascii_control() || b == b' ')
             {
-                return Err(self.error(
-                    at,
-                    "route.set_host",
-                    "must be a host[:port] without spaces",
-                ));
+                return Err(self.error(&key("set_host"), "must be a host[:port] without spaces"));
             }
             routes.push(Route {
                 name: r.name.clone(),
@@ -546,19 +735,11 @@ impl Located<'_> {
                 set_host: r.set_host.clone(),
                 timeout: r.timeout.map(|d| d.0),
                 max_body_bytes: r.max_body_bytes.map(|s| s.0),
-                line: self.text[..at.min(self.text.len())].matches('\n').count() + 1,
+                underscores_in_headers: r.underscores_in_headers,
+                line: self.keys.line(&format!("route.{i}")),
             });
         }
-
-        Ok(Config {
-            path: self.path.to_path_buf(),
-            server: file.server,
-            listeners,
-            timeouts: file.timeouts,
-            limits,
-            upstreams,
-            routes,
-        })
+        Ok(routes)
     }
 }
 
@@ -613,7 +794,8 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
-/// A byte size written as "64KiB", "10MiB", "1GiB", "512" or a plain integer.
+/// A byte size written as "64KiB", "10MiB", "1GiB" (powers of 1024), "64KB",
+/// "10MB", "1GB" (powers of 1000, as SI means them), "512B" or a plain integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size(pub u64);
 
@@ -623,37 +805,61 @@ impl Size {
     }
 }
 
-pub fn parse_size(s: &str) -> Option<u64> {
+/// Parses a size; the error says how to write it.
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult: u64 = match unit.trim() {
+    let unit = unit.trim();
+    let mult: u64 = match unit {
         "" | "B" => 1,
-        "KiB" | "K" | "KB" => 1 << 10,
-        "MiB" | "M" | "MB" => 1 << 20,
-        "GiB" | "G" | "GB" => 1 << 30,
-        _ => return None,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "K" | "k" | "M" | "G" => {
+            return Err(format!(
+                "'{s}': a bare '{unit}' is ambiguous: write {num}{}iB (powers of 1024) or {num}{}B (powers of 1000)",
+                unit.to_ascii_uppercase(),
+                unit.to_ascii_uppercase()
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "'{s}' is not a size: write e.g. \"64KiB\", \"10MiB\", \"1GiB\", \"64KB\" or a number of bytes"
+            ));
+        }
     };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size: it needs a whole number first"))?;
     n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
+        struct SizeVisitor;
+        impl serde::de::Visitor<'_> for SizeVisitor {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size: \"64KiB\", \"10MiB\", \"64KB\" or a whole number of bytes")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Size, E> {
+                Ok(Size(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Size, E> {
+                u64::try_from(n)
+                    .map(Size)
+                    .map_err(|_| E::custom(format!("{n} is not a size: it must not be negative")))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Size, E> {
+                parse_size(s).map(Size).map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Size(n)),
-            Raw::Text(s) => parse_size(&s).map(Size).ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "'{s}' is not a size: write e.g. \"64KiB\", \"10MiB\", \"1GiB\" or a number of bytes"
-                ))
-            }),
-        }
+        d.deserialize_any(SizeVisitor)
     }
 }
 
@@ -668,16 +874,12 @@ mod tests {
     const BASE: &str = "[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\n";
 
     #[test]
-    fn durations_and_sizes() {
+    fn durations() {
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("0"), Some(Duration::ZERO));
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration("1.5s"), None);
-        assert_eq!(parse_size("64KiB"), Some(65536));
-        assert_eq!(parse_size("1GiB"), Some(1 << 30));
-        assert_eq!(parse_size("12"), Some(12));
-        assert_eq!(parse_size("1TiB"), None);
     }
 
     #[test]
@@ -697,11 +899,11 @@ mod tests {
     }
 
     #[test]
-    fn unknown_upstream_names_route_line() {
+    fn unknown_upstream_names_its_line() {
         let text =
             format!("{BASE}\n[[route]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"nope\"\n");
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.starts_with("test.toml:5: `route.upstream`:"), "{err}");
+        assert!(err.starts_with("test.toml:8: `route.upstream`:"), "{err}");
         assert!(err.contains("no [[upstream]] named 'nope'"), "{err}");
     }
 
@@ -728,5 +930,71 @@ mod tests {
         assert_eq!(c.routes[0].host.as_deref(), Some("*.example.com"));
         assert_eq!(c.routes[0].max_body_bytes, Some(1 << 20));
         assert_eq!(c.routes[0].line, 7);
+    }
+
+    #[test]
+    fn sizes_in_kib_are_1024_and_in_kb_1000() {
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("64KB"), Ok(64_000));
+        assert_eq!(parse_size("64kB"), Ok(64_000));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("512B"), Ok(512));
+        assert_eq!(parse_size("12"), Ok(12));
+        assert_eq!(parse_size(" 8 KiB "), Ok(8192));
+    }
+
+    #[test]
+    fn bare_k_m_g_are_refused_as_ambiguous() {
+        let err = parse_size("64K").unwrap_err();
+        assert!(
+            err.contains("ambiguous") && err.contains("write 64KiB (powers of 1024) or 64KB"),
+            "{err}"
+        );
+        for s in ["64k", "10M", "1G"] {
+            assert!(parse_size(s).unwrap_err().contains("ambiguous"), "{s}");
+        }
+    }
+
+    #[test]
+    fn malformed_sizes_are_refused() {
+        for s in ["1TiB", "KiB", "1.5MiB", "-1", "64 kib", ""] {
+            assert!(parse_size(s).is_err(), "{s}");
+        }
+        assert!(
+            parse_size("99999999999GiB")
+                .unwrap_err()
+                .contains("too large")
+        );
+    }
+
+    #[test]
+    fn an_ambiguous_size_in_the_file_names_its_line() {
+        let text = format!("{BASE}[limits]\nmax_headers = 50\nmax_body_bytes = \"10M\"\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("test.toml:6: `max_body_bytes`:"), "{err}");
+        assert!(err.contains("write 10MiB"), "{err}");
+    }
+
+    #[test]
+    fn underscores_in_headers_is_off_unless_turned_on() {
+        let route = |extra: &str| {
+            format!(
+                "{BASE}[[route]]\nname = \"r\"\nprefix = \"/\"\nrespond = {{ status = 200 }}\n{extra}"
+            )
+        };
+        assert!(!parse(&route("")).unwrap().routes[0].underscores_in_headers);
+        let on = parse(&route("underscores_in_headers = true\n")).unwrap();
+        assert!(on.routes[0].underscores_in_headers);
+        let err = parse(&route("underscores_in_headers = \"yes\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("test.toml:8: `underscores_in_headers`:"),
+            "{err}"
+        );
+        assert!(err.contains("invalid type"), "{err}");
     }
 }

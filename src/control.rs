@@ -1,6 +1,7 @@
 //! The control side: compiles the config, binds every shard's listening
 //! sockets, starts the shard threads and stops them. `Server` is used by
-//! the binary (with signals) and by tests (in-process).
+//! the binary (with signals) and by tests (in-process). The binary also
+//! raises the open-file limit here before it starts the shards.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -132,4 +133,58 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     sock.bind(&addr.into())?;
     sock.listen(4096)?;
     Ok(sock.into())
+}
+
+/// The process's open-file limit (RLIMIT_NOFILE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileLimit {
+    pub soft: u64,
+    pub hard: u64,
+}
+
+impl FileLimit {
+    pub fn get() -> std::io::Result<FileLimit> {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one `rlimit` into `lim`, which outlives the call.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(FileLimit {
+            soft: lim.rlim_cur,
+            hard: lim.rlim_max,
+        })
+    }
+
+    /// Raises the soft limit to the hard one: every client and upstream
+    /// connection is a descriptor, and the usual soft limit (1024) is far
+    /// below what `server.max_connections` allows. Only the hard limit,
+    /// set by whoever starts ringway (`ulimit -Hn`, systemd's
+    /// `LimitNOFILE=`), bounds the proxy. Returns the limit as it now is.
+    pub fn raise() -> std::io::Result<FileLimit> {
+        let limit = FileLimit::get()?;
+        if limit.soft >= limit.hard {
+            return Ok(limit);
+        }
+        let raised = libc::rlimit {
+            rlim_cur: limit.hard,
+            rlim_max: limit.hard,
+        };
+        // SAFETY: setrlimit reads one `rlimit` from `raised`, which outlives the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        FileLimit::get()
+    }
+
+    /// Client connections all shards together may hold: a descriptor each,
+    /// and a second one while a request is proxied.
+    pub fn client_connections(config: &Config) -> u64 {
+        let conns = config
+            .workers()
+            .saturating_mul(config.server.max_connections);
+        u64::try_from(conns).unwrap_or(u64::MAX)
+    }
 }

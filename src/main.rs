@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use ringway::control::FileLimit;
 use ringway::{Config, Server, Snapshot};
 
 #[global_allocator]
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
 
 fn run(config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    open_file_limit(&config);
     let server = Server::start(config)?;
     for signal in signals.forever() {
         match signal {
@@ -77,4 +79,42 @@ fn run(config: Config) -> anyhow::Result<()> {
     server.shutdown();
     log::info!("stopped");
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one, says what both are, and
+/// warns if the shards may want more descriptors than that.
+fn open_file_limit(config: &Config) {
+    let before = match FileLimit::get() {
+        Ok(limit) => limit,
+        Err(e) => {
+            log::warn!("open-file limit: cannot read it: {e}");
+            return;
+        }
+    };
+    let now = FileLimit::raise().unwrap_or_else(|e| {
+        log::warn!("open-file limit: cannot raise the soft limit to the hard one: {e}");
+        before
+    });
+    if now.soft > before.soft {
+        log::info!(
+            "open-file limit: soft {} (raised from {}), hard {}",
+            now.soft,
+            before.soft,
+            now.hard
+        );
+    } else {
+        log::info!("open-file limit: soft {}, hard {}", now.soft, now.hard);
+    }
+    let conns = FileLimit::client_connections(config);
+    if conns > now.soft {
+        log::warn!(
+            "open-file limit {} is below the {conns} client connections {} shards may hold \
+             (server.max_connections {} each; a proxied one holds two descriptors): past it \
+             accepts fail and wait; raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) \
+             or lower server.max_connections",
+            now.soft,
+            config.workers(),
+            config.server.max_connections
+        );
+    }
 }

@@ -249,6 +249,7 @@ mod tests {
             set_host: None,
             timeout: None,
             max_body_bytes: None,
+            underscores_in_headers: false,
             line: 1,
         }
     }

@@ -58,6 +58,7 @@ impl Snapshot {
                 warnings.push(format!("upstream '{}' is used by no route", u.name));
             }
         }
+        warnings.extend(contradictions(&config));
         Snapshot {
             config,
             routes,
@@ -109,6 +110,117 @@ impl Snapshot {
     }
 }
 
+/// Limits that are valid one by one but contradict each other: the config
+/// works, just not as its author likely meant. Each warning is placed on the
+/// line of a key involved, the first one the file writes.
+fn contradictions(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let (limits, t) = (&cfg.limits, &cfg.timeouts);
+
+    let buffers = limits.max_buffer_bytes.0 / limits.buffer_size.0;
+    let conns = cfg.server.max_connections as u64;
+    if buffers < conns {
+        let key = cfg.keys.first_written(&[
+            "server.max_connections",
+            "limits.max_buffer_bytes",
+            "limits.buffer_size",
+        ]);
+        out.push(cfg.warning(
+            key,
+            format!(
+                "server.max_connections allows {conns} connections per shard, but the slab holds \
+                 {buffers} buffers (limits.max_buffer_bytes / limits.buffer_size): a connection \
+                 holds one and a proxied request three, so past {buffers} connections, or {} \
+                 proxied requests, clients get 503; raise limits.max_buffer_bytes to {} or lower \
+                 server.max_connections to {buffers}",
+                buffers / 3,
+                size_text(conns * limits.buffer_size.0),
+            ),
+        ));
+    }
+
+    let connect = t.upstream_connect.0;
+    let total = t.request_total.0;
+    if !total.is_zero() && total < connect {
+        out.push(cfg.warning(
+            "timeouts.request_total",
+            format!(
+                "{total:?} is shorter than timeouts.upstream_connect ({connect:?}): connecting \
+                 alone may take longer than a whole request is allowed"
+            ),
+        ));
+    }
+
+    for (i, u) in cfg.upstreams.iter().enumerate() {
+        if u.idle_timeout >= u.max_lifetime {
+            let idle = format!("upstream.{i}.idle_timeout");
+            let life = format!("upstream.{i}.max_lifetime");
+            out.push(cfg.warning(
+                cfg.keys.first_written(&[&idle, &life]),
+                format!(
+                    "upstream '{}': idle_timeout ({:?}) is not shorter than max_lifetime ({:?}): \
+                     a pooled connection reaches its lifetime first, so idle_timeout never applies",
+                    u.name, u.idle_timeout, u.max_lifetime
+                ),
+            ));
+        }
+    }
+
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let key = |name: &str| format!("route.{i}.{name}");
+        match r.action {
+            Action::Proxy(_) => {
+                if let Some(d) = r.timeout
+                    && !d.is_zero()
+                    && d < connect
+                {
+                    out.push(cfg.warning(
+                        &key("timeout"),
+                        format!(
+                            "route '{}': timeout ({d:?}) is shorter than timeouts.upstream_connect \
+                             ({connect:?}): connecting alone may take longer than the whole \
+                             request is allowed",
+                            r.name
+                        ),
+                    ));
+                }
+            }
+            Action::Respond(_) => {
+                let proxy_only = [
+                    ("timeout", r.timeout.is_some()),
+                    ("strip_prefix", r.strip_prefix),
+                    ("set_host", r.set_host.is_some()),
+                    ("underscores_in_headers", r.underscores_in_headers),
+                ];
+                for (name, set) in proxy_only {
+                    if set {
+                        out.push(cfg.warning(
+                            &key(name),
+                            format!(
+                                "route '{}' answers by itself (`respond`): `{name}` applies only \
+                                 to proxied requests and has no effect here",
+                                r.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A byte count as a config would write it, rounded up to whole units.
+fn size_text(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (unit, name) in UNITS {
+        if bytes >= unit {
+            return format!("\"{}{name}\"", bytes.div_ceil(unit));
+        }
+    }
+    bytes.to_string()
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
@@ -128,5 +240,126 @@ fn reason(status: u16) -> &'static str {
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const BASE: &str = "[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\n";
+    /// An upstream (lines 4 to 6) and a route to it (lines 7 to 10).
+    const PROXIED: &str = "[[upstream]]\nname = \"u\"\nendpoints = [\"127.0.0.1:9\"]\n\
+                           [[route]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"u\"\n";
+    const ROUTE_TO_U: &str = "[[route]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"u\"\n";
+
+    /// The warnings of `BASE` + `body`; the listener takes lines 1 to 3.
+    fn warnings(body: &str) -> Vec<String> {
+        let config = Config::parse(Path::new("w.toml"), &format!("{BASE}{body}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Snapshot::compile(config).warnings
+    }
+
+    /// Asserts exactly one warning, at `place` ("w.toml:LINE: `KEY`:"), saying `reason`.
+    fn warns_once(body: &str, place: &str, reason: &str) {
+        let w = warnings(body);
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(w[0].starts_with(place), "want {place}\ngot  {}", w[0]);
+        assert!(w[0].contains(reason), "want {reason:?}\ngot  {}", w[0]);
+    }
+
+    #[test]
+    fn defaults_and_the_example_limits_agree() {
+        assert_eq!(warnings(PROXIED), Vec::<String>::new());
+    }
+
+    #[test]
+    fn fewer_buffers_than_connections() {
+        warns_once(
+            &format!("[server]\nmax_connections = 10000\n{PROXIED}"),
+            "w.toml:5: `server.max_connections`:",
+            "allows 10000 connections per shard, but the slab holds 8192 buffers",
+        );
+        // Only the slab is written: the warning points there, and says what would do.
+        warns_once(
+            &format!("[limits]\nmax_buffer_bytes = \"64MiB\"\n{PROXIED}"),
+            "w.toml:5: `limits.max_buffer_bytes`:",
+            "past 2048 connections, or 682 proxied requests, clients get 503; raise \
+             limits.max_buffer_bytes to \"256MiB\" or lower server.max_connections to 2048",
+        );
+    }
+
+    #[test]
+    fn request_total_shorter_than_connecting() {
+        warns_once(
+            &format!(
+                "[timeouts]\nupstream_connect = \"2s\"\nrequest_total = \"1500ms\"\n{PROXIED}"
+            ),
+            "w.toml:6: `timeouts.request_total`:",
+            "1.5s is shorter than timeouts.upstream_connect (2s)",
+        );
+        assert!(warnings(&format!("[timeouts]\nrequest_total = \"3s\"\n{PROXIED}")).is_empty());
+    }
+
+    #[test]
+    fn idle_timeout_not_below_max_lifetime() {
+        let upstream = "[[upstream]]\nname = \"u\"\nendpoints = [\"127.0.0.1:9\"]\n";
+        warns_once(
+            &format!("{upstream}idle_timeout = \"10m\"\n{ROUTE_TO_U}"),
+            "w.toml:7: `upstream.idle_timeout`:",
+            "upstream 'u': idle_timeout (600s) is not shorter than max_lifetime (600s)",
+        );
+        warns_once(
+            &format!(
+                "{PROXIED}\n[[upstream]]\nname = \"v\"\nendpoints = [\"127.0.0.1:9\"]\nmax_lifetime = \"30s\"\n\
+                      [[route]]\nname = \"v\"\nprefix = \"/v\"\nupstream = \"v\"\n"
+            ),
+            "w.toml:15: `upstream.max_lifetime`:",
+            "upstream 'v': idle_timeout (55s) is not shorter than max_lifetime (30s)",
+        );
+    }
+
+    #[test]
+    fn route_timeout_shorter_than_connecting() {
+        warns_once(
+            &format!("{PROXIED}timeout = \"1s\"\n"),
+            "w.toml:11: `route.timeout`:",
+            "route 'r': timeout (1s) is shorter than timeouts.upstream_connect (3s)",
+        );
+        // "0s" turns the limit off for the route.
+        assert!(warnings(&format!("{PROXIED}timeout = \"0s\"\n")).is_empty());
+        assert!(warnings(&format!("{PROXIED}timeout = \"3s\"\n")).is_empty());
+    }
+
+    #[test]
+    fn proxy_keys_on_a_respond_route() {
+        let w = warnings(
+            "[[route]]\nname = \"home\"\nprefix = \"/\"\nrespond = { status = 200 }\n\
+             set_host = \"h\"\nstrip_prefix = true\ntimeout = \"1s\"\nunderscores_in_headers = true\n",
+        );
+        let places: Vec<&str> = w
+            .iter()
+            .map(|w| w.split(" route 'home'").next().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            places,
+            [
+                "w.toml:10: `route.timeout`:",
+                "w.toml:9: `route.strip_prefix`:",
+                "w.toml:8: `route.set_host`:",
+                "w.toml:11: `route.underscores_in_headers`:",
+            ]
+        );
+        assert!(
+            w.iter()
+                .all(|w| w.contains("route 'home' answers by itself")),
+            "{w:#?}"
+        );
+        // Their defaults say nothing.
+        let quiet = "[[route]]\nname = \"home\"\nprefix = \"/\"\nrespond = { status = 200 }\n\
+                     strip_prefix = false\nunderscores_in_headers = false\n";
+        assert!(warnings(quiet).is_empty());
     }
 }

@@ -1,13 +1,15 @@
-//! The real binary, end to end: `check`, config errors, a 1 GiB body each
-//! way in bounded memory, and a graceful SIGTERM.
+//! The real binary, end to end: `check`, config errors and warnings, a 1 GiB
+//! body each way in bounded memory, a graceful SIGTERM, and running out of
+//! file descriptors.
 
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -32,13 +34,20 @@ fn start_with(
     config: &std::path::Path,
     env: &[(&str, &str)],
 ) -> (Child, SocketAddr, mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .args(["--config", config.to_str().unwrap()])
+    spawn(proxy_command(config).envs(env.iter().copied()))
+}
+
+fn proxy_command(config: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--config", config.to_str().unwrap()])
         .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Spawns the proxy and waits for its listener line.
+fn spawn(cmd: &mut Command) -> (Child, SocketAddr, mpsc::Receiver<String>) {
+    let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     let (log_tx, log_rx) = mpsc::channel();
@@ -122,6 +131,7 @@ fn check_prints_routes_and_accepts_the_example_configs() {
                 String::from_utf8_lossy(&out.stderr)
             );
             assert!(stdout.contains("route "), "{stdout}");
+            assert!(!stdout.contains("warning"), "{stdout}");
             assert!(stdout.trim_end().ends_with(": ok"), "{stdout}");
         }
     }
@@ -137,7 +147,7 @@ fn config_errors_name_file_line_and_key() {
         ),
         (
             "[[listener]]\nname = \"m\"\nbind = \"nowhere\"\n",
-            ":1: `listener.bind`:",
+            ":3: `listener.bind`:",
             "not an address",
         ),
         (
@@ -147,8 +157,18 @@ fn config_errors_name_file_line_and_key() {
         ),
         (
             "[[listener]]\nname = \"m\"\nbind = \"127.0.0.1:0\"\n\n[[route]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"ghost\"\n",
-            ":5: `route.upstream`:",
+            ":8: `route.upstream`:",
             "no [[upstream]] named 'ghost'",
+        ),
+        (
+            "[[listener]]\nname = \"m\"\nbind = \"127.0.0.1:0\"\n[limits]\nmax_headers = 10\nbuffer_size = \"4KiB\"\n",
+            ":6: `limits.buffer_size`:",
+            "limits.max_header_bytes (16384) must not exceed limits.buffer_size (4096)",
+        ),
+        (
+            "[[listener]]\nname = \"m\"\nbind = \"127.0.0.1:0\"\n[limits]\nmax_body_bytes = \"10M\"\n",
+            ":5: `max_body_bytes`:",
+            "write 10MiB (powers of 1024) or 10MB (powers of 1000)",
         ),
     ];
     for (text, place, reason) in cases {
@@ -169,6 +189,33 @@ fn config_errors_name_file_line_and_key() {
             .unwrap();
         assert_eq!(run.status.code(), Some(1));
     }
+}
+
+#[test]
+fn contradicting_limits_are_warnings_with_their_line() {
+    let path = write_config(
+        "contradict.toml",
+        "[server]\nworkers = 1\nmax_connections = 20000\n\
+         [[listener]]\nname = \"m\"\nbind = \"127.0.0.1:0\"\n\
+         [[route]]\nname = \"a\"\nprefix = \"/\"\nrespond = { status = 200 }\nset_host = \"x\"\n",
+    );
+    let out = check(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    let file = path.display();
+    assert_eq!(warnings.len(), 2, "{stdout}");
+    assert!(
+        warnings[0].starts_with(&format!("warning: {file}:3: `server.max_connections`: ")),
+        "{stdout}"
+    );
+    assert!(
+        warnings[1].starts_with(&format!("warning: {file}:11: `route.set_host`: ")),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -274,4 +321,214 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
     assert!(idle.is_closed(), "idle keep-alive connections are closed");
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+// ---- out of file descriptors ----
+
+/// The open-file limit the proxy is started with: soft below hard, so the
+/// start-up raise shows, and hard low enough to run out of.
+const FD_SOFT: u64 = 32;
+const FD_HARD: u64 = 64;
+
+/// What the log said while the proxy ran out of descriptors.
+struct Exhaustion {
+    /// "accept failed" lines, from the first one to the proxy's exit.
+    failures_logged: usize,
+    /// How long that was.
+    over: Duration,
+}
+
+/// Starts the proxy with RLIMIT_NOFILE at FD_SOFT/FD_HARD, opens twice
+/// FD_HARD client connections and holds them while accepting fails, closes
+/// them, then has every later client served, one after another and some at
+/// once; the proxy must stay up without spinning and exit 0 on SIGTERM.
+/// `name` names its config file: tests run at once, each with its origin.
+fn run_out_of_descriptors(name: &str) -> Exhaustion {
+    let origin = Origin::start(|_| ok("from origin"));
+    let config = write_config(
+        &format!("{name}.toml"),
+        &format!(
+            "[server]\nworkers = 1\npin_cores = false\n\
+             [[listener]]\nname = \"m\"\nbind = \"127.0.0.1:0\"\n\
+             [[upstream]]\nname = \"o\"\nendpoints = [\"{}\"]\nmax_per_endpoint = 4\n\
+             [[route]]\nname = \"o\"\nprefix = \"/o\"\nupstream = \"o\"\n\
+             [[route]]\nname = \"direct\"\nprefix = \"/\"\nrespond = {{ status = 200, body = \"direct\" }}\n",
+            origin.addr
+        ),
+    );
+    let lower_fd_limit = || {
+        let limit = libc::rlimit {
+            rlim_cur: FD_SOFT,
+            rlim_max: FD_HARD,
+        };
+        // SAFETY: setrlimit reads `limit`, which outlives the call.
+        match unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    };
+    let mut cmd = proxy_command(&config);
+    // SAFETY: between fork and exec the closure calls only setrlimit, which
+    // is async-signal-safe, on a value it owns; it allocates nothing.
+    unsafe { cmd.pre_exec(lower_fd_limit) };
+    let (child, addr, log) = spawn(&mut cmd);
+    let mut child = KillOnDrop(child);
+    let pid = child.0.id();
+
+    // Start-up raised the soft limit to the hard one, and said so.
+    let startup: Vec<String> = log.try_iter().collect();
+    assert!(
+        startup.iter().any(|l| l.contains(&format!(
+            "open-file limit: soft {FD_HARD} (raised from {FD_SOFT}), hard {FD_HARD}"
+        ))),
+        "{startup:#?}"
+    );
+    assert_eq!(open_file_limit(pid), (FD_HARD, FD_HARD));
+
+    // More clients than descriptors: the kernel completes every handshake,
+    // the proxy accepts until it has none left.
+    let flood: Vec<TcpStream> = (0..2 * FD_HARD)
+        .map(|_| TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap())
+        .collect();
+    let first_failure = wait_for_line(&log, "accept failed");
+    let mut failures_logged = 1;
+
+    // Out of descriptors for a while: alive, and not spinning on accept.
+    let window = Duration::from_millis(1500);
+    let cpu_before = cpu_time(pid);
+    let watched = Instant::now();
+    while let Some(left) = (watched + window).checked_duration_since(Instant::now()) {
+        match log.recv_timeout(left) {
+            Ok(line) => failures_logged += usize::from(line.contains("accept failed")),
+            Err(mpsc::RecvTimeoutError::Timeout) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the proxy exited"),
+        }
+    }
+    let (cpu, watched) = (cpu_time(pid) - cpu_before, watched.elapsed());
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the proxy died out of descriptors"
+    );
+    assert!(
+        cpu < watched / 4,
+        "{cpu:?} of CPU in {watched:?} out of descriptors: the accept loop spins"
+    );
+
+    // The descriptors come back: every later client is served.
+    drop(flood);
+    for i in 0..3 * FD_HARD {
+        let (path, body) = if i % 2 == 0 {
+            ("/", "direct")
+        } else {
+            ("/o/x", "from origin")
+        };
+        let resp = get(addr, path);
+        assert_eq!(
+            (resp.status, resp.text().as_str()),
+            (200, body),
+            "client {i}"
+        );
+    }
+    let mut at_once: Vec<Client> = (0..FD_HARD / 4).map(|_| Client::connect(addr)).collect();
+    for round in 0..2 {
+        for (i, c) in at_once.iter_mut().enumerate() {
+            let path = if i % 2 == 0 { "/" } else { "/o/y" };
+            c.send(format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes());
+        }
+        for (i, c) in at_once.iter_mut().enumerate() {
+            let resp = c.read(false).expect("a response");
+            assert_eq!(resp.status, 200, "client {i} at once, round {round}");
+        }
+    }
+    drop(at_once);
+    assert!(child.0.try_wait().unwrap().is_none(), "the proxy died");
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // The log ends with the process: count every failure it reported.
+    failures_logged += log.iter().filter(|l| l.contains("accept failed")).count();
+    Exhaustion {
+        failures_logged,
+        over: first_failure.elapsed(),
+    }
+}
+
+#[test]
+fn out_of_descriptors_the_proxy_waits_and_then_serves_everyone() {
+    let e = run_out_of_descriptors("fds-serve");
+    assert!(e.failures_logged >= 1);
+}
+
+/// Fails on a shard that logs every failed accept (one per 50 ms back-off);
+/// passes once the accept loop logs at most once a second.
+#[test]
+#[ignore = "waits for the shard's EMFILE back-off that logs at most once a second (src/shard.rs); un-ignore when it lands"]
+fn out_of_descriptors_is_logged_at_most_once_a_second() {
+    let e = run_out_of_descriptors("fds-log");
+    let bound = e.over.as_secs() as usize + 2;
+    assert!(
+        e.failures_logged <= bound,
+        "{} \"accept failed\" lines in {:?}: more than one a second",
+        e.failures_logged,
+        e.over
+    );
+}
+
+/// A proxy process that a failing test does not leave running.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits (at most 10 s) for a log line holding `text`; returns when it came.
+fn wait_for_line(log: &mpsc::Receiver<String>, text: &str) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) if line.contains(text) => return Instant::now(),
+            Ok(_) => {}
+            Err(e) => panic!("no log line with {text:?}: {e}"),
+        }
+    }
+}
+
+/// The soft and hard RLIMIT_NOFILE of a process.
+fn open_file_limit(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (n[0], n[1])
+}
+
+/// User plus system CPU time a process has used, all its threads together.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses: utime is the
+    // 14th field of the line, stime the 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
 }
