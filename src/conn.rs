@@ -153,7 +153,16 @@ pub async fn serve(shard: &ShardState, mut stream: TcpStream, peer: SocketAddr) 
 pub async fn resume(shard: &ShardState, mut idle: IdleConn) -> After {
     let Some(mut rbuf) = shard.slab.lease() else {
         let limit = Duration::from_secs(1);
-        let _ = send_error(shard, &mut idle.w, None, Reject::Unavailable, "", true, limit).await;
+        let _ = send_error(
+            shard,
+            &mut idle.w,
+            None,
+            Reject::Unavailable,
+            "",
+            true,
+            limit,
+        )
+        .await;
         return After::Closed;
     };
     rbuf.get_mut().extend_from_slice(&idle.byte);
@@ -428,7 +437,7 @@ impl Conn<'_> {
                     target,
                     set_host: route.set_host.as_deref(),
                     fallback_host,
-                    underscores: false,
+                    underscores: route.underscores_in_headers,
                 };
                 request_head(out, &req, &fwd);
                 let total = route.timeout.unwrap_or(cfg.timeouts.request_total.0);

@@ -119,7 +119,10 @@ impl ShardState {
     /// first housekeeping tick at or after `until` (or, for a limit more than
     /// `QUIET_BUCKETS` seconds away, earlier: the wait then starts again).
     pub fn quiet_handle(&self, until: Instant) -> CancelHandle {
-        let second = until.saturating_duration_since(self.epoch).as_secs_f64().ceil() as u64;
+        let second = until
+            .saturating_duration_since(self.epoch)
+            .as_secs_f64()
+            .ceil() as u64;
         self.quiet.borrow()[second as usize % QUIET_BUCKETS].handle()
     }
 
@@ -316,8 +319,18 @@ async fn serve(spec: ShardSpec) -> std::io::Result<()> {
         ToShard::Drain(limit) => {
             shard.draining.set(true);
             stop_accepting.cancel();
-            let waits = shard.waiting.borrow_mut().iter_mut().map(std::mem::take).collect::<Vec<_>>();
-            let quiet = shard.quiet.borrow_mut().iter_mut().map(std::mem::take).collect::<Vec<_>>();
+            let waits = shard
+                .waiting
+                .borrow_mut()
+                .iter_mut()
+                .map(std::mem::take)
+                .collect::<Vec<_>>();
+            let quiet = shard
+                .quiet
+                .borrow_mut()
+                .iter_mut()
+                .map(std::mem::take)
+                .collect::<Vec<_>>();
             for waits in waits.into_iter().chain(quiet) {
                 waits.cancel();
             }

@@ -37,7 +37,7 @@ impl Snapshot {
                         head,
                         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
                         resp.status,
-                        reason(resp.status),
+                        crate::http1::encode::reason(resp.status),
                         resp.content_type,
                         resp.body.len()
                     );
@@ -130,9 +130,9 @@ fn contradictions(cfg: &Config) -> Vec<String> {
             format!(
                 "server.max_connections allows {conns} connections per shard, but the slab holds \
                  {buffers} buffers (limits.max_buffer_bytes / limits.buffer_size): a connection \
-                 holds one and a proxied request three, so past {buffers} connections, or {} \
-                 proxied requests, clients get 503; raise limits.max_buffer_bytes to {} or lower \
-                 server.max_connections to {buffers}",
+                 being served holds one and a proxied request three (a quiet one holds none), so \
+                 past {buffers} busy connections, or {} proxied requests, clients get 503; raise \
+                 limits.max_buffer_bytes to {} or lower server.max_connections to {buffers}",
                 buffers / 3,
                 size_text(conns * limits.buffer_size.0),
             ),
@@ -221,28 +221,6 @@ fn size_text(bytes: u64) -> String {
     bytes.to_string()
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        307 => "Temporary Redirect",
-        308 => "Permanent Redirect",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        410 => "Gone",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -286,7 +264,7 @@ mod tests {
         warns_once(
             &format!("[limits]\nmax_buffer_bytes = \"64MiB\"\n{PROXIED}"),
             "w.toml:5: `limits.max_buffer_bytes`:",
-            "past 2048 connections, or 682 proxied requests, clients get 503; raise \
+            "past 2048 busy connections, or 682 proxied requests, clients get 503; raise \
              limits.max_buffer_bytes to \"256MiB\" or lower server.max_connections to 2048",
         );
     }

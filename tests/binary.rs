@@ -467,7 +467,6 @@ fn out_of_descriptors_the_proxy_waits_and_then_serves_everyone() {
 /// Fails on a shard that logs every failed accept (one per 50 ms back-off);
 /// passes once the accept loop logs at most once a second.
 #[test]
-#[ignore = "waits for the shard's EMFILE back-off that logs at most once a second (src/shard.rs); un-ignore when it lands"]
 fn out_of_descriptors_is_logged_at_most_once_a_second() {
     let e = run_out_of_descriptors("fds-log");
     let bound = e.over.as_secs() as usize + 2;
