@@ -14,7 +14,7 @@
 //! task that reads the next request's first byte into one byte of its own.
 //! A busy connection never notices: its next request comes before the tick.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -56,14 +56,14 @@ pub enum After {
 pub struct IdleConn {
     r: ClientRead,
     w: ClientWrite,
-    peer: SocketAddr,
+    peer: IpAddr,
     fd: RawFd,
-    /// The next request's first byte is read here (capacity 1).
-    byte: Vec<u8>,
+    /// The next request's first byte is read here (absent while a read has it).
+    byte: Option<Box<[u8; 1]>>,
     /// When the wait ends: `client_header` from accept before the first
-    /// request, `keepalive_idle` from the end of the last response after.
+    /// request (so also the first head's deadline), `keepalive_idle` from
+    /// the end of the last response after.
     until: Instant,
-    accepted: Instant,
     first: bool,
 }
 
@@ -73,14 +73,14 @@ pub struct Conn<'s> {
     pub w: ClientWrite,
     /// Bytes from the client not yet handled: a head, body bytes, pipelined requests.
     pub rbuf: Lease,
-    pub peer: SocketAddr,
+    pub peer: IpAddr,
     /// The client socket, to watch for its close while an upstream is slow.
     pub fd: RawFd,
     /// No request served yet: the head timer runs from `accepted`.
     first: bool,
     accepted: Instant,
     /// Kept for when the connection goes quiet (see `IdleConn`).
-    byte: Vec<u8>,
+    byte: Option<Box<[u8; 1]>>,
 }
 
 /// A request once its head is parsed, reduced to what serving it needs.
@@ -140,11 +140,11 @@ pub async fn serve(shard: &ShardState, mut stream: TcpStream, peer: SocketAddr) 
         r,
         w,
         rbuf,
-        peer,
+        peer: peer.ip(),
         fd,
         first: true,
         accepted: Instant::now(),
-        byte: Vec::new(),
+        byte: None,
     };
     conn.run().await
 }
@@ -165,8 +165,13 @@ pub async fn resume(shard: &ShardState, mut idle: IdleConn) -> After {
         .await;
         return After::Closed;
     };
-    rbuf.get_mut().extend_from_slice(&idle.byte);
-    idle.byte.clear();
+    if let Some(byte) = &idle.byte {
+        rbuf.get_mut().push(byte[0]);
+    }
+    let accepted = match idle.first {
+        true => idle.until - shard.snapshot().config.timeouts.client_header.0,
+        false => Instant::now(),
+    };
     let conn = Conn {
         shard,
         r: idle.r,
@@ -175,31 +180,33 @@ pub async fn resume(shard: &ShardState, mut idle: IdleConn) -> After {
         peer: idle.peer,
         fd: idle.fd,
         first: idle.first,
-        accepted: idle.accepted,
+        accepted,
         byte: idle.byte,
     };
     conn.run().await
 }
 
 /// Waits, holding no slab buffer, for a quiet connection's next request.
-/// `Some`: its first byte is in; `resume` serves it. `None`: it closed,
+/// `true`: its first byte is in; `resume` serves it. `false`: it closed,
 /// timed out, or the shard is draining. It arms no timer of its own: the
 /// shard cancels the wait in the second the limit passes (see
 /// `ShardState::quiet_handle`), so the task that keeps a quiet connection
 /// holds little more than the connection.
-pub async fn wait_idle(shard: &ShardState, mut idle: IdleConn) -> Option<IdleConn> {
+pub async fn wait_idle(shard: &ShardState, idle: &mut IdleConn) -> bool {
     loop {
         if shard.draining() || Instant::now() >= idle.until {
-            return None;
+            return false;
         }
-        let byte = std::mem::take(&mut idle.byte);
+        let Some(byte) = idle.byte.take() else {
+            return false;
+        };
         let handle = shard.quiet_handle(idle.until);
         let (res, byte) = idle.r.cancelable_read(byte, handle).await;
-        idle.byte = byte;
+        idle.byte = Some(byte);
         match res {
-            Ok(1) => return Some(idle),
+            Ok(1) => return true,
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
-            _ => return None,
+            _ => return false,
         }
     }
 }
@@ -219,9 +226,7 @@ impl Conn<'_> {
     }
 
     fn into_idle(mut self) -> IdleConn {
-        if self.byte.capacity() == 0 {
-            self.byte.reserve_exact(1);
-        }
+        let byte = self.byte.take().unwrap_or_else(|| Box::new([0]));
         let t = &self.shard.snapshot().config.timeouts;
         let until = if self.first {
             self.accepted + t.client_header.0
@@ -233,9 +238,8 @@ impl Conn<'_> {
             w: self.w,
             peer: self.peer,
             fd: self.fd,
-            byte: self.byte,
+            byte: Some(byte),
             until,
-            accepted: self.accepted,
             first: self.first,
         }
     }
@@ -432,7 +436,7 @@ impl Conn<'_> {
                 let (lead, target) =
                     strip(req.target, route.strip_prefix.then_some(&*route.prefix));
                 let fwd = Forward {
-                    client_ip: self.peer.ip(),
+                    client_ip: self.peer,
                     target_lead: lead,
                     target,
                     set_host: route.set_host.as_deref(),

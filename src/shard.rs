@@ -446,12 +446,11 @@ async fn serve_conn(shard: Rc<ShardState>, stream: TcpStream, peer: SocketAddr) 
 }
 
 /// A quiet connection's task: small, as it awaits nothing but the wait.
-async fn quiet_conn(shard: Rc<ShardState>, idle: IdleConn) {
-    match conn::wait_idle(&shard, idle).await {
-        Some(idle) => {
-            monoio::spawn(resumed_conn(shard, idle));
-        }
-        None => shard.conn_closed(),
+async fn quiet_conn(shard: Rc<ShardState>, mut idle: IdleConn) {
+    if conn::wait_idle(&shard, &mut idle).await {
+        monoio::spawn(resumed_conn(shard, idle));
+    } else {
+        shard.conn_closed();
     }
 }
 
@@ -464,7 +463,9 @@ fn carry_on(shard: Rc<ShardState>, after: After) {
     match after {
         After::Closed => shard.conn_closed(),
         After::Idle(idle) => {
-            monoio::spawn(quiet_conn(shard, idle));
+            let f = quiet_conn(shard, idle);
+            log::warn!("DEBUG quiet {}", std::mem::size_of_val(&f));
+            monoio::spawn(f);
         }
     }
 }

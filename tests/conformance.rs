@@ -168,6 +168,29 @@ fn underscored_fields_are_dropped_unless_the_route_passes_them() {
 }
 
 #[test]
+fn a_connection_option_naming_content_length_smuggles_nothing() {
+    let origin = Origin::start(|s| ok(&format!("{} {}", s.method, s.body_len)));
+    let proxy = proxy_to(origin.addr, "");
+    let body = "GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n";
+    let mut c = Client::connect(proxy.addr());
+    c.send(
+        format!(
+            "POST /a HTTP/1.1\r\nHost: h\r\nConnection: content-length\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let resp = c.read(false).unwrap();
+    assert_eq!(resp.text(), format!("POST {}", body.len()));
+    assert!(
+        origin.seen().iter().all(|s| s.target != "/smuggled"),
+        "{:?}",
+        origin.seen()
+    );
+}
+
+#[test]
 fn h2c_upgrade_is_forwarded_as_plain_http11() {
     let origin = Origin::start(|_| ok("plain"));
     let proxy = proxy_to(origin.addr, "");

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use httparse::Header;
 
-use super::parse::{Request, Response, is_h2c, tokens};
+use super::parse::{MAX_CONNECTION_LINES, Request, Response, is_h2c, tokens};
 
 pub const VIA: &[u8] = b"1.1 ringway";
 
@@ -43,15 +43,16 @@ pub struct Forward<'a> {
 }
 
 /// The Connection header's values, kept to drop the headers they name.
+/// The parsers refuse a message with more lines than this holds.
 struct Named<'b> {
-    values: [&'b [u8]; 4],
+    values: [&'b [u8]; MAX_CONNECTION_LINES],
     len: usize,
 }
 
 impl<'b> Named<'b> {
     fn of(headers: &[Header<'b>]) -> Named<'b> {
         let mut n = Named {
-            values: [&[]; 4],
+            values: [&[]; MAX_CONNECTION_LINES],
             len: 0,
         };
         for h in headers {
@@ -63,11 +64,25 @@ impl<'b> Named<'b> {
         n
     }
 
-    fn names(&self, name: &str) -> bool {
-        self.values[..self.len]
-            .iter()
-            .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+    /// Whether the Connection header makes `name` hop-by-hop. Never the
+    /// fields framing and routing rest on: dropping Content-Length or
+    /// Transfer-Encoding while the body goes on would smuggle the body in
+    /// as the next request.
+    fn drops(&self, name: &str) -> bool {
+        let essential = ["content-length", "transfer-encoding", "host"];
+        !essential.iter().any(|e| name.eq_ignore_ascii_case(e))
+            && self.values[..self.len]
+                .iter()
+                .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
     }
+}
+
+/// How many lines a list header has: ours goes onto the last one.
+fn lines(headers: &[Header<'_>], name: &str) -> usize {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .count()
 }
 
 fn hop_by_hop(name: &str) -> bool {
@@ -115,13 +130,16 @@ fn upgrade_header(out: &mut Vec<u8>, value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// `Via` is a list: ours goes after what the message already carries.
-fn append_via(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+/// `Via` is a list, over one line or several: ours goes after what the
+/// message already carries, on its last line.
+fn via(out: &mut Vec<u8>, name: &str, value: &[u8], last: bool) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
-    out.extend_from_slice(b", ");
-    out.extend_from_slice(VIA);
+    if last {
+        out.extend_from_slice(b", ");
+        out.extend_from_slice(VIA);
+    }
     out.extend_from_slice(b"\r\n");
 }
 
@@ -142,13 +160,9 @@ pub fn request_head(out: &mut Vec<u8>, req: &Request<'_, '_>, fwd: &Forward<'_>)
 
     // One X-Forwarded-For line gets our address appended; several are one
     // list split over lines, kept as they are, with ours on a final line.
-    let xff_lines = req
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
-        .count();
+    let xff_lines = lines(req.headers, "x-forwarded-for");
     let mut xff: Option<&[u8]> = None;
-    let mut via_seen = false;
+    let mut via_left = lines(req.headers, "via");
     let mut host_seen = false;
     for h in req.headers {
         let name = h.name;
@@ -158,7 +172,7 @@ pub fn request_head(out: &mut Vec<u8>, req: &Request<'_, '_>, fwd: &Forward<'_>)
             }
             continue;
         }
-        if named.names(name)
+        if named.drops(name)
             || name.eq_ignore_ascii_case("x-forwarded-proto")
             || !underscore_passes(name, fwd.underscores)
         {
@@ -178,8 +192,8 @@ pub fn request_head(out: &mut Vec<u8>, req: &Request<'_, '_>, fwd: &Forward<'_>)
             continue;
         }
         if name.eq_ignore_ascii_case("via") {
-            via_seen = true;
-            append_via(out, name, h.value);
+            via_left -= 1;
+            via(out, name, h.value, via_left == 0);
             continue;
         }
         header(out, name.as_bytes(), h.value);
@@ -199,7 +213,7 @@ pub fn request_head(out: &mut Vec<u8>, req: &Request<'_, '_>, fwd: &Forward<'_>)
     }
     let _ = write!(out, "{}\r\n", fwd.client_ip);
     out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
-    if !via_seen {
+    if lines(req.headers, "via") == 0 {
         header(out, b"Via", VIA);
     }
     if req.upgrade {
@@ -226,7 +240,7 @@ pub fn response_head(out: &mut Vec<u8>, resp: &Response<'_, '_>, reply: Reply<'_
     let named = Named::of(resp.headers);
     let switching = resp.status == 101;
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, resp.reason);
-    let mut via_seen = false;
+    let mut via_left = lines(resp.headers, "via");
     let mut date_seen = false;
     for h in resp.headers {
         let name = h.name;
@@ -236,18 +250,18 @@ pub fn response_head(out: &mut Vec<u8>, resp: &Response<'_, '_>, reply: Reply<'_
             }
             continue;
         }
-        if named.names(name) || (reply.dechunk && name.eq_ignore_ascii_case("transfer-encoding")) {
+        if named.drops(name) || (reply.dechunk && name.eq_ignore_ascii_case("transfer-encoding")) {
             continue;
         }
         if name.eq_ignore_ascii_case("via") {
-            via_seen = true;
-            append_via(out, name, h.value);
+            via_left -= 1;
+            via(out, name, h.value, via_left == 0);
             continue;
         }
         date_seen |= name.eq_ignore_ascii_case("date");
         header(out, name.as_bytes(), h.value);
     }
-    if !via_seen {
+    if lines(resp.headers, "via") == 0 {
         header(out, b"Via", VIA);
     }
     // Interim responses need none; every final one has a Date.
@@ -405,6 +419,38 @@ mod tests {
             !out.contains("Content_Length") && !out.contains("transfer_encoding"),
             "never a field that folds to a framing header: {out}"
         );
+    }
+
+    #[test]
+    fn connection_cannot_make_framing_or_host_hop_by_hop() {
+        // Found by fuzzing (request_rewrite): dropping Content-Length while
+        // the body goes on would smuggle the body in as a request.
+        let out = rewrite(
+            "POST / HTTP/1.1\r\nHost: h\r\nConnection: content-length, host, x-a\r\n\
+             Content-Length: 3\r\nX-A: 1\r\n\r\n",
+            None,
+        );
+        assert!(out.contains("Content-Length: 3\r\n"), "{out}");
+        assert!(out.contains("Host: h\r\n") && !out.contains("X-A"), "{out}");
+        let out = rewrite(
+            "POST / HTTP/1.1\r\nHost: h\r\nConnection: transfer-encoding\r\n\
+             Transfer-Encoding: chunked\r\n\r\n",
+            None,
+        );
+        assert!(out.contains("Transfer-Encoding: chunked\r\n"), "{out}");
+    }
+
+    #[test]
+    fn via_goes_on_the_last_via_line_only() {
+        let out = rewrite(
+            "GET / HTTP/1.1\r\nHost: h\r\nVia: 1.0 a\r\nVia: 1.0 b\r\n\r\n",
+            None,
+        );
+        assert!(
+            out.contains("Via: 1.0 a\r\nVia: 1.0 b, 1.1 ringway\r\n"),
+            "{out}"
+        );
+        assert_eq!(out.matches("ringway").count(), 1);
     }
 
     #[test]

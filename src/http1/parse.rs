@@ -52,6 +52,10 @@ pub struct Request<'h, 'b> {
 /// Longest Host accepted: a DNS name is at most 253 bytes.
 pub const MAX_HOST: usize = 255;
 
+/// Connection header lines a message may have; the rewrite drops what
+/// they name, so a message with more is refused rather than half-read.
+pub const MAX_CONNECTION_LINES: usize = 4;
+
 /// What the Connection header(s) said.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConnectionOptions {
@@ -118,6 +122,7 @@ pub fn parse_request<'h, 'b>(
     let mut chunked = false;
     let mut transfer_encoding = false;
     let mut conn = ConnectionOptions::default();
+    let mut connection_lines = 0;
     let mut expect_continue = false;
     let mut has_upgrade = false;
 
@@ -152,6 +157,10 @@ pub fn parse_request<'h, 'b>(
                 std::str::from_utf8(h.value).map_err(|_| HeadError::Malformed("invalid host"))?;
             host_header = Some(v.trim_matches([' ', '\t']));
         } else if name.eq_ignore_ascii_case("connection") {
+            connection_lines += 1;
+            if connection_lines > MAX_CONNECTION_LINES {
+                return Err(HeadError::Malformed("too many connection header lines"));
+            }
             for token in tokens(h.value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     conn.close = true;
@@ -486,6 +495,7 @@ pub fn parse_response<'h, 'b>(
     let mut content_length = None;
     let mut transfer_encoding = None;
     let mut close = minor_version == 0;
+    let mut connection_lines = 0;
     for h in headers {
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = parse_content_length(h.value).ok_or(BadResponse("invalid content-length"))?;
@@ -499,6 +509,10 @@ pub fn parse_response<'h, 'b>(
             }
             transfer_encoding = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("connection") {
+            connection_lines += 1;
+            if connection_lines > MAX_CONNECTION_LINES {
+                return Err(BadResponse("too many connection header lines"));
+            }
             for t in tokens(h.value) {
                 if t.eq_ignore_ascii_case(b"close") {
                     close = true;
@@ -617,6 +631,8 @@ mod tests {
             "GET / HTTP/1.1\nHost: h\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: h\n\r\n",
             "GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: a\r\nConnection: b\r\nConnection: c\r\n\
+             Connection: d\r\nConnection: x-secret\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: h\r\nX: a\x01b\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: h\r\nX Y: a\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: h\r\nX : a\r\n\r\n",
