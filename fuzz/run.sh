@@ -70,6 +70,12 @@ echo "fuzz: building ${targets[*]} for $triple"
 RUSTFLAGS="${flags[*]} ${RUSTFLAGS:-}" cargo build --release --quiet \
     --target "$triple" --target-dir "$here/target" "${bins[@]}"
 
+# The panic message (the backtrace stays in the log), then libFuzzer's summary.
+show_crash() {
+    sed -n '/panicked at/,/^stack backtrace:/p' "$1" | grep -v '^stack backtrace:' | head -n 40
+    grep -E '^(==[0-9]+== ERROR|SUMMARY|MS:|Base64:)' "$1" || true
+}
+
 failed=()
 for t in "${targets[@]}"; do
     bin="$here/target/$triple/release/$t"
@@ -86,9 +92,9 @@ for t in "${targets[@]}"; do
 
     # Each old crash input once: libFuzzer runs the files it is given.
     if [ -d "regressions/$t" ] && [ -n "$(ls -A "regressions/$t")" ]; then
-        if ! "$bin" "regressions/$t"/* >"$artifacts/regressions.log" 2>&1; then
+        if ! RUST_BACKTRACE=1 "$bin" "$here/regressions/$t"/* >"$artifacts/regressions.log" 2>&1; then
             input="$(sed -n 's/^Running: //p' "$artifacts/regressions.log" | tail -1)"
-            tail -n 30 "$artifacts/regressions.log"
+            show_crash "$artifacts/regressions.log"
             echo "fuzz: $t: FAILED on an old crash input: ${input:-see $artifacts/regressions.log}"
             failed+=("$t")
             continue
@@ -108,15 +114,23 @@ for t in "${targets[@]}"; do
         -rss_limit_mb=2048 -dict="$here/dict/$dict" \
         -artifact_prefix="$artifacts/" -print_final_stats=1 \
         "${jobs[@]}" ${FUZZ_ARGS:-} "${dirs[@]}" >"$log" 2>&1 || status=$?
-    grep -E '^INFO: Loaded [0-9]+ modules .*inline 8-bit counters' "$log" | head -1 | sed "s/^/fuzz: $t: /"
-    grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)' "$log" | sed "s/^/fuzz: $t: /" || true
-    grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)' "$log" |
-        sed "s/^/fuzz: $t: /" || true
+    {
+        grep -E '^INFO: Loaded [0-9]+ modules' "$log" | head -1
+        grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)' "$log"
+        grep -E '^#[0-9]+: cov:' "$log" | tail -1 # -fork's last line
+        grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)' "$log"
+    } | sed "s/^/fuzz: $t: /" || true
+    # Without counters libFuzzer runs blind: the flags above did not take.
+    if ! grep -qE '^INFO: Loaded [0-9]+ modules +\([1-9][0-9]* inline 8-bit counters\)' "$log"; then
+        if [ "$status" -eq 0 ]; then
+            echo "fuzz: $t: FAILED: no coverage counters (see $log)"
+            failed+=("$t")
+            continue
+        fi
+    fi
     if [ "$status" -ne 0 ]; then
         input="$(sed -n 's/.*Test unit written to //p' "$log" | tail -1)"
-        # The panic message (the backtrace stays in the log), then libFuzzer's summary.
-        sed -n '/panicked at/,/^stack backtrace:/p' "$log" | grep -v '^stack backtrace:' | head -n 40
-        grep -E '^(==[0-9]+== ERROR|SUMMARY|MS:|Base64:)' "$log" || true
+        show_crash "$log"
         echo "fuzz: $t: CRASHED (exit $status): ${input:-no input written, see $log}"
         failed+=("$t")
     fi
