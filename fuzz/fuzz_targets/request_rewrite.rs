@@ -8,21 +8,14 @@
 //! The first byte picks the rewrite: bit 0 sets the route's Host, bit 1
 //! makes the client address IPv6, bit 2 lets names with `_` pass.
 //!
-//! Known and reported, not fixed in src/ yet; each is skipped (marked
-//! KNOWN-n below) so that the runs look for anything else, and has inputs
-//! under fuzz/regressions/request_rewrite/. Delete the skip with the fix;
-//! FUZZ_KNOWN=1 in the environment turns every skip off, to check a fix.
-//! - KNOWN-1 a Connection header naming Host, Content-Length or
-//!   Transfer-Encoding drops that header: the upstream gets the fallback
-//!   host, or no body framing while the proxy relays a body (smuggling).
-//! - KNOWN-2 only the first four Connection lines are read for the headers
-//!   they name: the names on a fifth line are forwarded.
-//! - KNOWN-3 each Via line gets `, 1.1 ringway` appended: several Via lines
-//!   list ringway several times, in the middle of the list.
+//! Found by this target and fixed (inputs under
+//! fuzz/regressions/request_rewrite/): a Connection header naming Host,
+//! Content-Length or Transfer-Encoding dropped that header (request
+//! smuggling); names on a fifth Connection line were forwarded (now more
+//! than four lines are refused); every Via line got ringway appended.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use ringway::http1::encode::{Forward, request_head};
@@ -64,9 +57,6 @@ fn underscore_passes(name: &str, allowed: bool) -> bool {
             && !folded.eq_ignore_ascii_case("transfer-encoding"))
 }
 
-/// Whether the KNOWN-n checks are skipped.
-static SKIP_KNOWN: LazyLock<bool> = LazyLock::new(|| std::env::var_os("FUZZ_KNOWN").is_none());
-
 fuzz_target!(|data: &[u8]| {
     let Some((&opts, data)) = data.split_first() else {
         return;
@@ -75,17 +65,6 @@ fuzz_target!(|data: &[u8]| {
     let Ok(Some(req)) = parse_request(data, &mut headers, LIMITS) else {
         return;
     };
-    let skip = *SKIP_KNOWN;
-    // KNOWN-1
-    if skip
-        && values(&req, "connection").flat_map(tokens).any(|t| {
-            ["host", "content-length", "transfer-encoding"]
-                .iter()
-                .any(|n| t.eq_ignore_ascii_case(n.as_bytes()))
-        })
-    {
-        return;
-    }
     let set_host = (opts & 1 == 1).then_some(SET_HOST);
     let underscores = opts & 4 == 4;
     let client_ip = if opts & 2 == 2 {
@@ -157,10 +136,12 @@ fuzz_target!(|data: &[u8]| {
     ];
     const OURS: [&str; 4] = ["host", "via", "x-forwarded-for", "x-forwarded-proto"];
     let is = |set: &[&str], name: &str| set.iter().any(|n| name.eq_ignore_ascii_case(n));
+    // A Connection option never drops the fields framing rests on.
     let named = |name: &str| {
-        values(&req, "connection")
-            .flat_map(tokens)
-            .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+        !is(&["content-length", "transfer-encoding"], name)
+            && values(&req, "connection")
+                .flat_map(tokens)
+                .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
     };
     let sent: Vec<_> = req
         .headers
@@ -175,10 +156,7 @@ fuzz_target!(|data: &[u8]| {
         .filter(|h| !is(&HOP, h.name) && !is(&OURS, h.name))
         .map(|h| (h.name, h.value))
         .collect();
-    // KNOWN-2
-    if !skip || values(&req, "connection").count() <= 4 {
-        assert_eq!(got, sent, "{shown}");
-    }
+    assert_eq!(got, sent, "{shown}");
 
     let proto: Vec<_> = values(&up, "x-forwarded-proto").collect();
     assert_eq!(proto, [b"http"], "{shown}");
@@ -193,9 +171,6 @@ fuzz_target!(|data: &[u8]| {
     let via = via.join(&b", "[..]);
     assert!(via.ends_with(b"1.1 ringway"), "{shown}");
     let ours = |v: &[u8]| v.windows(11).filter(|w| w == b"1.1 ringway").count();
-    // KNOWN-3
-    if !skip || values(&req, "via").count() <= 1 {
-        let before: usize = values(&req, "via").map(ours).sum();
-        assert_eq!(ours(&via), before + 1, "{shown}");
-    }
+    let before: usize = values(&req, "via").map(ours).sum();
+    assert_eq!(ours(&via), before + 1, "{shown}");
 });
