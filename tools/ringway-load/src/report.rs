@@ -48,8 +48,9 @@ pub fn print(args: &Args, threads: usize, secs: f64, r: &ThreadResult) {
             .map(|(name, p)| format!("{name} {:.1}µs", lag_us(&r.lag, *p)))
             .collect();
         println!(
-            "  schedule lag  {}  (request sent minus intended send time)",
-            lag.join("  ")
+            "  schedule lag  {}  (request sent minus intended send time; load threads preempted {} times)",
+            lag.join("  "),
+            c.preempted
         );
     }
     println!(
@@ -131,7 +132,7 @@ pub fn json(args: &Args, threads: usize, secs: f64, r: &ThreadResult) -> String 
     };
     format!(
         "{{\"url\":\"{}\",\"connections\":{},\"threads\":{threads},\"duration_s\":{secs:.3},\"rate\":{},\
-\"requests\":{},\"rps\":{:.1},\"latency_ms\":{{{},\"mean\":{:.3}}},\"schedule_lag_us\":{lag},\
+\"requests\":{},\"rps\":{:.1},\"latency_ms\":{{{},\"mean\":{:.3}}},\"schedule_lag_us\":{lag},\"preempted\":{},\
 \"errors\":{{\"connect\":{},\"io\":{},\"timeout\":{},\"protocol\":{},\"status_4xx\":{},\"status_5xx\":{}}}}}\n",
         args.url.replace('"', ""),
         args.connections,
@@ -140,6 +141,7 @@ pub fn json(args: &Args, threads: usize, secs: f64, r: &ThreadResult) -> String 
         c.completed() as f64 / secs,
         lat.join(","),
         r.hist.mean() / 1000.0,
+        c.preempted,
         c.connect,
         c.io,
         c.timeout,

@@ -35,3 +35,14 @@ pub fn ask_for_short_slices() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// How often the scheduler has taken the CPU from the calling thread
+/// (involuntary context switches); 0 where /proc does not say.
+pub fn preemptions() -> u64 {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}

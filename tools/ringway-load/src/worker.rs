@@ -54,6 +54,8 @@ pub struct Counts {
     pub io: u64,
     pub timeout: u64,
     pub protocol: u64,
+    /// Times the scheduler took the CPU from a load thread during the run.
+    pub preempted: u64,
 }
 
 impl Counts {
@@ -65,6 +67,7 @@ impl Counts {
         self.io += o.io;
         self.timeout += o.timeout;
         self.protocol += o.protocol;
+        self.preempted += o.preempted;
     }
 
     /// Requests that got a whole response, whatever its status.
@@ -141,6 +144,7 @@ pub fn run(plan: Plan) -> anyhow::Result<ThreadResult> {
         .enable_timer()
         .build()?;
     let io_uring = matches!(rt, monoio::FusionRuntime::Uring(_));
+    let preempted = crate::sched::preemptions();
     let plan = Rc::new(plan);
     let state = Rc::new(RefCell::new(State {
         hist: ringway::hgrm::latency_histogram(),
@@ -177,7 +181,8 @@ pub fn run(plan: Plan) -> anyhow::Result<ThreadResult> {
         }
     });
     let state = Rc::try_unwrap(state).map_err(|_| anyhow::anyhow!("tasks outlived the run"))?;
-    let state = state.into_inner();
+    let mut state = state.into_inner();
+    state.counts.preempted = crate::sched::preemptions().saturating_sub(preempted);
     Ok(ThreadResult {
         hist: state.hist,
         lag: state.lag,
