@@ -2,13 +2,28 @@
 """ringway vs nginx vs HAProxy: the same origin, the same worker count, the
 same load. Run through bench/run.sh, which installs and builds what this needs.
 
-For every scenario each proxy is started afresh (so peak RSS is the
-scenario's), warmed with wrk for a second, then measured:
-  - wrk, closed loop: requests/s;
-  - ringway-load, closed loop (or open loop at a fixed rate): requests/s and
-    p50/p99/p99.9 latency, and over that run the proxy's own CPU time
-    (utime+stime of all its processes, from /proc) divided by the requests
-    it completed: the figure that stays stable on a shared machine.
+Two parts, both against one ringway-origin:
+
+Closed loop. For every scenario each proxy is started afresh (so peak RSS is
+the scenario's), warmed with wrk for a second, then measured:
+  - wrk: requests/s;
+  - ringway-load: requests/s and p50/p99/p99.9 latency, and over that run the
+    proxy's own CPU time (utime+stime of all its processes, from /proc)
+    divided by the requests it completed: the figure that stays stable on a
+    shared machine.
+Beside the HTTP proxies runs a TCP relay, HAProxy in `mode tcp` (bytes
+copied, one upstream connection per client connection): the floor any HTTP
+proxy's CPU per request is set against.
+
+Added latency. Open loop at 25%, 50% and 75% of the slowest HTTP proxy's
+closed-loop maximum (ringway-load, small keep-alive, 64 connections),
+straight to the origin and through each proxy (each started afresh and
+warmed for a second at the same rate); each figure minus the direct one is
+what the proxy adds. Every run's latency is kept as .hgrm under
+results/added-latency/, for `ringway-histo compare direct-50.hgrm
+ringway-50.hgrm ...`, and its schedule lag (how late ringway-load sent) is
+reported beside it.
+
 Every process started here is stopped here, also on error or Ctrl-C.
 """
 
@@ -28,17 +43,25 @@ RESULTS = ROOT / "bench" / "results"
 TARGET = ROOT / "target" / "release"
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", str(os.cpu_count() or 2)))
-PROXIES = os.environ.get("BENCH_PROXIES", "ringway,nginx,haproxy").split(",")
+PROXIES = os.environ.get("BENCH_PROXIES", "ringway,nginx,haproxy,relay").split(",")
+HTTP_PROXIES = [p for p in PROXIES if p != "relay"]
+# Rewrite the README's table between its bench markers (off unless asked).
+UPDATE_README = os.environ.get("BENCH_README") == "1"
 TICK = os.sysconf("SC_CLK_TCK")
 
-# name, path, connections, keep-alive, open-loop rate as a fraction of ringway's capacity
+# name, path, connections, keep-alive: closed loop
 SCENARIOS = [
-    ("small keep-alive, 64 conns", "/", 64, True, None),
-    ("small keep-alive, 256 conns", "/", 256, True, None),
-    ("16 KiB response, 64 conns", "/?size=16384", 64, True, None),
-    ("new connection per request, 64 conns", "/", 64, False, None),
-    ("constant rate at 50% of ringway's capacity", "/", 64, True, 0.5),
+    ("small keep-alive, 8 conns", "/", 8, True),
+    ("small keep-alive, 16 conns", "/", 16, True),
+    ("small keep-alive, 64 conns", "/", 64, True),
+    ("small keep-alive, 256 conns", "/", 256, True),
+    ("16 KiB response, 64 conns", "/?size=16384", 64, True),
+    ("new connection per request, 64 conns", "/", 64, False),
 ]
+# The closed-loop scenario whose slowest HTTP proxy sets the open-loop rates.
+CAPACITY_SCENARIO = "small keep-alive, 64 conns"
+OPEN_LOOP_FRACTIONS = [0.25, 0.5, 0.75]
+OPEN_LOOP_CONNECTIONS = 64
 
 started = []
 
@@ -172,6 +195,24 @@ http {{
 }}
 """)
         return ["nginx", "-p", str(tmp), "-c", str(conf), "-g", "daemon off;"]
+    if name == "relay":
+        conf = tmp / "relay.cfg"
+        conf.write_text(f"""global
+    nbthread {WORKERS}
+    cpu-map auto:1/1-{WORKERS} 0-{WORKERS - 1}
+    maxconn 8000
+defaults
+    mode tcp
+    timeout connect 3s
+    timeout client 60s
+    timeout server 60s
+frontend relay
+    bind 127.0.0.1:{port}
+    default_backend origin
+backend origin
+    server origin 127.0.0.1:{origin}
+""")
+        return ["haproxy", "-db", "-f", str(conf)]
     if name == "haproxy":
         conf = tmp / "haproxy.cfg"
         conf.write_text(f"""global
@@ -214,16 +255,19 @@ def wrk(url, conns, keepalive, seconds):
     return (float(m.group(1)) if m else 0.0), shown
 
 
-def load(url, conns, keepalive, rate, tmp):
+def load(url, conns, keepalive, rate, tmp, hgrm=None, seconds=SECONDS):
     out = tmp / "load.json"
-    cmd = [str(TARGET / "ringway-load"), url, "-c", str(conns), "-t", str(WORKERS), "-d", f"{SECONDS}s",
+    cmd = [str(TARGET / "ringway-load"), url, "-c", str(conns), "-t", str(WORKERS), "-d", f"{seconds}s",
            "-w", "0s", "--json", str(out)]
     if not keepalive:
         cmd.append("--no-keepalive")
     if rate:
         cmd += ["-R", str(int(rate))]
+    if hgrm:
+        cmd += ["--hgrm", str(hgrm)]
     run(cmd)
-    shown = " ".join(["ringway-load" if c == cmd[0] else c for c in cmd if c != str(out)]).replace(" --json", "")
+    hidden = {str(out), str(hgrm), "--json", "--hgrm"}
+    shown = " ".join(["ringway-load" if c == cmd[0] else c for c in cmd if c not in hidden])
     return json.loads(out.read_text()), shown
 
 
@@ -255,76 +299,136 @@ def machine():
     }
 
 
+def measure(proxy, url, conns, keepalive, rate, tmp, hgrm=None):
+    """One ringway-load run; the proxy's CPU and peak RSS when there is one."""
+    cpu0 = cpu_seconds(proxy.pid) if proxy else 0.0
+    summary, cmd = load(url, conns, keepalive, rate, tmp, hgrm)
+    cpu = cpu_seconds(proxy.pid) - cpu0 if proxy else None
+    lat = summary["latency_ms"]
+    lag = summary.get("schedule_lag_us") or {}
+    row = {
+        "rate": rate,
+        "load_rps": summary["rps"],
+        "p50_ms": lat["p50"],
+        "p99_ms": lat["p99"],
+        "p99_9_ms": lat["p99_9"],
+        "errors": sum(summary["errors"].values()),
+        "cpu_us_per_request": round(cpu * 1e6 / summary["requests"], 2) if cpu is not None and summary["requests"] else None,
+        "peak_rss_mib": round(peak_rss_mib(proxy.pid), 1) if proxy else None,
+    }
+    if rate:
+        row["lag_p99_us"] = lag.get("p99")
+        row["lag_max_us"] = lag.get("max")
+    return row, cmd
+
+
+def show(row):
+    print(f"{row['scenario']:<44} {row['proxy']:<8} "
+          + " ".join(f"{k}={v}" for k, v in row.items() if k not in ("proxy", "scenario")), flush=True)
+
+
+def closed_loop(tmp, origin_port, commands):
+    results = []
+    for scenario, path, conns, keepalive in SCENARIOS:
+        for name in PROXIES:
+            port = free_port()
+            proxy = start(proxy_cmd(name, tmp, port, origin_port), port, name)
+            url = f"http://127.0.0.1:{port}{path}"
+            wrk(url, conns, keepalive, 1)  # warm-up: pools, caches, page faults
+            row = {"proxy": name, "scenario": scenario, "connections": conns}
+            row["wrk_rps"], cmd = wrk(url, conns, keepalive, SECONDS)
+            commands[f"wrk/{scenario}"] = cmd.replace(str(port), "PORT")
+            measured, cmd = measure(proxy, url, conns, keepalive, None, tmp)
+            commands[f"ringway-load/{scenario}"] = cmd.replace(str(port), "PORT")
+            row.update(measured)
+            stop(proxy)
+            results.append(row)
+            show(row)
+    return results
+
+
+def added_latency(tmp, origin_port, capacity, commands):
+    """Open loop at fractions of `capacity`, direct and through each proxy."""
+    out = RESULTS / "added-latency"
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.hgrm"):
+        old.unlink()
+    results = []
+    for fraction in OPEN_LOOP_FRACTIONS:
+        rate = int(capacity * fraction)
+        scenario = f"open loop at {fraction:.0%} ({rate:,} req/s), {OPEN_LOOP_CONNECTIONS} conns"
+        direct = None
+        for name in ["direct"] + PROXIES:
+            proxy = None
+            port = origin_port
+            if name != "direct":
+                port = free_port()
+                proxy = start(proxy_cmd(name, tmp, port, origin_port), port, name)
+            url = f"http://127.0.0.1:{port}/"
+            hgrm = out / f"{name}-{fraction * 100:.0f}.hgrm"
+            row = {"proxy": name, "scenario": scenario, "connections": OPEN_LOOP_CONNECTIONS, "fraction": fraction}
+            load(url, OPEN_LOOP_CONNECTIONS, True, rate, tmp, seconds=1)  # warm-up at the same rate
+            measured, cmd = measure(proxy, url, OPEN_LOOP_CONNECTIONS, True, rate, tmp, hgrm)
+            row.update(measured)
+            commands[f"ringway-load/open loop {fraction:.0%}"] = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", cmd)
+            if proxy:
+                stop(proxy)
+            if name == "direct":
+                direct = row
+            else:
+                for p in ("p50", "p99", "p99_9"):
+                    row[f"added_{p}_ms"] = round(row[f"{p}_ms"] - direct[f"{p}_ms"], 3)
+            results.append(row)
+            show(row)
+    return results
+
+
 def main():
     RESULTS.mkdir(parents=True, exist_ok=True)
     info = machine()
-    results = []
     commands = {}
-    ringway_capacity = None
+    began = time.time()
     with tempfile.TemporaryDirectory(prefix="ringway-bench-") as tmp:
         tmp = Path(tmp)
         origin_port = free_port()
         origin = start([str(TARGET / "ringway-origin"), "--listen", f"127.0.0.1:{origin_port}",
                         "--threads", str(WORKERS)], origin_port, "ringway-origin")
         commands["origin"] = f"ringway-origin --listen 127.0.0.1:{origin_port} --threads {WORKERS}"
-        for scenario, path, conns, keepalive, fraction in SCENARIOS:
-            rate = None
-            if fraction is not None:
-                if ringway_capacity is None:
-                    print(f"skipping '{scenario}': ringway's capacity was not measured", file=sys.stderr)
-                    continue
-                rate = ringway_capacity * fraction
-            for name in PROXIES:
-                port = free_port()
-                proxy = start(proxy_cmd(name, tmp, port, origin_port), port, name)
-                url = f"http://127.0.0.1:{port}{path}"
-                wrk(url, conns, keepalive, 1)  # warm-up: pools, caches, page faults
-                row = {"proxy": name, "scenario": scenario, "connections": conns}
-                if rate is None:
-                    row["wrk_rps"], cmd = wrk(url, conns, keepalive, SECONDS)
-                    commands[f"wrk/{scenario}"] = cmd.replace(str(port), "PORT")
-                cpu0 = cpu_seconds(proxy.pid)
-                summary, cmd = load(url, conns, keepalive, rate, tmp)
-                cpu = cpu_seconds(proxy.pid) - cpu0
-                commands[f"ringway-load/{scenario}"] = cmd.replace(str(port), "PORT")
-                lat = summary["latency_ms"]
-                errors = sum(summary["errors"].values())
-                row.update({
-                    "rate": rate,
-                    "load_rps": summary["rps"],
-                    "p50_ms": lat["p50"],
-                    "p99_ms": lat["p99"],
-                    "p99_9_ms": lat["p99_9"],
-                    "errors": errors,
-                    "cpu_us_per_request": round(cpu * 1e6 / summary["requests"], 2) if summary["requests"] else None,
-                    "peak_rss_mib": round(peak_rss_mib(proxy.pid), 1),
-                })
-                if name == "ringway" and scenario == SCENARIOS[0][0]:
-                    ringway_capacity = summary["rps"]
-                stop(proxy)
-                results.append(row)
-                print(f"{scenario:<44} {name:<8} " + " ".join(f"{k}={v}" for k, v in row.items() if k not in ("proxy", "scenario")), flush=True)
+        results = closed_loop(tmp, origin_port, commands)
+        maxima = [r["load_rps"] for r in results
+                  if r["scenario"] == CAPACITY_SCENARIO and r["proxy"] in HTTP_PROXIES]
+        added = []
+        if maxima:
+            added = added_latency(tmp, origin_port, min(maxima), commands)
+        else:
+            print(f"skipping added latency: no HTTP proxy ran '{CAPACITY_SCENARIO}'", file=sys.stderr)
         stop(origin)
-    report = {"machine": info, "commands": commands, "results": results}
+    info["total_seconds"] = round(time.time() - began)
+    report = {"machine": info, "commands": commands, "results": results, "added_latency": added}
     (RESULTS / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(info, results, commands)
+    table = markdown(info, results, added, commands)
     (RESULTS / "RESULTS.md").write_text(table)
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        readme.write_text(head + begin + "\n" + table + end + rest.split(end, 1)[1])
-    print(f"\nwrote {RESULTS / 'RESULTS.md'} and results.json")
+    if UPDATE_README:
+        readme = ROOT / "README.md"
+        text = readme.read_text()
+        begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            readme.write_text(head + begin + "\n" + table + end + rest.split(end, 1)[1])
+    print(f"\nwrote {RESULTS / 'RESULTS.md'} and results.json in {info['total_seconds']} s")
 
 
-def markdown(info, results, commands):
+def markdown(info, results, added, commands):
     fmt = lambda v, d=0: "-" if v is None else f"{v:,.{d}f}"
     lines = [
         f"Measured with `bench/run.sh` on {info['cores']} cores ({info['cpu']}), Linux {info['kernel']}; "
-        f"every proxy with {info['workers']} workers, {info['seconds_per_run']} s per run; "
+        f"every proxy with {info['workers']} workers, {info['seconds_per_run']} s per run, "
+        f"{info.get('total_seconds', 0) // 60} min {info.get('total_seconds', 0) % 60} s in all; "
         f"load generator, origin and proxy share the machine. "
-        f"{info['ringway']}; {info['nginx']}; {info['haproxy'].split(' - ')[0]}; {info['wrk'].split(' Copyright')[0]}.",
+        f"{info['ringway']}; {info['nginx']}; {info['haproxy'].split(' - ')[0]}; {info['wrk'].split(' Copyright')[0]}. "
+        f"`relay` is HAProxy in `mode tcp`: a byte relay, one upstream connection per client connection.",
+        "",
+        "Closed loop:",
         "",
         "| scenario | proxy | wrk req/s | ringway-load req/s | p50 ms | p99 ms | p99.9 ms | errors | proxy CPU µs/req | peak RSS MiB |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -335,9 +439,67 @@ def markdown(info, results, commands):
             f"{fmt(r['p50_ms'], 3)} | {fmt(r['p99_ms'], 3)} | {fmt(r['p99_9_ms'], 3)} | {r['errors']} | "
             f"{fmt(r['cpu_us_per_request'], 1)} | {fmt(r['peak_rss_mib'], 1)} |"
         )
-    lines += ["", "Commands (PORT is the proxy's; the origin is `" + commands.get("origin", "") + "`):", ""]
+    ratios = cpu_ratios(results)
+    if ratios:
+        lines += [
+            "",
+            "Proxy CPU per request, ringway against the best HTTP peer and against the TCP relay (lower is better):",
+            "",
+            "| scenario | ringway µs/req | best peer µs/req | relay µs/req | ringway ÷ best peer | ringway ÷ relay |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in ratios:
+            lines.append(
+                f"| {r['scenario']} | {fmt(r['ringway'], 1)} | {fmt(r['peer'], 1)} ({r['peer_name']}) | "
+                f"{fmt(r['relay'], 1)} | {fmt(r['vs_peer'], 2)} | {fmt(r['vs_relay'], 2)} |"
+            )
+    if added:
+        lines += [
+            "",
+            "Added latency: open loop at 25%, 50% and 75% of the slowest HTTP proxy's closed-loop maximum "
+            f"({CAPACITY_SCENARIO}), straight to the origin (`direct`) and through each proxy; "
+            "\"+\" columns are the figure minus the direct one at the same rate. "
+            "Schedule lag is how late ringway-load sent its requests (p99 / max); latency counts from the intended send "
+            "time, so the lag is part of every figure in its row.",
+            "",
+            "| rate | target | p50 ms | p99 ms | p99.9 ms | +p50 ms | +p99 ms | +p99.9 ms | schedule lag p99 / max µs | errors | proxy CPU µs/req |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in added:
+            lines.append(
+                f"| {r['fraction']:.0%} ({fmt(r['rate'])}/s) | {r['proxy']} | {fmt(r['p50_ms'], 3)} | {fmt(r['p99_ms'], 3)} | "
+                f"{fmt(r['p99_9_ms'], 3)} | {fmt(r.get('added_p50_ms'), 3)} | {fmt(r.get('added_p99_ms'), 3)} | "
+                f"{fmt(r.get('added_p99_9_ms'), 3)} | {fmt(r.get('lag_p99_us'), 1)} / {fmt(r.get('lag_max_us'), 0)} | "
+                f"{r['errors']} | {fmt(r['cpu_us_per_request'], 1)} |"
+            )
+        lines += ["", "Each run's distribution is in `bench/results/added-latency/TARGET-PERCENT.hgrm`; e.g. "
+                  "`ringway-histo compare direct-50.hgrm ringway-50.hgrm nginx-50.hgrm haproxy-50.hgrm`."]
+    lines += ["", "Commands (PORT is the proxy's, or the origin's for `direct`; the origin is `"
+              + commands.get("origin", "") + "`):", ""]
     lines += [f"- `{c}`" for k, c in sorted(commands.items()) if k != "origin" and c]
     return "\n".join(lines) + "\n"
+
+
+def cpu_ratios(results):
+    """Per closed-loop scenario: ringway's CPU per request over the best peer's and the relay's."""
+    rows = []
+    for scenario, *_ in SCENARIOS:
+        cpu = {r["proxy"]: r["cpu_us_per_request"] for r in results if r["scenario"] == scenario}
+        if not cpu.get("ringway"):
+            continue
+        peers = {p: v for p, v in cpu.items() if p not in ("ringway", "relay") and v}
+        peer_name = min(peers, key=peers.get) if peers else None
+        peer, relay = peers.get(peer_name), cpu.get("relay")
+        rows.append({
+            "scenario": scenario,
+            "ringway": cpu["ringway"],
+            "peer": peer,
+            "peer_name": peer_name or "-",
+            "relay": relay,
+            "vs_peer": cpu["ringway"] / peer if peer else None,
+            "vs_relay": cpu["ringway"] / relay if relay else None,
+        })
+    return rows
 
 
 if __name__ == "__main__":

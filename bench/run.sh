@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: ringway, nginx and HAProxy as keep-alive reverse
-# proxies in front of the same origin, driven by wrk and ringway-load.
-# Installs what it needs (nginx, haproxy, wrk, python3) from Debian when
-# missing, builds the release binaries, writes bench/results/ and updates
-# the README's table.
+# proxies in front of the same origin, and HAProxy in TCP mode as a byte
+# relay, driven by wrk and ringway-load: closed loop, then the latency each
+# adds over the origin alone at fixed open-loop rates (bench/bench.py says
+# what is measured). Installs what it needs (nginx, haproxy, wrk, python3)
+# from Debian when missing, builds the release binaries and writes
+# bench/results/. About 6 minutes on 2 cores with the defaults.
 #
-#   bench/run.sh                      # every proxy, every scenario, 5 s each
-#   BENCH_SECONDS=10 bench/run.sh     # longer runs
+#   bench/run.sh                          # every proxy, every scenario, 5 s each
+#   BENCH_SECONDS=10 bench/run.sh         # longer runs
 #   BENCH_PROXIES=ringway,nginx bench/run.sh
+#   BENCH_README=1 bench/run.sh           # also rewrite the README's table
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -46,8 +46,13 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
-    /// Two files side by side, with the ratio of the second to the first.
-    Compare { base: PathBuf, other: PathBuf },
+    /// Files side by side against a baseline (e.g. the run straight to the
+    /// origin): each one's latency, what it adds over the baseline, and the ratio.
+    Compare {
+        base: PathBuf,
+        #[arg(required = true)]
+        others: Vec<PathBuf>,
+    },
     /// Plot latency by percentile (log percentile axis) of one or more files to SVG.
     Plot {
         files: Vec<PathBuf>,
@@ -112,22 +117,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => ringway::hgrm::write_percentiles(&total, &mut std::io::stdout().lock())?,
             }
         }
-        Command::Compare { base, other } => {
-            let (a, b) = (load(&base)?, load(&other)?);
-            println!(
-                "{:>8} {:>14} {:>14} {:>8}",
-                "",
-                name(&base),
-                name(&other),
-                "ratio"
-            );
-            for (row, p) in ROWS {
-                let (x, y) = (percentile_ms(&a, p), percentile_ms(&b, p));
-                println!("{row:>8} {x:>11.3} ms {y:>11.3} ms {:>8}", ratio(x, y));
+        Command::Compare { base, others } => {
+            let a = load(&base)?;
+            let bs: Vec<Histogram<u64>> =
+                others.iter().map(|f| load(f)).collect::<Result<_, _>>()?;
+            let mut header = format!("{:>8} {:>14}", "", name(&base));
+            for f in &others {
+                header += &format!(" {:>14} {:>13} {:>8}", name(f), "added", "ratio");
             }
-            let (x, y) = (mean_ms(&a), mean_ms(&b));
-            println!("{:>8} {x:>11.3} ms {y:>11.3} ms {:>8}", "mean", ratio(x, y));
-            println!("{:>8} {:>14} {:>14}", "count", a.len(), b.len());
+            println!("{header}");
+            let line = |row: &str, x: f64, ys: Vec<f64>| {
+                let mut line = format!("{row:>8} {x:>11.3} ms");
+                for y in ys {
+                    line += &format!(" {y:>11.3} ms {:>+10.3} ms {:>8}", y - x, ratio(x, y));
+                }
+                println!("{line}");
+            };
+            for (row, p) in ROWS {
+                let ys = bs.iter().map(|b| percentile_ms(b, p)).collect();
+                line(row, percentile_ms(&a, p), ys);
+            }
+            line("mean", mean_ms(&a), bs.iter().map(mean_ms).collect());
+            let counts: Vec<String> = bs.iter().map(|b| format!("{:>14}", b.len())).collect();
+            println!("{:>8} {:>14} {}", "count", a.len(), counts.join(" "));
         }
         Command::Plot {
             files,

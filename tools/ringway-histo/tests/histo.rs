@@ -60,6 +60,19 @@ fn show_compare_merge_and_plot() {
     assert_eq!(row(&compared, "p99").last().unwrap(), "2.00x", "{compared}");
     assert_eq!(row(&compared, "count")[1..], ["1000", "1000"]);
 
+    // Against a baseline: each file's value, what it adds, and the ratio.
+    let compared = histo(&["compare", a, b, a]);
+    let p50 = row(&compared, "p50");
+    assert_eq!(
+        p50[1..],
+        [
+            "500.223", "ms", "1000.447", "ms", "+500.224", "ms", "2.00x", "500.223", "ms",
+            "+0.000", "ms", "1.00x"
+        ],
+        "{compared}"
+    );
+    assert_eq!(row(&compared, "count")[1..], ["1000", "1000", "1000"]);
+
     let merged = d.join("m.hgrm");
     histo(&["merge", a, b, "-o", merged.to_str().unwrap()]);
     let shown = histo(&["show", merged.to_str().unwrap()]);

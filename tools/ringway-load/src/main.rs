@@ -4,13 +4,17 @@
 //! soon as the last response is in, like wrk. Open loop (`--rate`): requests
 //! are scheduled at a constant rate and latency is measured from the time a
 //! request was due, not when it was sent, so a stall is charged to every
-//! request it delayed (coordinated-omission correction, like wrk2).
+//! request it delayed (coordinated-omission correction, like wrk2). Each
+//! thread's pacer sends within microseconds of the due time; how late each
+//! request went out (the schedule lag) is reported beside the latency.
 //!
 //! Always bounded: by `--duration` (at most an hour) and `--max-requests`.
 //! Targets must be loopback or private addresses (test namespaces) unless
 //! `--allow-remote` is given.
 
+mod pacer;
 mod report;
+mod sched;
 mod worker;
 
 use std::io::IsTerminal;
@@ -24,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 
+use crate::pacer::Schedule;
 use crate::worker::{Counts, Plan, ThreadResult};
 
 #[derive(Parser, Debug)]
@@ -186,10 +191,20 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut conn_offset = 0;
     for (id, progress) in progress.iter().enumerate() {
         let conns = share(args.connections as u64, id) as usize;
+        let max_requests = share(args.max_requests, id);
+        // Each thread paces its connections' share of the rate; the threads'
+        // schedules are staggered so that together they are evenly spaced.
+        let schedule = args.rate.map(|rate| {
+            Schedule::new(
+                start + Duration::from_secs_f64(id as f64 / rate),
+                rate * conns as f64 / args.connections as f64,
+                end,
+                max_requests,
+            )
+        });
         let plan = Plan {
             conns,
             conn_offset,
-            total_conns: args.connections,
             addr: target.addr,
             requests: paths
                 .iter()
@@ -205,13 +220,10 @@ fn run(args: Args) -> anyhow::Result<()> {
                 })
                 .collect(),
             head_method: args.method.eq_ignore_ascii_case("HEAD"),
-            start,
             measure_from,
             end,
-            interval: args
-                .rate
-                .map(|r| Duration::from_secs_f64(args.connections as f64 / r)),
-            max_requests: share(args.max_requests, id),
+            schedule,
+            max_requests,
             timeout: args.timeout,
             keepalive: !args.no_keepalive,
             stop: stop.clone(),
@@ -265,6 +277,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut total = ThreadResult {
         hist: ringway::hgrm::latency_histogram(),
+        lag: worker::lag_histogram(),
         counts: Counts::default(),
     };
     for h in handles {
@@ -272,6 +285,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .join()
             .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
         total.hist.add(&r.hist)?;
+        total.lag.add(&r.lag)?;
         total.counts.add(&r.counts);
     }
     let measured = Instant::now()

@@ -42,10 +42,24 @@ pub fn print(args: &Args, threads: usize, secs: f64, r: &ThreadResult) {
         .map(|(name, p)| format!("{name} {:.3}ms", percentile_ms(&r.hist, *p)))
         .collect();
     println!("  latency  {}", lat.join("  "));
+    if args.rate.is_some() {
+        let lag: Vec<String> = LAG_PERCENTILES
+            .iter()
+            .map(|(name, p)| format!("{name} {:.1}µs", lag_us(&r.lag, *p)))
+            .collect();
+        println!(
+            "  schedule lag  {}  (request sent minus intended send time; load threads preempted {} times)",
+            lag.join("  "),
+            c.preempted
+        );
+    }
     println!(
         "  errors   connect {}, read/write {}, timeout {}, bad response {}; status 4xx {}, 5xx {}",
         c.connect, c.io, c.timeout, c.protocol, c.status_4xx, c.status_5xx
     );
+    if let Some(warning) = lag_warning(args, r) {
+        println!("  warning: {warning}");
+    }
     if let Some(rate) = args.rate {
         let achieved = c.completed() as f64 / secs;
         if achieved < rate * 0.95 {
@@ -54,6 +68,40 @@ pub fn print(args: &Args, threads: usize, secs: f64, r: &ThreadResult) {
             );
         }
     }
+}
+
+/// Schedule lag percentiles printed with every open-loop run.
+const LAG_PERCENTILES: [(&str, f64); 4] = [
+    ("p50", 50.0),
+    ("p99", 99.0),
+    ("p99.9", 99.9),
+    ("max", 100.0),
+];
+
+/// The schedule lag at percentile `p` (100 is the maximum) in µs; 0 if empty.
+fn lag_us(h: &Histogram<u64>, p: f64) -> f64 {
+    if h.is_empty() {
+        return 0.0;
+    }
+    let ns = if p >= 100.0 {
+        h.max()
+    } else {
+        h.value_at_percentile(p)
+    };
+    ns as f64 / 1000.0
+}
+
+/// Said when the generator's own lateness is a visible part of the latency:
+/// a schedule lag p99 over 10% of the latency p50.
+fn lag_warning(args: &Args, r: &ThreadResult) -> Option<String> {
+    args.rate?;
+    let (lag, p50) = (lag_us(&r.lag, 99.0), percentile_ms(&r.hist, 50.0) * 1000.0);
+    (lag > p50 * 0.1).then(|| {
+        format!(
+            "schedule lag p99 {lag:.1}µs is over 10% of the latency p50 {p50:.0}µs: \
+the generator's lateness is in these figures (its CPU is busy, or every connection was: add -c)"
+        )
+    })
 }
 
 pub fn json(args: &Args, threads: usize, secs: f64, r: &ThreadResult) -> String {
@@ -68,9 +116,23 @@ pub fn json(args: &Args, threads: usize, secs: f64, r: &ThreadResult) -> String 
             )
         })
         .collect();
+    let lag = if args.rate.is_some() {
+        let ps: Vec<String> = LAG_PERCENTILES
+            .iter()
+            .map(|(name, p)| format!("\"{}\":{:.3}", name.replace('.', "_"), lag_us(&r.lag, *p)))
+            .collect();
+        let mean = if r.lag.is_empty() {
+            0.0
+        } else {
+            r.lag.mean() / 1000.0
+        };
+        format!("{{{},\"mean\":{mean:.3}}}", ps.join(","))
+    } else {
+        "null".to_string()
+    };
     format!(
         "{{\"url\":\"{}\",\"connections\":{},\"threads\":{threads},\"duration_s\":{secs:.3},\"rate\":{},\
-\"requests\":{},\"rps\":{:.1},\"latency_ms\":{{{},\"mean\":{:.3}}},\
+\"requests\":{},\"rps\":{:.1},\"latency_ms\":{{{},\"mean\":{:.3}}},\"schedule_lag_us\":{lag},\"preempted\":{},\
 \"errors\":{{\"connect\":{},\"io\":{},\"timeout\":{},\"protocol\":{},\"status_4xx\":{},\"status_5xx\":{}}}}}\n",
         args.url.replace('"', ""),
         args.connections,
@@ -79,6 +141,7 @@ pub fn json(args: &Args, threads: usize, secs: f64, r: &ThreadResult) -> String 
         c.completed() as f64 / secs,
         lat.join(","),
         r.hist.mean() / 1000.0,
+        c.preempted,
         c.connect,
         c.io,
         c.timeout,

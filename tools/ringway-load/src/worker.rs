@@ -1,6 +1,8 @@
 //! One load thread: a monoio runtime running its share of the connections.
 //! Each connection is a task that sends a request, reads the whole
-//! response, records the latency in the thread's histograms and goes on.
+//! response, records the latency in the thread's histograms and goes on:
+//! at once in closed loop, when the thread's pacer hands it the next due
+//! request in open loop.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -17,21 +19,21 @@ use monoio::net::TcpStream;
 use ringway::http1::body::{BodyReader, Framing};
 use ringway::http1::parse::{EMPTY_HEADER, parse_response};
 
+use crate::pacer::{Clock, Dispatch, Schedule};
+
 /// What one thread is to do.
 pub struct Plan {
     pub conns: usize,
     /// Index of this thread's first connection among all of them.
     pub conn_offset: usize,
-    pub total_conns: usize,
     pub addr: SocketAddr,
     pub requests: Vec<Bytes>,
     pub head_method: bool,
-    pub start: Instant,
     /// Results before this are warm-up and dropped.
     pub measure_from: Instant,
     pub end: Instant,
-    /// Open loop: time between two requests of one connection.
-    pub interval: Option<Duration>,
+    /// Open loop: when this thread's requests are due.
+    pub schedule: Option<Schedule>,
     pub max_requests: u64,
     pub timeout: Duration,
     pub keepalive: bool,
@@ -52,6 +54,8 @@ pub struct Counts {
     pub io: u64,
     pub timeout: u64,
     pub protocol: u64,
+    /// Times the scheduler took the CPU from a load thread during the run.
+    pub preempted: u64,
 }
 
 impl Counts {
@@ -63,6 +67,7 @@ impl Counts {
         self.io += o.io;
         self.timeout += o.timeout;
         self.protocol += o.protocol;
+        self.preempted += o.preempted;
     }
 
     /// Requests that got a whole response, whatever its status.
@@ -73,14 +78,29 @@ impl Counts {
 
 pub struct ThreadResult {
     pub hist: Histogram<u64>,
+    /// Open loop: request sent minus intended send time, in ns.
+    pub lag: Histogram<u64>,
     pub counts: Counts,
+}
+
+/// Schedule lag in nanoseconds, 1 ns to 1 hour at 3 significant digits.
+pub fn lag_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("static bounds are valid")
 }
 
 struct State {
     hist: Histogram<u64>,
     second: Histogram<u64>,
+    lag: Histogram<u64>,
     counts: Counts,
     started: u64,
+}
+
+/// A whole response, and when its request was sent.
+struct Exchanged {
+    status: u16,
+    keep: bool,
+    sent: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -116,39 +136,56 @@ pub fn request_bytes(
 }
 
 pub fn run(plan: Plan) -> anyhow::Result<ThreadResult> {
+    if plan.schedule.is_some() {
+        // Best effort: without it sends are later on a busy machine, as the lag shows.
+        let _ = crate::sched::ask_for_short_slices();
+    }
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build()?;
+    let io_uring = matches!(rt, monoio::FusionRuntime::Uring(_));
+    let preempted = crate::sched::preemptions();
     let plan = Rc::new(plan);
     let state = Rc::new(RefCell::new(State {
         hist: ringway::hgrm::latency_histogram(),
         second: ringway::hgrm::latency_histogram(),
+        lag: lag_histogram(),
         counts: Counts::default(),
         started: 0,
     }));
     rt.block_on({
         let (plan, state) = (plan.clone(), state.clone());
         async move {
+            let dispatch = plan
+                .schedule
+                .map(|schedule| Rc::new(Dispatch::new(schedule, plan.conns)));
             let tasks: Vec<_> = (0..plan.conns)
                 .map(|i| {
-                    monoio::spawn(connection(
-                        plan.clone(),
-                        state.clone(),
-                        plan.conn_offset + i,
-                    ))
+                    monoio::spawn(connection(plan.clone(), state.clone(), dispatch.clone(), i))
                 })
                 .collect();
+            let pacer = dispatch.map(|d| {
+                let plan = plan.clone();
+                monoio::spawn(async move {
+                    crate::pacer::pace(d, Clock::new(io_uring), &plan.stop).await;
+                })
+            });
             let ticker = monoio::spawn(ticker(plan.clone(), state.clone()));
             for t in tasks {
                 t.await;
+            }
+            if let Some(p) = pacer {
+                p.await;
             }
             ticker.await;
         }
     });
     let state = Rc::try_unwrap(state).map_err(|_| anyhow::anyhow!("tasks outlived the run"))?;
-    let state = state.into_inner();
+    let mut state = state.into_inner();
+    state.counts.preempted = crate::sched::preemptions().saturating_sub(preempted);
     Ok(ThreadResult {
         hist: state.hist,
+        lag: state.lag,
         counts: state.counts,
     })
 }
@@ -179,41 +216,38 @@ async fn ticker(plan: Rc<Plan>, state: Rc<RefCell<State>>) {
     }
 }
 
-async fn connection(plan: Rc<Plan>, state: Rc<RefCell<State>>, index: usize) {
+/// Connection `id` of this thread, until the run or its schedule is over.
+async fn connection(
+    plan: Rc<Plan>,
+    state: Rc<RefCell<State>>,
+    dispatch: Option<Rc<Dispatch>>,
+    id: usize,
+) {
     let mut stream: Option<TcpStream> = None;
     let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
-    // Open loop: connections are staggered over one interval.
-    let mut next = plan.start
-        + plan.interval.map_or(Duration::ZERO, |i| {
-            i.mul_f64(index as f64 / plan.total_conns as f64)
-        });
-    let mut k = index;
+    // Connections start at different paths of the list.
+    let mut k = plan.conn_offset + id;
     loop {
         if Instant::now() >= plan.end || plan.stop.load(Ordering::Relaxed) {
+            if let Some(d) = &dispatch {
+                d.finish();
+            }
             return;
         }
-        {
-            let mut s = state.borrow_mut();
-            if s.started >= plan.max_requests {
-                return;
-            }
-            s.started += 1;
-        }
-        let intended = match plan.interval {
-            Some(interval) => {
-                let now = Instant::now();
-                if next > now {
-                    monoio::time::sleep(next - now).await;
+        let intended = match &dispatch {
+            Some(d) => match d.next_send(id).await {
+                Some(due) => due,
+                None => return,
+            },
+            None => {
+                let mut s = state.borrow_mut();
+                if s.started >= plan.max_requests {
+                    return;
                 }
-                let due = next;
-                next += interval;
-                due
+                s.started += 1;
+                Instant::now()
             }
-            None => Instant::now(),
         };
-        if intended >= plan.end {
-            return;
-        }
         let measuring = intended >= plan.measure_from;
         if stream.is_none() {
             match monoio::time::timeout(plan.timeout, TcpStream::connect_addr(plan.addr)).await {
@@ -240,20 +274,25 @@ async fn connection(plan: Rc<Plan>, state: Rc<RefCell<State>>, index: usize) {
         plan.progress.fetch_add(1, Ordering::Relaxed);
         let mut st = state.borrow_mut();
         let keep = match result {
-            Ok(Ok((status, keep))) => {
+            Ok(Ok(done)) => {
                 if measuring {
                     let us = u64::try_from(latency.as_micros())
                         .unwrap_or(u64::MAX)
                         .max(1);
                     let _ = st.hist.record(us);
                     let _ = st.second.record(us);
-                    match status {
+                    if dispatch.is_some() {
+                        let lag = done.sent.saturating_duration_since(intended);
+                        let ns = u64::try_from(lag.as_nanos()).unwrap_or(u64::MAX);
+                        let _ = st.lag.record(ns.max(1));
+                    }
+                    match done.status {
                         400..=499 => st.counts.status_4xx += 1,
                         500.. => st.counts.status_5xx += 1,
                         _ => st.counts.ok += 1,
                     }
                 }
-                keep && plan.keepalive
+                done.keep && plan.keepalive
             }
             Ok(Err(fail)) => {
                 if measuring {
@@ -283,7 +322,10 @@ async fn exchange(
     req: Bytes,
     buf: &mut Vec<u8>,
     head_method: bool,
-) -> Result<(u16, bool), Fail> {
+) -> Result<Exchanged, Fail> {
+    // Taken before the write: on a shared core the write can wake the
+    // origin, which may run before the write returns.
+    let sent = Instant::now();
     let (res, _) = s.write_all(req).await;
     res.map_err(|_| Fail::Io)?;
     buf.clear();
@@ -317,14 +359,20 @@ async fn exchange(
             return if buf.len() > pos {
                 Err(Fail::Protocol)
             } else {
-                Ok((status, keep))
+                Ok(Exchanged { status, keep, sent })
             };
         }
         buf.clear();
         pos = 0;
         match read_more(s, buf).await {
             Ok(()) => {}
-            Err(Fail::Closed) if framing == Framing::Close => return Ok((status, false)),
+            Err(Fail::Closed) if framing == Framing::Close => {
+                return Ok(Exchanged {
+                    status,
+                    keep: false,
+                    sent,
+                });
+            }
             Err(e) => return Err(e),
         }
     }

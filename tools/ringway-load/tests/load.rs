@@ -1,62 +1,10 @@
 //! The built load generator against a small origin on loopback.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::process::Command;
-use std::time::Duration;
+mod common;
 
-/// An origin answering every request with a 2-byte body, keep-alive.
-fn origin() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                let mut buf = Vec::new();
-                let mut b = [0u8; 4096];
-                loop {
-                    while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..i + 4);
-                        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    match s.read(&mut b) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&b[..n]),
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
+use std::net::TcpListener;
 
-fn load(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ringway-load"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn field(json: &str, key: &str) -> f64 {
-    let at = json.find(&format!("\"{key}\":")).unwrap() + key.len() + 3;
-    json[at..]
-        .split([',', '}'])
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
+use common::{field, load, origin};
 
 #[test]
 fn closed_loop_writes_summary_hgrm_and_log() {
