@@ -481,9 +481,11 @@ mod tests {
         assert_eq!(next_margin(m, Duration::from_secs(1)), MAX_MARGIN);
     }
 
-    /// Runs the pacer at `rate` for `length` on this thread, with one
-    /// connection that takes each request as it is handed over; returns the
-    /// schedule lag in ns.
+    /// Runs the pacer at `rate` for a warm-up and then `length` on this
+    /// thread, with one connection that takes each request as it is handed
+    /// over; returns the schedule lag in ns of the requests due after the
+    /// warm-up (as `ringway-load` reports none of its warm-up either: the
+    /// margin starts small and learns the wake-up latency).
     fn measure_lag(rate: f64, length: Duration) -> hdrhistogram::Histogram<u64> {
         let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
             .enable_timer()
@@ -492,7 +494,8 @@ mod tests {
         let io_uring = matches!(rt, monoio::FusionRuntime::Uring(_));
         rt.block_on(async move {
             let start = Instant::now() + Duration::from_millis(20);
-            let schedule = Schedule::new(start, rate, start + length, u64::MAX);
+            let measured = start + WARM_UP;
+            let schedule = Schedule::new(start, rate, measured + length, u64::MAX);
             let d = Rc::new(Dispatch::new(schedule, 1));
             let stop = AtomicBool::new(false);
             let taker = monoio::spawn({
@@ -501,7 +504,9 @@ mod tests {
                     let mut lag = crate::worker::lag_histogram();
                     while let Some(due) = d.next_send(0).await {
                         let ns = (Instant::now() - due).as_nanos() as u64;
-                        lag.record(ns.max(1)).unwrap();
+                        if due >= measured {
+                            lag.record(ns.max(1)).unwrap();
+                        }
                     }
                     lag
                 }
@@ -510,13 +515,15 @@ mod tests {
             let lag = taker.await;
             let expected = (rate * length.as_secs_f64()) as u64;
             assert!(
-                lag.len().abs_diff(expected) <= 1,
+                lag.len().abs_diff(expected) <= 2,
                 "{} of {expected}",
                 lag.len()
             );
             lag
         })
     }
+
+    const WARM_UP: Duration = Duration::from_millis(200);
 
     /// Pins this test's thread to the last core, and sets it up as a load
     /// thread is, for the timing tests.
@@ -531,8 +538,9 @@ mod tests {
     // for an idle core: the pacer runs on a thread of its own, pinned, and
     // a try counts only if the scheduler never took the CPU from it (other
     // work on the core makes any spinning thread late by milliseconds).
-    // Up to 3 tries, keeping the best; when none could count, the machine
-    // was too busy to measure and the test says so instead of failing.
+    // Up to 3 tries: one under the bound passes (preemption only makes a
+    // try worse); when every try over it was preempted, the machine was too
+    // busy to measure and the test says so instead of failing.
     fn assert_lag_under_20us(rate: f64, length: Duration) {
         pin();
         let mut tries = Vec::new();
@@ -542,7 +550,7 @@ mod tests {
             let preempted = crate::sched::preemptions() - before;
             let (p99, max) = (lag.value_at_quantile(0.99) / 1000, lag.max() / 1000);
             tries.push((p99, max, preempted));
-            if p99 < 20 && preempted == 0 {
+            if p99 < 20 {
                 return;
             }
         }
