@@ -426,14 +426,19 @@ impl AcceptBackoff {
 }
 
 /// Once a second, at the turn of the second: the `Date` value, the
-/// demotion of quiet connections, and the slab's spare buffers trimmed.
+/// demotion of quiet connections, the slab's spare buffers trimmed, and
+/// the upstream pools swept of idle connections they no longer need.
 async fn housekeeping(shard: Rc<ShardState>) {
-    loop {
+    for tick in 1.. {
         shard.date.next_second().await;
         shard.date.set(SystemTime::now());
         shard.demote_waiting();
-        shard.expire_quiet(Instant::now());
+        let now = Instant::now();
+        shard.expire_quiet(now);
         shard.slab.trim();
+        for pool in &shard.pools {
+            pool.sweep(now, tick);
+        }
     }
 }
 

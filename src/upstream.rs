@@ -41,7 +41,17 @@ struct Endpoint {
     idle: RefCell<Vec<Idle>>,
     /// Open connections, idle ones included.
     open: Cell<usize>,
+    /// The most connections in use at once, this window and the last
+    /// (`PEAK_WINDOW`): the idle list keeps what steady traffic needs.
+    peak: Cell<usize>,
+    last_peak: Cell<usize>,
     waiters: RefCell<VecDeque<(u64, Waker)>>,
+}
+
+impl Endpoint {
+    fn busy(&self) -> usize {
+        self.open.get() - self.idle.borrow().len()
+    }
 }
 
 pub struct UpstreamPool {
@@ -61,6 +71,8 @@ impl UpstreamPool {
                     addr,
                     idle: RefCell::new(Vec::with_capacity(cfg.max_idle_per_endpoint)),
                     open: Cell::new(0),
+                    peak: Cell::new(0),
+                    last_peak: Cell::new(0),
                     waiters: RefCell::new(VecDeque::new()),
                 })
                 .collect(),
@@ -89,6 +101,8 @@ impl UpstreamPool {
         fresh: bool,
     ) -> Result<(UpstreamConn, bool), UpstreamError> {
         let ep = &self.endpoints[endpoint];
+        // Counted as in use from here: this request needs a connection.
+        ep.peak.set(ep.peak.get().max(ep.busy() + 1));
         if !fresh && let Some(conn) = self.take_idle(ep, Instant::now()) {
             return Ok((conn, true));
         }
@@ -183,7 +197,7 @@ impl UpstreamPool {
         let now = Instant::now();
         let retire = (self.cfg.max_requests > 0 && conn.requests >= self.cfg.max_requests)
             || now.duration_since(conn.created) >= self.cfg.max_lifetime
-            || ep.idle.borrow().len() >= self.cfg.max_idle_per_endpoint;
+            || ep.idle.borrow().len() >= self.idle_cap(ep);
         if retire {
             drop(conn);
             self.release(ep);
@@ -205,10 +219,45 @@ impl UpstreamPool {
         wake_one(ep);
     }
 
-    pub fn idle_timeout(&self) -> Duration {
-        self.cfg.idle_timeout
+    /// How many idle connections an endpoint keeps: `max_idle_per_endpoint`,
+    /// or as many as were in use at once lately if that is more, so steady
+    /// traffic above the configured number does not close and reopen
+    /// connections all the time; never above `max_per_endpoint`.
+    fn idle_cap(&self, ep: &Endpoint) -> usize {
+        let recent = ep.peak.get().max(ep.last_peak.get());
+        self.cfg
+            .max_idle_per_endpoint
+            .max(recent)
+            .min(self.cfg.max_per_endpoint)
+    }
+
+    /// Once a second (from the shard's housekeeping): closes idle
+    /// connections past `idle_timeout` and those beyond the idle cap,
+    /// oldest first, and every `PEAK_WINDOW` ticks starts a new peak window.
+    pub fn sweep(&self, now: Instant, tick: u64) {
+        for ep in &self.endpoints {
+            if tick % PEAK_WINDOW == 0 {
+                ep.last_peak.set(ep.peak.get());
+                ep.peak.set(ep.busy());
+            }
+            let cap = self.idle_cap(ep);
+            let mut idle = ep.idle.borrow_mut();
+            let stale = idle
+                .iter()
+                .take_while(|i| now.duration_since(i.since) >= self.cfg.idle_timeout)
+                .count();
+            let close = stale.max(idle.len().saturating_sub(cap));
+            let closed = idle.drain(..close).count();
+            drop(idle);
+            for _ in 0..closed {
+                self.release(ep);
+            }
+        }
     }
 }
+
+/// Ticks (seconds) in a window of the peak count of connections in use.
+const PEAK_WINDOW: u64 = 10;
 
 fn wake_one(ep: &Endpoint) {
     let waker = ep.waiters.borrow_mut().pop_front();

@@ -498,3 +498,42 @@ fn ipv4_and_ipv6_listeners_side_by_side() {
         }
     }
 }
+
+/// At a steady 256 requests in flight the pool keeps what that needs, so
+/// after the first round the origin sees almost no new connections (with
+/// a fixed cap of 64 idle ones, each round closed and reopened ~192).
+#[test]
+fn steady_concurrency_above_the_idle_cap_does_not_churn_connections() {
+    const CLIENTS: usize = 256;
+    let origin = Origin::start(|_| ok("x"));
+    let proxy = proxy_to(origin.addr, "");
+    let addr = proxy.addr();
+    let round = |requests: usize| {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS));
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    for _ in 0..requests {
+                        // Each request starts together with the others: 256 in flight.
+                        barrier.wait();
+                        let resp = c.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").read(false);
+                        assert_eq!(resp.map(|r| r.status), Some(200));
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
+    };
+    round(2);
+    let warm = origin.connections();
+    round(10);
+    let new = origin.connections() - warm;
+    assert!(
+        new <= CLIENTS / 8,
+        "{new} new upstream connections after warm-up ({warm} then)"
+    );
+}
