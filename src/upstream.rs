@@ -236,7 +236,7 @@ impl UpstreamPool {
     /// oldest first, and every `PEAK_WINDOW` ticks starts a new peak window.
     pub fn sweep(&self, now: Instant, tick: u64) {
         for ep in &self.endpoints {
-            if tick % PEAK_WINDOW == 0 {
+            if tick.is_multiple_of(PEAK_WINDOW) {
                 ep.last_peak.set(ep.peak.get());
                 ep.peak.set(ep.busy());
             }
