@@ -120,17 +120,7 @@ pub enum Step<'s> {
 pub async fn serve(shard: &ShardState, mut stream: TcpStream, peer: SocketAddr) -> After {
     let _ = stream.set_nodelay(true);
     let Some(rbuf) = shard.slab.lease() else {
-        let limit = Duration::from_secs(1);
-        let _ = send_error(
-            shard,
-            &mut stream,
-            None,
-            Reject::Unavailable,
-            "",
-            true,
-            limit,
-        )
-        .await;
+        refuse(shard, &mut stream).await;
         return After::Closed;
     };
     let fd = stream.as_raw_fd();
@@ -152,17 +142,7 @@ pub async fn serve(shard: &ShardState, mut stream: TcpStream, peer: SocketAddr) 
 /// Serves a quiet connection again once `wait_idle` has its first byte.
 pub async fn resume(shard: &ShardState, mut idle: IdleConn) -> After {
     let Some(mut rbuf) = shard.slab.lease() else {
-        let limit = Duration::from_secs(1);
-        let _ = send_error(
-            shard,
-            &mut idle.w,
-            None,
-            Reject::Unavailable,
-            "",
-            true,
-            limit,
-        )
-        .await;
+        refuse(shard, &mut idle.w).await;
         return After::Closed;
     };
     if let Some(byte) = &idle.byte {
@@ -546,6 +526,13 @@ pub async fn send_error<W: AsyncWriteRent>(
     out.clear();
     reject.write(out, close, allow, &shard.date.get());
     write_buf(w, buf, limit).await
+}
+
+/// Answers 503 to a connection the shard has no capacity for (no slab
+/// buffer, or over `max_connections`); the caller then closes it.
+pub async fn refuse<W: AsyncWriteRent>(shard: &ShardState, w: &mut W) {
+    let limit = Duration::from_secs(1);
+    let _ = send_error(shard, w, None, Reject::Unavailable, "", true, limit).await;
 }
 
 /// The host to route on: without its port, lower-cased into `buf` (the

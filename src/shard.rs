@@ -22,7 +22,6 @@ use monoio::net::{TcpListener, TcpStream};
 
 use crate::conn::{self, After, IdleConn};
 use crate::date::HttpDate;
-use crate::error::Reject;
 use crate::slab::Slab;
 use crate::snapshot::Snapshot;
 use crate::upstream::UpstreamPool;
@@ -477,17 +476,7 @@ fn carry_on(shard: Rc<ShardState>, after: After) {
 
 /// Answers a connection over the limit with a 503 and closes it.
 async fn refuse(shard: Rc<ShardState>, mut stream: TcpStream) {
-    let limit = Duration::from_secs(1);
-    let _ = crate::conn::send_error(
-        &shard,
-        &mut stream,
-        None,
-        Reject::Unavailable,
-        "",
-        true,
-        limit,
-    )
-    .await;
+    conn::refuse(&shard, &mut stream).await;
 }
 
 #[cfg(test)]

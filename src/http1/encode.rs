@@ -350,23 +350,28 @@ mod tests {
         );
     }
 
-    #[test]
-    fn response_rewrite() {
-        let raw = "HTTP/1.1 200 OK\r\nConnection: X-A\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\nVia: 1.0 a\r\n\r\n";
+    /// The response head `raw` as rewritten for the client.
+    fn reply(raw: &str, close: bool, dechunk: bool) -> String {
         let mut h = [httparse::EMPTY_HEADER; 8];
         let resp = parse_response(raw.as_bytes(), &mut h, false, 1000)
             .unwrap()
             .unwrap();
         let mut out = Vec::new();
         let reply = Reply {
-            close: true,
+            close,
             keep_alive_1_0: false,
-            dechunk: true,
+            dechunk,
             date: b"Mon, 23 Nov 2026 12:00:00 GMT",
         };
         response_head(&mut out, &resp, reply);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn response_rewrite() {
+        let raw = "HTTP/1.1 200 OK\r\nConnection: X-A\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\nVia: 1.0 a\r\n\r\n";
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            reply(raw, true, true),
             "HTTP/1.1 200 OK\r\nVia: 1.0 a, 1.1 ringway\r\nDate: Mon, 23 Nov 2026 12:00:00 GMT\r\n\
              Connection: close\r\n\r\n"
         );
@@ -374,21 +379,11 @@ mod tests {
 
     #[test]
     fn upstream_date_is_kept() {
-        let raw =
-            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 0\r\n\r\n";
-        let mut h = [httparse::EMPTY_HEADER; 8];
-        let resp = parse_response(raw.as_bytes(), &mut h, false, 1000)
-            .unwrap()
-            .unwrap();
-        let mut out = Vec::new();
-        let reply = Reply {
-            close: false,
-            keep_alive_1_0: false,
-            dechunk: false,
-            date: b"Mon, 23 Nov 2026 12:00:00 GMT",
-        };
-        response_head(&mut out, &resp, reply);
-        let out = String::from_utf8(out).unwrap();
+        let out = reply(
+            "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 0\r\n\r\n",
+            false,
+            false,
+        );
         assert_eq!(out.matches("Date: ").count(), 1, "{out}");
         assert!(out.contains("1994"), "{out}");
     }
