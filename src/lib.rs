@@ -1,4 +1,5 @@
 //! ringway: an HTTP/1.1 reverse proxy, one io_uring event loop per core.
+//! `docs/architecture.md` describes the whole; this is the map of the code.
 //!
 //! The map:
 //! - `config`   the TOML file → a validated `Config` (errors name file, line, key)
@@ -6,7 +7,8 @@
 //! - `route`    host → longest prefix on a segment boundary → method
 //! - `http1`    sans-IO HTTP/1.1: `parse` heads, `body` framing, `encode` rewritten heads
 //! - `control`  binds listeners, starts the shards, signals, shutdown
-//! - `shard`    one pinned thread: a monoio runtime, its listeners, slab and pools
+//! - `shard`    one pinned thread: a monoio runtime, its listeners, slab and pools;
+//!              a connection's task while served, a small one while quiet
 //! - `conn`     one client connection: read head, route, answer or proxy, keep alive
 //! - `proxy`    one proxied request: body pump ‖ response relay, retry, upgrade tunnel
 //! - `upstream` per-shard, per-endpoint keep-alive pools
@@ -14,6 +16,7 @@
 //! - `io`       bounded reads and writes on leased buffers
 //! - `error`    what failed, and the response that says so
 //! - `hgrm`     latency histograms and their `.hgrm` text
+//! - `date`     the `Date` header value, formatted once a second per shard
 //!
 //! A request: `shard::accept` → `conn::serve` → `Conn::plan` (parse, route,
 //! rewrite the head) → `proxy::exchange` (pool checkout, `pump` ‖ `relay`,
