@@ -7,8 +7,7 @@
 //! - `route`    host → longest prefix on a segment boundary → method
 //! - `http1`    sans-IO HTTP/1.1: `parse` heads, `body` framing, `encode` rewritten heads
 //! - `control`  binds listeners, starts the shards, signals, shutdown
-//! - `shard`    one pinned thread: a monoio runtime, its listeners, slab and pools;
-//!              a connection's task while served, a small one while quiet
+//! - `shard`    one pinned thread: a monoio runtime, its listeners, slab, pools, housekeeping
 //! - `conn`     one client connection: read head, route, answer or proxy, keep alive
 //! - `proxy`    one proxied request: body pump ‖ response relay, retry, upgrade tunnel
 //! - `upstream` per-shard, per-endpoint keep-alive pools
