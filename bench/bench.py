@@ -24,6 +24,14 @@ results/added-latency/, for `ringway-histo compare direct-50.hgrm
 ringway-50.hgrm ...`, and its schedule lag (how late ringway-load sent) is
 reported beside it.
 
+Idle connections. BENCH_IDLE keep-alive connections (default 4,000) each
+send one request through each HTTP proxy, then stay open and quiet; the
+proxy's resident memory (VmRSS of all its processes) before and 15 s
+after, divided by the connections, is what one quiet client costs.
+
+BENCH_PARTS picks the parts (default "closed,added,idle"); a run of "idle"
+alone writes results/IDLE.md and idle.json and leaves the rest alone.
+
 Every process started here is stopped here, also on error or Ctrl-C.
 """
 
@@ -31,6 +39,7 @@ import json
 import os
 import platform
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -47,6 +56,8 @@ PROXIES = os.environ.get("BENCH_PROXIES", "ringway,nginx,haproxy,relay").split("
 HTTP_PROXIES = [p for p in PROXIES if p != "relay"]
 # Rewrite the README's table between its bench markers (off unless asked).
 UPDATE_README = os.environ.get("BENCH_README") == "1"
+PARTS = os.environ.get("BENCH_PARTS", "closed,added,idle").split(",")
+IDLE_CONNECTIONS = int(os.environ.get("BENCH_IDLE", "4000"))
 TICK = os.sysconf("SC_CLK_TCK")
 
 # name, path, connections, keep-alive: closed loop
@@ -383,6 +394,89 @@ def added_latency(tmp, origin_port, capacity, commands):
     return results
 
 
+def rss_kib(pid):
+    kib = 0
+    for p in tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    kib += int(line.split()[1])
+        except OSError:
+            pass
+    return kib
+
+
+def one_request(sock):
+    """Sends a GET on a keep-alive connection and reads its whole response."""
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise RuntimeError("closed before a response")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise RuntimeError("closed mid-body")
+        body += chunk
+
+
+def idle_memory(tmp, origin_port):
+    """Per HTTP proxy: resident bytes per quiet keep-alive connection."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    n = min(IDLE_CONNECTIONS, hard - 256)
+    rows = []
+    for name in HTTP_PROXIES:
+        port = free_port()
+        proxy = start(proxy_cmd(name, tmp, port, origin_port), port, name)
+        for _ in range(16):  # warm: pools and first allocations
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                one_request(s)
+        time.sleep(3)
+        before = rss_kib(proxy.pid)
+        conns = []
+        try:
+            for _ in range(n):
+                s = socket.create_connection(("127.0.0.1", port))
+                one_request(s)
+                conns.append(s)
+            # ringway gives a quiet connection's buffer back within two
+            # seconds and its spare buffers by halves each second: steady
+            # state is reached in about a dozen.
+            time.sleep(15)
+            after = rss_kib(proxy.pid)
+        finally:
+            for s in conns:
+                s.close()
+            stop(proxy)
+        row = {"proxy": name, "connections": n, "rss_before_mib": before / 1024,
+               "rss_after_mib": after / 1024, "bytes_per_connection": (after - before) * 1024 / n}
+        print(f"idle: {name:<8} {n} connections, RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB, "
+              f"{row['bytes_per_connection']:,.0f} bytes each")
+        rows.append(row)
+    return rows
+
+
+def idle_markdown(rows):
+    if not rows:
+        return ""
+    lines = [
+        f"Idle keep-alive connections: {rows[0]['connections']:,} clients each send one request, then stay "
+        "open and quiet; the proxy's resident memory (all its processes) before and 15 s after:",
+        "",
+        "| proxy | connections | RSS before MiB | RSS after MiB | bytes per connection |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['proxy']} | {r['connections']:,} | {r['rss_before_mib']:.1f} | "
+                     f"{r['rss_after_mib']:.1f} | {r['bytes_per_connection']:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     RESULTS.mkdir(parents=True, exist_ok=True)
     info = machine()
@@ -394,19 +488,27 @@ def main():
         origin = start([str(TARGET / "ringway-origin"), "--listen", f"127.0.0.1:{origin_port}",
                         "--threads", str(WORKERS)], origin_port, "ringway-origin")
         commands["origin"] = f"ringway-origin --listen 127.0.0.1:{origin_port} --threads {WORKERS}"
-        results = closed_loop(tmp, origin_port, commands)
+        results = closed_loop(tmp, origin_port, commands) if "closed" in PARTS else []
         maxima = [r["load_rps"] for r in results
                   if r["scenario"] == CAPACITY_SCENARIO and r["proxy"] in HTTP_PROXIES]
         added = []
-        if maxima:
+        if maxima and "added" in PARTS:
             added = added_latency(tmp, origin_port, min(maxima), commands)
-        else:
+        elif "added" in PARTS:
             print(f"skipping added latency: no HTTP proxy ran '{CAPACITY_SCENARIO}'", file=sys.stderr)
+        idle = idle_memory(tmp, origin_port) if "idle" in PARTS else []
         stop(origin)
+    if idle:
+        (RESULTS / "idle.json").write_text(json.dumps(idle, indent=2) + "\n")
+        (RESULTS / "IDLE.md").write_text(idle_markdown(idle))
+    if not results:
+        print(f"\nwrote {RESULTS / 'IDLE.md'}" if idle else "nothing measured")
+        return
     info["total_seconds"] = round(time.time() - began)
-    report = {"machine": info, "commands": commands, "results": results, "added_latency": added}
+    report = {"machine": info, "commands": commands, "results": results, "added_latency": added,
+              "idle": idle}
     (RESULTS / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(info, results, added, commands)
+    table = markdown(info, results, added, commands) + ("\n" + idle_markdown(idle) if idle else "")
     (RESULTS / "RESULTS.md").write_text(table)
     if UPDATE_README:
         readme = ROOT / "README.md"
