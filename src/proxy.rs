@@ -250,7 +250,10 @@ where
 {
     let mut pump = pin!(pump);
     let mut relay = pin!(relay);
+    // One timer for the head: it fires first after `WATCH_AFTER`, to start
+    // watching the client, then at the head's deadline.
     let mut timer = pin!(None::<monoio::time::Sleep>);
+    let mut head_deadline = None;
     let mut watch = pin!(None);
     let mut pumped = None;
     poll_fn(|cx| {
@@ -265,18 +268,25 @@ where
             }
             pumped = Some(res);
             let limit = budget(t.upstream_response_header.0, plan.deadline);
-            timer.set(Some(monoio::time::sleep(limit)));
-            watch.set(Some(client_gone(client_fd)));
+            head_deadline = Some(Instant::now() + limit);
+            timer.set(Some(monoio::time::sleep(limit.min(WATCH_AFTER))));
         }
         if let Poll::Ready(res) = relay.as_mut().poll(cx) {
             return Poll::Ready((pumped.take(), Some(res)));
         }
         if !head_done.get() {
-            if let Some(t) = timer.as_mut().as_pin_mut()
+            while let (Some(t), Some(deadline)) = (timer.as_mut().as_pin_mut(), head_deadline)
                 && t.poll(cx).is_ready()
             {
-                let timeout = Err(RelayError::Upstream(UpstreamError::Timeout));
-                return Poll::Ready((pumped.take(), Some(timeout)));
+                let now = Instant::now();
+                if now >= deadline {
+                    let timeout = Err(RelayError::Upstream(UpstreamError::Timeout));
+                    return Poll::Ready((pumped.take(), Some(timeout)));
+                }
+                if watch.is_none() {
+                    watch.set(Some(client_gone(client_fd)));
+                }
+                timer.set(Some(monoio::time::sleep(deadline - now)));
             }
             if let Some(w) = watch.as_mut().as_pin_mut()
                 && w.poll(cx).is_ready()
@@ -290,12 +300,12 @@ where
 }
 
 /// Resolves once the client has closed its connection or it failed; never
-/// while it is open, or once it has sent more (a pipelined request). Armed
-/// only after `WATCH_AFTER`, so an exchange answered sooner costs nothing;
-/// a slower one costs a poll on a duplicate of the socket, and a peek when
-/// that fires. Treats a client that half-closes as gone, as nginx does.
+/// while it is open, or once it has sent more (a pipelined request).
+/// `drive` starts it only after `WATCH_AFTER`, so an exchange answered
+/// sooner costs nothing; a slower one costs a poll on a duplicate of the
+/// socket, and a peek when that fires. Treats a client that half-closes as
+/// gone, as nginx does.
 async fn client_gone(fd: RawFd) {
-    monoio::time::sleep(WATCH_AFTER).await;
     // SAFETY: `fd` is the client's socket, which its `Conn` keeps open for
     // the whole exchange that polls this future.
     let client = unsafe { BorrowedFd::borrow_raw(fd) };

@@ -77,7 +77,7 @@ impl<'b> Named<'b> {
     }
 }
 
-/// How many lines a list header has: ours goes onto the last one.
+/// How many lines a list header has.
 fn lines(headers: &[Header<'_>], name: &str) -> usize {
     headers
         .iter()
@@ -131,16 +131,17 @@ fn upgrade_header(out: &mut Vec<u8>, value: &[u8]) {
 }
 
 /// `Via` is a list, over one line or several: ours goes after what the
-/// message already carries, on its last line.
-fn via(out: &mut Vec<u8>, name: &str, value: &[u8], last: bool) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    if last {
-        out.extend_from_slice(b", ");
-        out.extend_from_slice(VIA);
+/// message already carries, at the end of the last Via line forwarded
+/// (`last_via`: where that line's value ends in `out`), or on a line of its
+/// own.
+fn add_via(out: &mut Vec<u8>, last_via: Option<usize>) {
+    match last_via {
+        Some(end) => {
+            let ours = b", ".iter().chain(VIA).copied();
+            out.splice(end..end, ours);
+        }
+        None => header(out, b"Via", VIA),
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -162,7 +163,7 @@ pub fn request_head(out: &mut Vec<u8>, req: &Request<'_, '_>, fwd: &Forward<'_>)
     // list split over lines, kept as they are, with ours on a final line.
     let xff_lines = lines(req.headers, "x-forwarded-for");
     let mut xff: Option<&[u8]> = None;
-    let mut via_left = lines(req.headers, "via");
+    let mut last_via = None;
     let mut host_seen = false;
     for h in req.headers {
         let name = h.name;
@@ -191,12 +192,10 @@ pub fn request_head(out: &mut Vec<u8>, req: &Request<'_, '_>, fwd: &Forward<'_>)
             }
             continue;
         }
-        if name.eq_ignore_ascii_case("via") {
-            via_left -= 1;
-            via(out, name, h.value, via_left == 0);
-            continue;
-        }
         header(out, name.as_bytes(), h.value);
+        if name.eq_ignore_ascii_case("via") {
+            last_via = Some(out.len() - 2);
+        }
     }
     if !host_seen {
         let host = match (fwd.set_host, req.absolute) {
@@ -213,9 +212,7 @@ pub fn request_head(out: &mut Vec<u8>, req: &Request<'_, '_>, fwd: &Forward<'_>)
     }
     let _ = write!(out, "{}\r\n", fwd.client_ip);
     out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
-    if lines(req.headers, "via") == 0 {
-        header(out, b"Via", VIA);
-    }
+    add_via(out, last_via);
     if req.upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
     }
@@ -240,7 +237,7 @@ pub fn response_head(out: &mut Vec<u8>, resp: &Response<'_, '_>, reply: Reply<'_
     let named = Named::of(resp.headers);
     let switching = resp.status == 101;
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, resp.reason);
-    let mut via_left = lines(resp.headers, "via");
+    let mut last_via = None;
     let mut date_seen = false;
     for h in resp.headers {
         let name = h.name;
@@ -253,17 +250,13 @@ pub fn response_head(out: &mut Vec<u8>, resp: &Response<'_, '_>, reply: Reply<'_
         if named.drops(name) || (reply.dechunk && name.eq_ignore_ascii_case("transfer-encoding")) {
             continue;
         }
-        if name.eq_ignore_ascii_case("via") {
-            via_left -= 1;
-            via(out, name, h.value, via_left == 0);
-            continue;
-        }
         date_seen |= name.eq_ignore_ascii_case("date");
         header(out, name.as_bytes(), h.value);
+        if name.eq_ignore_ascii_case("via") {
+            last_via = Some(out.len() - 2);
+        }
     }
-    if lines(resp.headers, "via") == 0 {
-        header(out, b"Via", VIA);
-    }
+    add_via(out, last_via);
     // Interim responses need none; every final one has a Date.
     if !date_seen && resp.status >= 200 {
         header(out, b"Date", reply.date);
@@ -433,6 +426,20 @@ mod tests {
             None,
         );
         assert!(out.contains("Transfer-Encoding: chunked\r\n"), "{out}");
+    }
+
+    #[test]
+    fn via_goes_on_the_last_via_line_forwarded() {
+        // Found by fuzzing: a Via line the Connection header drops is not
+        // the one ours goes on.
+        let out = rewrite(
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: via\r\nVia: 1.0 a\r\n\r\n",
+            None,
+        );
+        assert!(
+            out.contains("Via: 1.1 ringway\r\n") && !out.contains("1.0 a"),
+            "{out}"
+        );
     }
 
     #[test]
