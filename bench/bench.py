@@ -64,6 +64,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 SCENARIOS = [
     ("small keep-alive, 8 conns", "/", 8, True),
     ("small keep-alive, 16 conns", "/", 16, True),
+    ("small keep-alive, 32 conns", "/", 32, True),
     ("small keep-alive, 64 conns", "/", 64, True),
     ("small keep-alive, 256 conns", "/", 256, True),
     ("16 KiB response, 64 conns", "/?size=16384", 64, True),
