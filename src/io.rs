@@ -6,6 +6,7 @@
 
 use std::io;
 use std::ops::Range;
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
@@ -89,5 +90,41 @@ fn io_wait(e: &io::Error) -> Wait {
     match e.kind() {
         io::ErrorKind::TimedOut => Wait::TimedOut,
         _ => Wait::Failed,
+    }
+}
+
+/// What a non-blocking one-byte `recv(MSG_PEEK)` finds on a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peeked {
+    /// The peer closed its side.
+    Closed,
+    /// Bytes are waiting.
+    Data,
+    /// Nothing yet: reading would block.
+    Empty,
+    Failed,
+}
+
+/// Looks at a socket without taking anything from it or waiting: a system
+/// call, for the paths that are not per request.
+pub fn peek(fd: RawFd) -> Peeked {
+    let mut byte = 0u8;
+    // SAFETY: `fd` is a socket its caller keeps open for the call; recv
+    // writes at most one byte into `byte`, which outlives it.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => Peeked::Closed,
+        n if n > 0 => Peeked::Data,
+        _ => match io::Error::last_os_error().kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Peeked::Empty,
+            _ => Peeked::Failed,
+        },
     }
 }

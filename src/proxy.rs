@@ -29,7 +29,7 @@ use crate::error::{Reject, UpstreamError};
 use crate::http1::body::{BodyReader, Framing};
 use crate::http1::encode::{Reply, response_head};
 use crate::http1::parse::{BadResponse, parse_response};
-use crate::io::{Wait, budget, read_more, write_buf, write_range};
+use crate::io::{Peeked, Wait, budget, peek, read_more, write_buf, write_range};
 use crate::slab::Lease;
 use crate::snapshot::Snapshot;
 
@@ -319,23 +319,10 @@ async fn client_gone(fd: RawFd) {
         if watch.readable(false).await.is_err() {
             return;
         }
-        let mut byte = 0u8;
-        // SAFETY: a valid descriptor and a one-byte buffer that outlives the call.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                (&raw mut byte).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        match n {
-            0 => return,
-            n if n > 0 => return pending().await,
-            _ => match std::io::Error::last_os_error().kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => {}
-                _ => return,
-            },
+        match peek(fd) {
+            Peeked::Closed | Peeked::Failed => return,
+            Peeked::Data => return pending().await,
+            Peeked::Empty => {}
         }
     }
 }

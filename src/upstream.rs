@@ -20,6 +20,7 @@ use monoio::net::TcpStream;
 
 use crate::config::{Timeouts, Upstream};
 use crate::error::UpstreamError;
+use crate::io::{Peeked, peek};
 
 pub struct UpstreamConn {
     pub r: OwnedReadHalf<TcpStream>,
@@ -275,19 +276,8 @@ fn wake_one(ep: &Endpoint) {
 const TRUSTED_IDLE: Duration = Duration::from_millis(200);
 
 /// An idle upstream connection is usable if reading it would block: no EOF,
-/// no stray bytes. One non-blocking `recv` with MSG_PEEK; it saves a request
-/// sent down a connection the upstream already closed.
+/// no stray bytes. One non-blocking peek; it saves a request sent down a
+/// connection the upstream already closed.
 fn still_open(fd: RawFd) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: `fd` belongs to a live TcpStream owned by the connection being
-    // checked; recv writes at most one byte into `byte`.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            (&raw mut byte).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+    peek(fd) == Peeked::Empty
 }
