@@ -144,16 +144,21 @@ def cpu_seconds(pid):
     return total / TICK
 
 
-def peak_rss_mib(pid):
+def status_kib(pid, field):
+    """A /proc status field (VmRSS, VmHWM) summed over the process tree, in KiB."""
     kib = 0
     for p in tree(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     kib += int(line.split()[1])
         except OSError:
             pass
-    return kib / 1024
+    return kib
+
+
+def peak_rss_mib(pid):
+    return status_kib(pid, "VmHWM") / 1024
 
 
 def proxy_cmd(name, tmp, port, origin):
@@ -396,15 +401,7 @@ def added_latency(tmp, origin_port, capacity, commands):
 
 
 def rss_kib(pid):
-    kib = 0
-    for p in tree(pid):
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    kib += int(line.split()[1])
-        except OSError:
-            pass
-    return kib
+    return status_kib(pid, "VmRSS")
 
 
 def one_request(sock):

@@ -79,16 +79,9 @@ const LAG_PERCENTILES: [(&str, f64); 4] = [
 ];
 
 /// The schedule lag at percentile `p` (100 is the maximum) in µs; 0 if empty.
+/// The lag histogram counts ns, so the latency scaling (µs to ms) gives µs.
 fn lag_us(h: &Histogram<u64>, p: f64) -> f64 {
-    if h.is_empty() {
-        return 0.0;
-    }
-    let ns = if p >= 100.0 {
-        h.max()
-    } else {
-        h.value_at_percentile(p)
-    };
-    ns as f64 / 1000.0
+    ringway::hgrm::percentile_ms(h, p)
 }
 
 /// Said when the generator's own lateness is a visible part of the latency:
