@@ -467,9 +467,7 @@ fn carry_on(shard: Rc<ShardState>, after: After) {
     match after {
         After::Closed => shard.conn_closed(),
         After::Idle(idle) => {
-            let f = quiet_conn(shard, idle);
-            log::warn!("DEBUG quiet {}", std::mem::size_of_val(&f));
-            monoio::spawn(f);
+            monoio::spawn(quiet_conn(shard, idle));
         }
     }
 }
