@@ -45,6 +45,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Where each key is written, to place warnings.
     pub keys: KeyLines,
+    /// The file as it was read: what `ringway ctl config` shows.
+    pub text: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +61,10 @@ pub struct Server {
     pub max_connections: usize,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Dur,
+    /// The admin socket (a Unix socket, mode 0600) that `ringway ctl` talks to.
+    pub admin_socket: Option<PathBuf>,
+    /// Reload when the config file changes (checked once a second).
+    pub watch_config: bool,
 }
 
 impl Default for Server {
@@ -68,6 +74,8 @@ impl Default for Server {
             pin_cores: true,
             max_connections: 8192,
             drain_timeout: Dur::secs(10),
+            admin_socket: None,
+            watch_config: false,
         }
     }
 }
@@ -292,7 +300,9 @@ impl Config {
         let doc = DeTable::parse(text).map_err(syntax)?;
         let keys = KeyLines::read(text, doc.get_ref());
         let file = FileConfig::deserialize(toml::de::Deserializer::from(doc)).map_err(syntax)?;
-        ConfigValidator { path, keys }.validate(file)
+        let mut config = ConfigValidator { path, keys }.validate(file)?;
+        config.text = text.to_string();
+        Ok(config)
     }
 
     pub fn workers(&self) -> usize {
@@ -456,6 +466,16 @@ impl ConfigValidator<'_> {
         if file.server.max_connections == 0 {
             return Err(self.error("server.max_connections", "must be at least 1"));
         }
+        if let Some(socket) = &file.server.admin_socket {
+            // sun_path holds 108 bytes, the terminating NUL included.
+            let len = socket.as_os_str().len();
+            if len == 0 || len > 107 {
+                return Err(self.error(
+                    "server.admin_socket",
+                    "must be a path of 1 to 107 bytes (the limit of a Unix socket address)",
+                ));
+            }
+        }
         self.check_timeouts(&file.timeouts)?;
         let listeners = self.listeners(&file.listener)?;
         let upstreams = self.upstreams(&file.upstream)?;
@@ -469,6 +489,7 @@ impl ConfigValidator<'_> {
             upstreams,
             routes,
             keys: self.keys,
+            text: String::new(),
         })
     }
 

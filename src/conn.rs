@@ -30,9 +30,9 @@ use crate::http1::encode::{Forward, request_head};
 use crate::http1::parse::{HeadError, parse_request};
 use crate::io::{Wait, budget, read_more, write_buf};
 use crate::route::Match;
-use crate::shard::ShardState;
 use crate::slab::Lease;
 use crate::snapshot::Snapshot;
+use crate::state::{Generation, ShardState};
 
 pub type ClientRead = OwnedReadHalf<TcpStream>;
 pub type ClientWrite = OwnedWriteHalf<TcpStream>;
@@ -40,8 +40,6 @@ pub type ClientWrite = OwnedWriteHalf<TcpStream>;
 /// What a served request leaves the connection to do.
 pub enum Next {
     KeepAlive,
-    /// Quiet: give the buffer back and wait as an `IdleConn`.
-    Idle,
     Close,
 }
 
@@ -149,7 +147,7 @@ pub async fn resume(shard: &ShardState, mut idle: IdleConn) -> After {
         rbuf.get_mut().push(byte[0]);
     }
     let accepted = match idle.first {
-        true => idle.until - shard.snapshot().config.timeouts.client_header.0,
+        true => idle.until - shard.current().config.timeouts.client_header.0,
         false => Instant::now(),
     };
     let conn = Conn {
@@ -194,10 +192,18 @@ pub async fn wait_idle(shard: &ShardState, idle: &mut IdleConn) -> bool {
 impl Conn<'_> {
     async fn run(mut self) -> After {
         loop {
-            let snap = self.shard.snapshot();
+            if self.rbuf.get().is_empty() {
+                match self.wait_for_request().await {
+                    Ok(()) => {}
+                    Err(Waited::Demoted) => return After::Idle(self.into_idle()),
+                    Err(Waited::Gone) => break,
+                }
+            }
+            // The generation in force when the request came: a reload
+            // while the connection waited applies to it.
+            let snap = self.shard.current();
             match self.request(&snap).await {
                 Next::KeepAlive if !self.shard.draining() => self.first = false,
-                Next::Idle => return After::Idle(self.into_idle()),
                 _ => break,
             }
         }
@@ -207,7 +213,7 @@ impl Conn<'_> {
 
     fn into_idle(mut self) -> IdleConn {
         let byte = self.byte.take().unwrap_or_else(|| Box::new([0]));
-        let t = &self.shard.snapshot().config.timeouts;
+        let t = &self.shard.current().config.timeouts;
         let until = if self.first {
             self.accepted + t.client_header.0
         } else {
@@ -224,20 +230,8 @@ impl Conn<'_> {
         }
     }
 
-    async fn request(&mut self, snap: &Snapshot) -> Next {
+    async fn request(&mut self, snap: &Generation) -> Next {
         let t = &snap.config.timeouts;
-        if self.rbuf.get().is_empty() {
-            let limit = if self.first {
-                budget(t.client_header.0, Some(self.accepted + t.client_header.0))
-            } else {
-                t.keepalive_idle.0
-            };
-            match self.wait_for_request(limit).await {
-                Ok(()) => {}
-                Err(Waited::Demoted) => return Next::Idle,
-                Err(Waited::Gone) => return Next::Close,
-            }
-        }
         let Some(mut wbuf) = self.shard.slab.lease() else {
             return self.fail(snap, None, Reject::Unavailable, "", None).await;
         };
@@ -277,6 +271,7 @@ impl Conn<'_> {
                 Err(_) => return Next::Close,
             }
         };
+        self.shard.requests.set(self.shard.requests.get() + 1);
         match plan.action {
             Step::Answer { close } => {
                 // A body we do not read would be taken for the next request.
@@ -301,10 +296,18 @@ impl Conn<'_> {
     /// Waits for the first bytes of a request into the read buffer. The
     /// shard's once-a-second demotion and a drain cancel the wait; the read
     /// then hands back its buffer, and any bytes that won the race.
-    async fn wait_for_request(&mut self, limit: Duration) -> Result<(), Waited> {
+    async fn wait_for_request(&mut self) -> Result<(), Waited> {
         if self.shard.draining() {
             return Err(Waited::Gone);
         }
+        let limit = {
+            let t = &self.shard.current().config.timeouts;
+            if self.first {
+                budget(t.client_header.0, Some(self.accepted + t.client_header.0))
+            } else {
+                t.keepalive_idle.0
+            }
+        };
         let mut buf = self.rbuf.take();
         buf.clear();
         let cap = buf.capacity();
@@ -329,7 +332,11 @@ impl Conn<'_> {
     /// Parses the head in the read buffer and decides what to do with it.
     /// Responses decided here are written into `out`; a proxied request's
     /// rewritten head is too. `Ok(None)`: the head is not complete yet.
-    fn plan<'s>(&self, snap: &'s Snapshot, out: &mut Vec<u8>) -> Result<Option<Plan<'s>>, Reject> {
+    fn plan<'s>(
+        &self,
+        snap: &'s Generation,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Plan<'s>>, Reject> {
         let cfg = &snap.config;
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
         let headers = &mut headers[..cfg.limits.max_headers];
@@ -409,7 +416,7 @@ impl Conn<'_> {
                 Ok(Some(plan))
             }
             Action::Proxy(upstream) => {
-                let pool = &self.shard.pools[upstream];
+                let pool = &snap.pools[upstream];
                 let endpoint = pool.pick();
                 let mut fallback = [0u8; 64];
                 let fallback_host = addr_text(pool.addr(endpoint), &mut fallback);

@@ -1,28 +1,106 @@
-//! The control side: compiles the config, binds every shard's listening
-//! sockets, starts the shard threads and stops them. `Server` is used by
-//! the binary (with signals) and by tests (in-process). The binary also
-//! raises the open-file limit here before it starts the shards.
+//! The control thread: it owns the config, the listening sockets' set-up,
+//! the admin socket and the shards' lifetimes. Everything that changes the
+//! running proxy goes through it as a `Command`, from signals (the binary),
+//! the admin socket (`ringway ctl`), the config file watch, or tests in the
+//! same process (`Server`). It talks to the shards only through their
+//! mailboxes (see `mailbox`).
+//!
+//! A reload: read, validate and compile the file here; bind the listeners
+//! it adds; then one `Reload` message per shard, and wait for every shard to
+//! say it has it, so that when `ctl reload` returns every new request uses
+//! the new config. A file that fails leaves the running config as it was.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use serde_json::{Value, json};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::admin::AdminSocket;
 use crate::config::Config;
-use crate::shard::{self, Mailbox, ShardSpec, ToShard};
+use crate::mailbox::{FromShard, Mailbox, ShardStats, ToShard};
+use crate::shard::{self, ShardSpec};
 use crate::snapshot::Snapshot;
 
+/// What the control thread can be asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Status,
+    Reload,
+    Config,
+    Drain,
+    Stop,
+}
+
+impl Command {
+    pub const ALL: &[(&str, Command)] = &[
+        ("status", Command::Status),
+        ("reload", Command::Reload),
+        ("config", Command::Config),
+        ("drain", Command::Drain),
+        ("stop", Command::Stop),
+    ];
+
+    pub fn parse(name: &str) -> Option<Command> {
+        Command::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, c)| c)
+    }
+}
+
+/// A command's answer: a JSON object, or what went wrong.
+pub type Reply = Result<Value, String>;
+
+/// A command and where its reply goes (nowhere for a signal).
+pub struct Envelope {
+    pub command: Command,
+    pub reply: Option<SyncSender<Reply>>,
+}
+
+/// Sends commands to the control thread; cheap to clone.
+#[derive(Clone)]
+pub struct ControlHandle(Sender<Envelope>);
+
+impl ControlHandle {
+    /// Sends a command and waits for its reply, at most `wait`.
+    pub fn ask(&self, command: Command, wait: Duration) -> Reply {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.0
+            .send(Envelope {
+                command,
+                reply: Some(tx),
+            })
+            .map_err(|_| "the control thread has stopped".to_string())?;
+        rx.recv_timeout(wait)
+            .map_err(|_| format!("no reply from the control thread within {wait:?}"))?
+    }
+
+    /// Sends a command without waiting; the control thread logs the outcome.
+    pub fn tell(&self, command: Command) {
+        let _ = self.0.send(Envelope {
+            command,
+            reply: None,
+        });
+    }
+}
+
+/// The running proxy, as its starter holds it.
 pub struct Server {
-    shards: Vec<(JoinHandle<()>, Arc<Mailbox>)>,
+    handle: ControlHandle,
+    control: Option<JoinHandle<()>>,
     addrs: Vec<(String, SocketAddr)>,
-    snapshot: Arc<Snapshot>,
 }
 
 impl Server {
-    /// Binds every listener once per shard and starts the shards. A bind
-    /// to port 0 picks a port for the first shard; the others share it.
+    /// Binds every listener once per shard, starts the shards, opens the
+    /// admin socket if one is configured, and starts the control thread. A
+    /// bind to port 0 picks a port for the first shard; the others share it.
     pub fn start(config: Config) -> anyhow::Result<Server> {
         let workers = config.workers();
         if shard::Driver::pick() == shard::Driver::Epoll
@@ -43,20 +121,25 @@ impl Server {
             Vec::new()
         };
 
-        let mut per_shard: Vec<Vec<std::net::TcpListener>> =
+        let mut per_shard: Vec<Vec<(String, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
-        let mut addrs = Vec::new();
+        let mut listeners = Vec::new();
         for l in &cfg.listeners {
-            let mut addr = l.bind;
-            for sockets in per_shard.iter_mut() {
-                let sock = bind(addr)
-                    .with_context(|| format!("listener '{}': cannot bind {addr}", l.name))?;
-                addr = sock.local_addr()?;
-                sockets.push(sock);
+            let (addr, sockets) = bind_all(&l.name, l.bind, workers)?;
+            for (shard, sock) in per_shard.iter_mut().zip(sockets) {
+                shard.push((l.name.clone(), sock));
             }
             log::info!("listener '{}' on http://{addr} ({workers} shards)", l.name);
-            addrs.push((l.name.clone(), addr));
+            listeners.push(Bound {
+                name: l.name.clone(),
+                bind: l.bind,
+                addr,
+            });
         }
+        let admin = match &cfg.server.admin_socket {
+            Some(path) => Some(AdminSocket::open(path)?),
+            None => None,
+        };
 
         let mut shards = Vec::with_capacity(workers);
         for (id, listeners) in per_shard.into_iter().enumerate() {
@@ -68,23 +151,53 @@ impl Server {
                 listeners,
                 mailbox: mailbox.clone(),
             };
-            let handle = std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name(format!("ringway-shard-{id}"))
                 .spawn(move || {
                     if let Err(e) = shard::run(spec) {
                         log::error!("shard {id} stopped: {e}");
                     }
                 })?;
-            shards.push((handle, mailbox));
+            shards.push(ShardLink {
+                mailbox,
+                thread: Some(thread),
+            });
         }
-        Ok(Server {
-            shards,
-            addrs,
+
+        let (tx, rx) = mpsc::channel();
+        let handle = ControlHandle(tx);
+        let addrs = listeners.iter().map(|b| (b.name.clone(), b.addr)).collect();
+        let mut control = Control {
+            stamp: FileStamp::read(&snapshot.config.path),
             snapshot,
+            generation: 0,
+            started: Instant::now(),
+            shards,
+            listeners,
+            last_reload: None,
+            draining: false,
+            asked: 0,
+        };
+        let admin = admin.map(|a| a.serve(handle.clone()));
+        let thread = std::thread::Builder::new()
+            .name("ringway-control".into())
+            .spawn(move || {
+                for s in &control.shards {
+                    s.mailbox.attach_control(std::thread::current());
+                }
+                control.run(rx);
+                if let Some(admin) = admin {
+                    admin.close();
+                }
+            })?;
+        Ok(Server {
+            handle,
+            control: Some(thread),
+            addrs,
         })
     }
 
-    /// The address of each listener, by name, as bound (port 0 resolved).
+    /// The address of each listener at start, by name (port 0 resolved).
     pub fn addrs(&self) -> &[(String, SocketAddr)] {
         &self.addrs
     }
@@ -93,33 +206,409 @@ impl Server {
         self.addrs[0].1
     }
 
-    pub fn snapshot(&self) -> &Snapshot {
-        &self.snapshot
+    pub fn handle(&self) -> ControlHandle {
+        self.handle.clone()
+    }
+
+    /// Asks the control thread, as `ringway ctl` does.
+    pub fn ask(&self, command: Command) -> Reply {
+        self.handle.ask(command, Duration::from_secs(30))
+    }
+
+    /// Waits until the proxy has stopped (after a `Stop` from anywhere).
+    pub fn wait(mut self) {
+        if let Some(t) = self.control.take() {
+            let _ = t.join();
+        }
     }
 
     /// Stops accepting, lets in-flight requests finish within the drain
-    /// timeout, and joins every shard.
-    pub fn shutdown(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
-        let limit = self.snapshot.config.server.drain_timeout.0;
-        for (_, mailbox) in &self.shards {
-            if mailbox.send(ToShard::Drain(limit)).is_err() {
-                log::warn!("a shard's mailbox is full; it will stop with its thread");
-            }
-        }
-        for (handle, _) in self.shards.drain(..) {
-            let _ = handle.join();
-        }
+    /// timeout, and joins every shard and the control thread.
+    pub fn shutdown(self) {
+        self.handle.tell(Command::Stop);
+        self.wait();
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(t) = self.control.take() {
+            self.handle.tell(Command::Stop);
+            let _ = t.join();
+        }
     }
+}
+
+/// A listener as bound: its name and configured address, and the address
+/// it got (the port chosen, for port 0).
+struct Bound {
+    name: String,
+    bind: SocketAddr,
+    addr: SocketAddr,
+}
+
+struct ShardLink {
+    mailbox: Arc<Mailbox>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Control {
+    snapshot: Arc<Snapshot>,
+    generation: u64,
+    started: Instant,
+    shards: Vec<ShardLink>,
+    listeners: Vec<Bound>,
+    /// When the last reload was tried and what came of it.
+    last_reload: Option<(SystemTime, Result<u64, String>)>,
+    draining: bool,
+    /// Numbers the stats requests, so a late reply to an earlier one is
+    /// told apart.
+    asked: u64,
+    /// The config file as last read, for `server.watch_config`.
+    stamp: Option<FileStamp>,
+}
+
+/// How long the control thread waits for every shard to answer.
+const SHARD_REPLY: Duration = Duration::from_secs(5);
+
+impl Control {
+    fn run(&mut self, commands: Receiver<Envelope>) {
+        loop {
+            let envelope = match commands.recv_timeout(Duration::from_secs(1)) {
+                Ok(e) => e,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.watch();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let command = envelope.command;
+            if command == Command::Stop {
+                log::info!("stopping: draining connections");
+                if let Some(r) = envelope.reply {
+                    let _ = r.send(Ok(json!({ "stopping": true })));
+                }
+                break;
+            }
+            let reply = self.handle(command);
+            match (&reply, envelope.reply) {
+                (_, Some(r)) => {
+                    let _ = r.send(reply);
+                }
+                (Err(e), None) => log::error!("{command:?}: {e}"),
+                (Ok(_), None) => {}
+            }
+        }
+        self.stop();
+        log::info!("stopped");
+    }
+
+    fn handle(&mut self, command: Command) -> Reply {
+        match command {
+            Command::Status => Ok(self.status()),
+            Command::Reload => self.reload(),
+            Command::Config => Ok(json!({
+                "file": self.snapshot.config.path.display().to_string(),
+                "generation": self.generation,
+                "toml": self.snapshot.config.text,
+            })),
+            Command::Drain => {
+                self.draining = true;
+                for s in &self.shards {
+                    send(&s.mailbox, ToShard::Drain)?;
+                }
+                log::info!("draining: not accepting; in-flight requests finish");
+                Ok(json!({ "draining": true }))
+            }
+            Command::Stop => unreachable!("handled by run"),
+        }
+    }
+
+    fn status(&mut self) -> Value {
+        self.asked += 1;
+        let asked = self.asked;
+        let mut stats: Vec<Option<ShardStats>> = vec![None; self.shards.len()];
+        for s in &self.shards {
+            let _ = send(&s.mailbox, ToShard::Stats(asked));
+        }
+        self.collect(|i, reply| match reply {
+            FromShard::Stats(n, st) if n == asked => {
+                stats[i] = Some(st);
+                true
+            }
+            _ => false,
+        });
+        let last_reload = self.last_reload.as_ref().map(|(at, r)| {
+            let at = httpdate::fmt_http_date(*at);
+            match r {
+                Ok(g) => json!({ "at": at, "ok": true, "generation": g }),
+                Err(e) => json!({ "at": at, "ok": false, "error": e }),
+            }
+        });
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "config": self.snapshot.config.path.display().to_string(),
+            "generation": self.generation,
+            "draining": self.draining,
+            "last_reload": last_reload,
+            "listeners": self.listeners.iter().map(|b| json!({
+                "name": b.name, "addr": b.addr.to_string(),
+            })).collect::<Vec<_>>(),
+            "shards": stats.iter().enumerate().map(|(i, s)| match s {
+                Some(s) => json!(s),
+                None => json!({ "shard": i, "error": "no answer" }),
+            }).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Waits until `take` has accepted a reply from every shard, or
+    /// `SHARD_REPLY` has passed; says which shards did not answer.
+    fn collect(&self, mut take: impl FnMut(usize, FromShard) -> bool) -> Vec<usize> {
+        let deadline = Instant::now() + SHARD_REPLY;
+        let mut done = vec![false; self.shards.len()];
+        loop {
+            for (i, s) in self.shards.iter().enumerate() {
+                while !done[i]
+                    && let Some(reply) = s.mailbox.reply()
+                {
+                    done[i] = take(i, reply);
+                }
+            }
+            let now = Instant::now();
+            if done.iter().all(|&d| d) || now >= deadline {
+                break;
+            }
+            // A shard's reply unparks this thread.
+            std::thread::park_timeout(deadline - now);
+        }
+        (0..done.len()).filter(|&i| !done[i]).collect()
+    }
+
+    fn reload(&mut self) -> Reply {
+        let result = self.try_reload();
+        match &result {
+            Ok(_) => log::info!("reload: generation {} in force", self.generation),
+            Err(e) => log::error!("reload rejected, the running config stays: {e}"),
+        }
+        let outcome = result
+            .as_ref()
+            .map(|_| self.generation)
+            .map_err(Clone::clone);
+        self.last_reload = Some((SystemTime::now(), outcome));
+        result
+    }
+
+    fn try_reload(&mut self) -> Reply {
+        let path = self.snapshot.config.path.clone();
+        self.stamp = FileStamp::read(&path);
+        let mut config = Config::load(&path).map_err(|e| e.to_string())?;
+        let restart = self.keep_start_only(&mut config);
+
+        // Listeners: the same name and address stay open as they are.
+        let workers = self.shards.len();
+        let removed: Vec<String> = self
+            .listeners
+            .iter()
+            .filter(|b| {
+                !config
+                    .listeners
+                    .iter()
+                    .any(|l| l.name == b.name && l.bind == b.bind)
+            })
+            .map(|b| b.name.clone())
+            .collect();
+        let mut added = Vec::new();
+        let mut listen: Vec<Vec<(String, std::net::TcpListener)>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        for l in &config.listeners {
+            if self
+                .listeners
+                .iter()
+                .any(|b| b.name == l.name && b.bind == l.bind)
+            {
+                continue;
+            }
+            let (addr, sockets) =
+                bind_all(&l.name, l.bind, workers).map_err(|e| format!("{e:#}"))?;
+            for (shard, sock) in listen.iter_mut().zip(sockets) {
+                shard.push((l.name.clone(), sock));
+            }
+            added.push(Bound {
+                name: l.name.clone(),
+                bind: l.bind,
+                addr,
+            });
+        }
+
+        let snapshot = Arc::new(Snapshot::compile(config));
+        for w in &snapshot.warnings {
+            log::warn!("config: {w}");
+        }
+        let generation = self.generation + 1;
+        for (s, listen) in self.shards.iter().zip(listen) {
+            let msg = ToShard::Reload {
+                snapshot: snapshot.clone(),
+                generation,
+                listen,
+                unlisten: removed.clone(),
+            };
+            send(&s.mailbox, msg)?;
+        }
+        let late =
+            self.collect(|_, reply| matches!(reply, FromShard::Reloaded(g) if g == generation));
+        self.generation = generation;
+        self.snapshot = snapshot.clone();
+        self.listeners.retain(|b| !removed.contains(&b.name));
+        for b in &added {
+            log::info!(
+                "listener '{}' on http://{} (added by reload)",
+                b.name,
+                b.addr
+            );
+        }
+        for name in &removed {
+            log::info!("listener '{name}' closed (removed by reload)");
+        }
+        self.listeners.extend(added);
+        if !late.is_empty() {
+            log::warn!(
+                "reload: shards {late:?} had not taken generation {generation} within {SHARD_REPLY:?}"
+            );
+        }
+        Ok(json!({
+            "generation": generation,
+            "warnings": snapshot.warnings,
+            "restart_needed": restart,
+            "listeners": self.listeners.iter().map(|b| json!({
+                "name": b.name, "addr": b.addr.to_string(),
+            })).collect::<Vec<_>>(),
+            "late_shards": late,
+        }))
+    }
+
+    /// Settings a running proxy cannot change keep their running values in
+    /// `config`; each one that differs is named, for a restart to apply.
+    fn keep_start_only(&self, config: &mut Config) -> Vec<String> {
+        let running = &self.snapshot.config;
+        let mut restart = Vec::new();
+        let mut keep = |key: &str, new: String, old: String| {
+            if new != old {
+                restart.push(format!("{key}: {old} -> {new} (needs a restart)"));
+            }
+        };
+        keep(
+            "server.workers",
+            config.server.workers.to_string(),
+            running.server.workers.to_string(),
+        );
+        keep(
+            "server.pin_cores",
+            config.server.pin_cores.to_string(),
+            running.server.pin_cores.to_string(),
+        );
+        keep(
+            "server.admin_socket",
+            format!("{:?}", config.server.admin_socket),
+            format!("{:?}", running.server.admin_socket),
+        );
+        keep(
+            "limits.buffer_size",
+            config.limits.buffer_size.0.to_string(),
+            running.limits.buffer_size.0.to_string(),
+        );
+        keep(
+            "limits.max_buffer_bytes",
+            config.limits.max_buffer_bytes.0.to_string(),
+            running.limits.max_buffer_bytes.0.to_string(),
+        );
+        config.server.workers = running.server.workers;
+        config.server.pin_cores = running.server.pin_cores;
+        config.server.admin_socket = running.server.admin_socket.clone();
+        config.limits.buffer_size = running.limits.buffer_size;
+        config.limits.max_buffer_bytes = running.limits.max_buffer_bytes;
+        for r in &restart {
+            log::warn!("reload: {r}");
+        }
+        restart
+    }
+
+    /// With `server.watch_config`: reloads when the file has changed.
+    fn watch(&mut self) {
+        if !self.snapshot.config.server.watch_config {
+            return;
+        }
+        let now = FileStamp::read(&self.snapshot.config.path);
+        if now.is_some() && now != self.stamp {
+            log::info!("config file changed: reloading");
+            let _ = self.reload();
+        }
+    }
+
+    /// Drains every shard within the drain timeout and joins them.
+    fn stop(&mut self) {
+        let limit = self.snapshot.config.server.drain_timeout.0;
+        for s in &self.shards {
+            if let Err(e) = send(&s.mailbox, ToShard::Stop(limit)) {
+                log::warn!("{e}; it stops with the process");
+            }
+        }
+        for s in &mut self.shards {
+            if let Some(t) = s.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// Sends to a shard, retrying with back-off for up to a second while its
+/// queue is full (a shard handles its messages as they come: a full queue
+/// means it is stuck or gone).
+fn send(mailbox: &Mailbox, mut msg: ToShard) -> Result<(), String> {
+    let mut wait = Duration::from_millis(1);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match mailbox.send(msg) {
+            Ok(()) => return Ok(()),
+            Err(back) if Instant::now() < deadline => {
+                msg = back;
+                // The control thread's own back-off; no shard waits on it.
+                #[allow(clippy::disallowed_methods)]
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(100));
+            }
+            Err(_) => return Err("a shard's queue stayed full for 1s".into()),
+        }
+    }
+}
+
+/// The config file's modification time and size: a change to either is
+/// taken for an edit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp(SystemTime, u64);
+
+impl FileStamp {
+    fn read(path: &Path) -> Option<FileStamp> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp(m.modified().ok()?, m.len()))
+    }
+}
+
+/// Binds `addr` once per shard (SO_REUSEPORT); a port 0 is chosen by the
+/// first bind and shared by the rest.
+fn bind_all(
+    name: &str,
+    mut addr: SocketAddr,
+    workers: usize,
+) -> anyhow::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+    let mut sockets = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let sock = bind(addr).with_context(|| format!("listener '{name}': cannot bind {addr}"))?;
+        addr = sock.local_addr()?;
+        sockets.push(sock);
+    }
+    Ok((addr, sockets))
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

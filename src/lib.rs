@@ -21,6 +21,7 @@
 //! rewrite the head) → `proxy::exchange` (pool checkout, `pump` ‖ `relay`,
 //! checkin) → back to `conn::serve` for the next request on the connection.
 
+pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod control;
@@ -29,11 +30,13 @@ pub mod error;
 pub mod hgrm;
 pub mod http1;
 pub mod io;
+pub mod mailbox;
 pub mod proxy;
 pub mod route;
 pub mod shard;
 pub mod slab;
 pub mod snapshot;
+pub mod state;
 pub mod upstream;
 
 pub use config::Config;

@@ -7,8 +7,10 @@ use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use ringway::control::FileLimit;
+use ringway::control::{Command as ControlCommand, FileLimit};
 use ringway::{Config, Server, Snapshot};
+
+mod ctl;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -31,11 +33,31 @@ struct Cli {
 enum Command {
     /// Validate the config and print the compiled routes; exit 1 if invalid.
     Check,
+    /// Talk to a running ringway over its admin socket: status, reload,
+    /// config, drain or stop. Exit 0 when the command succeeded.
+    Ctl {
+        /// The admin socket; by default `server.admin_socket` of the config.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print the reply as the raw JSON line.
+        #[arg(long)]
+        json: bool,
+        /// status | reload | config | drain | stop
+        command: String,
+    },
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if let Some(Command::Ctl {
+        socket,
+        json,
+        command,
+    }) = &cli.command
+    {
+        return ctl::run(&cli.config, socket.as_deref(), command, *json);
+    }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -53,6 +75,7 @@ fn main() -> ExitCode {
             println!("{}: ok", cli.config.display());
             ExitCode::SUCCESS
         }
+        Some(Command::Ctl { .. }) => unreachable!("handled above"),
         None => match run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -63,24 +86,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs the proxy until a signal or `ctl stop` ends it: SIGHUP reloads the
+/// config, SIGTERM and SIGINT stop it gracefully.
 fn run(config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     open_file_limit(&config);
     let server = Server::start(config)?;
-    for signal in signals.forever() {
-        match signal {
-            SIGHUP => log::warn!(
-                "SIGHUP: hot reload is not implemented yet; restart to apply config changes"
-            ),
-            _ => break,
-        }
-    }
-    log::info!("shutting down: draining connections");
-    server.shutdown();
-    log::info!("stopped");
+    let control = server.handle();
+    let signal_handle = signals.handle();
+    std::thread::Builder::new()
+        .name("ringway-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                match signal {
+                    SIGHUP => {
+                        log::info!("SIGHUP: reloading the config");
+                        control.tell(ControlCommand::Reload);
+                    }
+                    _ => control.tell(ControlCommand::Stop),
+                }
+            }
+        })?;
+    server.wait();
+    signal_handle.close();
     Ok(())
 }
-
 /// Raises the soft open-file limit to the hard one, says what both are, and
 /// warns if the shards may want more descriptors than that.
 fn open_file_limit(config: &Config) {

@@ -32,6 +32,7 @@ use crate::http1::parse::{BadResponse, parse_response};
 use crate::io::{Peeked, Wait, budget, peek, read_more, write_buf, write_range};
 use crate::slab::Lease;
 use crate::snapshot::Snapshot;
+use crate::state::Generation;
 
 type UpRead = OwnedReadHalf<TcpStream>;
 type UpWrite = OwnedWriteHalf<TcpStream>;
@@ -89,14 +90,14 @@ enum RelayError {
 
 pub async fn exchange(
     conn: &mut Conn<'_>,
-    snap: &Snapshot,
+    snap: &Generation,
     plan: &Plan<'_>,
     wbuf: &mut Lease,
     upstream: usize,
     endpoint: usize,
 ) -> Next {
     let shard = conn.shard;
-    let pool = &shard.pools[upstream];
+    let pool = &snap.pools[upstream];
     let t = &snap.config.timeouts;
     let Some(mut ubuf) = shard.slab.lease() else {
         return fail(conn, snap, plan, wbuf, Reject::Unavailable, None).await;

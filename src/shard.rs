@@ -3,174 +3,33 @@
 //! sockets (SO_REUSEPORT), buffer slab, upstream pools and counters; the
 //! request path touches nothing another thread can see.
 //!
-//! The control thread talks to a shard through its `Mailbox`: a bounded
-//! lock-free queue plus a waker, so an idle shard sleeps in the kernel until
-//! a message or a connection arrives.
+//! The control thread talks to a shard through its `Mailbox` (see
+//! `mailbox`): an idle shard sleeps in the kernel until a message or a
+//! connection arrives.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
-use atomic_waker::AtomicWaker;
-use crossbeam_queue::ArrayQueue;
 use monoio::io::{CancelHandle, Canceller};
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::conn::{self, After, IdleConn};
-use crate::date::HttpDate;
-use crate::slab::Slab;
+use crate::mailbox::{FromShard, Mailbox, ShardStats, ToShard};
 use crate::snapshot::Snapshot;
-use crate::upstream::UpstreamPool;
-
-/// A message from the control thread.
-#[derive(Debug)]
-pub enum ToShard {
-    /// Stop accepting, let in-flight requests finish for at most this long, exit.
-    Drain(Duration),
-}
-
-pub struct Mailbox {
-    queue: ArrayQueue<ToShard>,
-    waker: AtomicWaker,
-}
-
-impl Mailbox {
-    pub fn new() -> Arc<Mailbox> {
-        Arc::new(Mailbox {
-            queue: ArrayQueue::new(16),
-            waker: AtomicWaker::new(),
-        })
-    }
-
-    /// Gives the message back if the queue is full.
-    pub fn send(&self, msg: ToShard) -> Result<(), ToShard> {
-        self.queue.push(msg)?;
-        self.waker.wake();
-        Ok(())
-    }
-
-    async fn recv(&self) -> ToShard {
-        poll_fn(|cx| {
-            if let Some(m) = self.queue.pop() {
-                return Poll::Ready(m);
-            }
-            self.waker.register(cx.waker());
-            match self.queue.pop() {
-                Some(m) => Poll::Ready(m),
-                None => Poll::Pending,
-            }
-        })
-        .await
-    }
-}
-
-/// Everything a shard owns; shared by its tasks through an `Rc`.
-pub struct ShardState {
-    pub id: usize,
-    /// The config in force. A reload replaces the outer `Rc`; requests in
-    /// flight keep the snapshot they started with. The `Rc` makes a request's
-    /// reference a plain increment instead of an atomic one on a cache line
-    /// every shard shares.
-    #[allow(clippy::redundant_allocation)]
-    snapshot: RefCell<Rc<Arc<Snapshot>>>,
-    pub slab: Rc<Slab>,
-    /// Indexed like the snapshot's upstreams.
-    pub pools: Vec<UpstreamPool>,
-    /// Small buffers for error responses when `slab` has none to give.
-    pub replies: Rc<Slab>,
-    /// The `Date` header value, current to the second.
-    pub date: HttpDate,
-    /// Exchanges given up because the client closed before the response.
-    pub client_aborts: Cell<u64>,
-    conns: Cell<usize>,
-    /// Cancel the waits for a next request that hold a read buffer, in two
-    /// generations: each second the older one is cancelled, which demotes
-    /// connections quiet for one to two seconds (see `conn`).
-    waiting: RefCell<[Canceller; 2]>,
-    waiting_now: Cell<usize>,
-    /// Cancel the waits of demoted connections, bucketed by the second
-    /// their limit ends (`QUIET_BUCKETS` seconds round): a wheel of timers
-    /// that costs a quiet connection no timer of its own.
-    quiet: RefCell<Vec<Canceller>>,
-    /// Seconds are counted from here for `quiet`.
-    epoch: Instant,
-    /// The last second whose quiet bucket was cancelled.
-    expired: Cell<u64>,
-    draining: Cell<bool>,
-    drained: Cell<Option<Waker>>,
-}
-
-impl ShardState {
-    #[allow(clippy::redundant_allocation)]
-    pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
-        self.snapshot.borrow().clone()
-    }
-
-    pub fn waiting_handle(&self) -> CancelHandle {
-        self.waiting.borrow()[self.waiting_now.get()].handle()
-    }
-
-    /// For a quiet connection whose wait ends at `until`: cancelled in the
-    /// first housekeeping tick at or after `until` (or, for a limit more than
-    /// `QUIET_BUCKETS` seconds away, earlier: the wait then starts again).
-    pub fn quiet_handle(&self, until: Instant) -> CancelHandle {
-        let second = until
-            .saturating_duration_since(self.epoch)
-            .as_secs_f64()
-            .ceil() as u64;
-        self.quiet.borrow()[second as usize % QUIET_BUCKETS].handle()
-    }
-
-    /// Cancels the waits for a next request that began before the last
-    /// tick: such a connection gives its buffer back and goes on as an
-    /// `IdleConn`. Waits begun since are left for the next tick.
-    fn demote_waiting(&self) {
-        let older = self.waiting_now.get() ^ 1;
-        let mut waiting = self.waiting.borrow_mut();
-        let cancelled = std::mem::take(&mut waiting[older]).cancel();
-        waiting[older] = cancelled;
-        self.waiting_now.set(older);
-    }
-
-    /// Cancels the quiet waits whose limit has passed.
-    fn expire_quiet(&self, now: Instant) {
-        let second = now.saturating_duration_since(self.epoch).as_secs();
-        let from = (self.expired.get() + 1).max(second.saturating_sub(QUIET_BUCKETS as u64 - 1));
-        let mut quiet = self.quiet.borrow_mut();
-        for s in from..=second {
-            let bucket = &mut quiet[s as usize % QUIET_BUCKETS];
-            *bucket = std::mem::take(bucket).cancel();
-        }
-        self.expired.set(second);
-    }
-
-    pub fn draining(&self) -> bool {
-        self.draining.get()
-    }
-
-    fn conn_opened(&self) {
-        self.conns.set(self.conns.get() + 1);
-    }
-
-    pub(crate) fn conn_closed(&self) {
-        self.conns.set(self.conns.get() - 1);
-        if self.conns.get() == 0
-            && let Some(w) = self.drained.take()
-        {
-            w.wake();
-        }
-    }
-}
+use crate::state::ShardState;
 
 pub struct ShardSpec {
     pub id: usize,
     pub core: Option<core_affinity::CoreId>,
     pub snapshot: Arc<Snapshot>,
-    pub listeners: Vec<std::net::TcpListener>,
+    /// Each listener by name, bound for this shard.
+    pub listeners: Vec<(String, std::net::TcpListener)>,
     pub mailbox: Arc<Mailbox>,
 }
 
@@ -252,7 +111,7 @@ pub fn run(spec: ShardSpec) -> std::io::Result<()> {
             .enable_timer()
             .build()
     };
-    let mut rt = match Driver::pick() {
+    let (mut rt, driver) = match Driver::pick() {
         Driver::IoUring => {
             let setup = RingSetup::pick();
             let rt = match uring(setup) {
@@ -268,114 +127,174 @@ pub fn run(spec: ShardSpec) -> std::io::Result<()> {
                 Err(e) => return Err(e),
             };
             log::info!("shard {}: io_uring driver ({setup:?})", spec.id);
-            Runtime::from(rt)
+            (Runtime::from(rt), format!("io_uring ({setup:?})"))
         }
         Driver::Epoll => {
             let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                 .enable_timer()
                 .build()?;
             log::info!("shard {}: epoll driver", spec.id);
-            Runtime::from(rt)
+            (Runtime::from(rt), "epoll".to_string())
         }
     };
-    rt.block_on(serve(spec))
+    rt.block_on(serve(spec, driver))
 }
 
-async fn serve(spec: ShardSpec) -> std::io::Result<()> {
-    let snapshot = spec.snapshot;
-    let limits = snapshot.config.limits;
-    let shard = Rc::new(ShardState {
-        id: spec.id,
-        slab: Slab::new(limits.buffer_size.get(), limits.max_buffer_bytes.get()),
-        pools: snapshot
-            .config
-            .upstreams
-            .iter()
-            .map(UpstreamPool::new)
-            .collect(),
-        replies: Slab::new(REPLY_BUFFER, REPLY_BUFFER * REPLY_BUFFERS),
-        date: HttpDate::new(SystemTime::now()),
-        client_aborts: Cell::new(0),
-        snapshot: RefCell::new(Rc::new(snapshot)),
-        conns: Cell::new(0),
-        waiting: RefCell::new([Canceller::new(), Canceller::new()]),
-        waiting_now: Cell::new(0),
-        quiet: RefCell::new((0..QUIET_BUCKETS).map(|_| Canceller::new()).collect()),
-        epoch: Instant::now(),
-        expired: Cell::new(0),
-        draining: Cell::new(false),
-        drained: Cell::new(None),
-    });
+async fn serve(spec: ShardSpec, driver: String) -> std::io::Result<()> {
+    let shard = Rc::new(ShardState::new(spec.id, driver, spec.snapshot));
     monoio::spawn(housekeeping(shard.clone()));
-    let stop_accepting = Canceller::new();
-    for l in spec.listeners {
-        let listener = TcpListener::from_std(l)?;
-        monoio::spawn(accept(shard.clone(), listener, stop_accepting.handle()));
+    let mut listeners = Listeners::default();
+    for (name, l) in spec.listeners {
+        listeners.start(&shard, name, l)?;
     }
-
-    // Control messages. A new snapshot will be handed over here (hot reload).
-    match spec.mailbox.recv().await {
-        ToShard::Drain(limit) => {
-            shard.draining.set(true);
-            stop_accepting.cancel();
-            let waits = shard
-                .waiting
-                .borrow_mut()
-                .iter_mut()
-                .map(std::mem::take)
-                .collect::<Vec<_>>();
-            let quiet = shard
-                .quiet
-                .borrow_mut()
-                .iter_mut()
-                .map(std::mem::take)
-                .collect::<Vec<_>>();
-            for waits in waits.into_iter().chain(quiet) {
-                waits.cancel();
-            }
-            let all_closed = poll_fn(|cx| {
-                if shard.conns.get() == 0 {
-                    Poll::Ready(())
-                } else {
-                    shard.drained.set(Some(cx.waker().clone()));
-                    Poll::Pending
+    let mailbox = spec.mailbox;
+    loop {
+        match mailbox.recv().await {
+            ToShard::Reload {
+                snapshot,
+                generation,
+                listen,
+                unlisten,
+            } => {
+                shard.reload(snapshot, generation);
+                for name in unlisten {
+                    listeners.stop(&name);
                 }
-            });
-            if monoio::time::timeout(limit, all_closed).await.is_err() {
-                log::warn!(
-                    "shard {}: drain timeout, closing {} connections",
-                    shard.id,
-                    shard.conns.get()
-                );
+                for (name, l) in listen {
+                    if let Err(e) = listeners.start(&shard, name.clone(), l) {
+                        log::error!("shard {}: listener '{name}': {e}", shard.id);
+                    }
+                }
+                mailbox.answer(FromShard::Reloaded(generation));
+            }
+            ToShard::Stats(n) => mailbox.answer(FromShard::Stats(n, stats(&shard))),
+            ToShard::Drain => drain(&shard, &mut listeners),
+            ToShard::Stop(limit) => {
+                drain(&shard, &mut listeners);
+                let all_closed = poll_fn(|cx| {
+                    if shard.conns() == 0 {
+                        Poll::Ready(())
+                    } else {
+                        shard.drained.set(Some(cx.waker().clone()));
+                        Poll::Pending
+                    }
+                });
+                if monoio::time::timeout(limit, all_closed).await.is_err() {
+                    log::warn!(
+                        "shard {}: drain timeout, closing {} connections",
+                        shard.id,
+                        shard.conns()
+                    );
+                }
+                return Ok(());
             }
         }
     }
-    Ok(())
 }
 
-/// How many seconds the wheel of quiet-connection limits spans.
-const QUIET_BUCKETS: usize = 64;
+/// Stops accepting everywhere and closes connections waiting for a next
+/// request; those in the middle of one close after it.
+fn drain(shard: &ShardState, listeners: &mut Listeners) {
+    shard.draining.set(true);
+    listeners.stop_all();
+    shard.cancel_waits();
+}
 
-/// An error response is at most this long (the longest 405 `Allow` list
-/// included); that many of them can be in flight when the slab is exhausted.
-const REPLY_BUFFER: usize = 1024;
-const REPLY_BUFFERS: usize = 64;
+fn stats(shard: &ShardState) -> ShardStats {
+    ShardStats {
+        shard: shard.id,
+        generation: shard.current().number,
+        driver: shard.driver.clone(),
+        connections: shard.conns(),
+        requests: shard.requests.get(),
+        client_aborts: shard.client_aborts.get(),
+        buffers_leased: shard.slab.leased(),
+        buffers_max: shard.slab.max(),
+        draining: shard.draining(),
+    }
+}
 
-async fn accept(shard: Rc<ShardState>, listener: TcpListener, stop: CancelHandle) {
-    let max = shard.snapshot().config.server.max_connections;
+/// The accept tasks of a shard, by listener name; each stops on its own.
+#[derive(Default)]
+struct Listeners(HashMap<String, Stop>);
+
+/// Stops one accept task: the flag says the cancelled accept was meant.
+struct Stop {
+    canceller: Canceller,
+    stopped: Rc<Cell<bool>>,
+}
+
+impl Listeners {
+    fn start(
+        &mut self,
+        shard: &Rc<ShardState>,
+        name: String,
+        l: std::net::TcpListener,
+    ) -> std::io::Result<()> {
+        let listener = TcpListener::from_std(l)?;
+        let stop = Stop {
+            canceller: Canceller::new(),
+            stopped: Rc::new(Cell::new(false)),
+        };
+        monoio::spawn(accept(
+            shard.clone(),
+            listener,
+            stop.canceller.handle(),
+            stop.stopped.clone(),
+        ));
+        if let Some(old) = self.0.insert(name, stop) {
+            old.stop();
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self, name: &str) {
+        if let Some(s) = self.0.remove(name) {
+            s.stop();
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for (_, s) in self.0.drain() {
+            s.stop();
+        }
+    }
+}
+
+impl Stop {
+    fn stop(self) {
+        self.stopped.set(true);
+        self.canceller.cancel();
+    }
+}
+
+/// Accepts until stopped; the listening socket closes when it returns.
+async fn accept(
+    shard: Rc<ShardState>,
+    listener: TcpListener,
+    cancel: CancelHandle,
+    stopped: Rc<Cell<bool>>,
+) {
     let mut backoff = AcceptBackoff::default();
     loop {
-        match listener.cancelable_accept(stop.clone()).await {
+        match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {
                 backoff.reset();
-                if shard.conns.get() >= max {
+                if stopped.get() {
+                    // Accepted as the stop came: serve it, then stop.
+                    shard.conn_opened();
+                    monoio::spawn(serve_conn(shard.clone(), stream, peer));
+                    return;
+                }
+                let max = shard.current().config.server.max_connections;
+                if shard.conns() >= max {
                     monoio::spawn(refuse(shard.clone(), stream));
                     continue;
                 }
                 shard.conn_opened();
                 monoio::spawn(serve_conn(shard.clone(), stream, peer));
             }
-            Err(_) if shard.draining() => return,
+            Err(_) if stopped.get() => return,
             Err(e) => {
                 // Out of descriptors (EMFILE, ENFILE) or kernel memory: the
                 // pending connection stays queued, so retrying at once would
@@ -435,7 +354,7 @@ async fn housekeeping(shard: Rc<ShardState>) {
         let now = Instant::now();
         shard.expire_quiet(now);
         shard.slab.trim();
-        for pool in &shard.pools {
+        for pool in &shard.current().pools {
             pool.sweep(now, tick);
         }
     }

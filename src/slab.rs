@@ -47,6 +47,11 @@ impl Slab {
         self.leased.get()
     }
 
+    /// How many buffers may be leased at once.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// Frees half the spare buffers beyond a few: called once a second, so
     /// the memory of a burst goes back to the allocator (and the system)
     /// within seconds while a steady load keeps what it uses.

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -57,30 +58,45 @@ impl Endpoint {
 
 pub struct UpstreamPool {
     cfg: Upstream,
-    endpoints: Vec<Endpoint>,
+    /// Shared with the pools of other generations of the same upstream
+    /// that have the same endpoint: its connections outlive a reload.
+    endpoints: Vec<Rc<Endpoint>>,
     next: Cell<usize>,
     next_waiter: Cell<u64>,
 }
 
 impl UpstreamPool {
-    pub fn new(cfg: &Upstream) -> UpstreamPool {
+    /// A pool for `cfg`; the endpoints it shares with `previous` (the same
+    /// upstream in the config before a reload) are taken over as they are,
+    /// open and idle connections included.
+    pub fn new(cfg: &Upstream, previous: Option<&UpstreamPool>) -> UpstreamPool {
         UpstreamPool {
             endpoints: cfg
                 .endpoints
                 .iter()
-                .map(|&addr| Endpoint {
-                    addr,
-                    idle: RefCell::new(Vec::with_capacity(cfg.max_idle_per_endpoint)),
-                    open: Cell::new(0),
-                    peak: Cell::new(0),
-                    last_peak: Cell::new(0),
-                    waiters: RefCell::new(VecDeque::new()),
+                .map(|&addr| {
+                    let kept = previous.and_then(|p| p.endpoints.iter().find(|e| e.addr == addr));
+                    match kept {
+                        Some(ep) => ep.clone(),
+                        None => Rc::new(Endpoint {
+                            addr,
+                            idle: RefCell::new(Vec::with_capacity(cfg.max_idle_per_endpoint)),
+                            open: Cell::new(0),
+                            peak: Cell::new(0),
+                            last_peak: Cell::new(0),
+                            waiters: RefCell::new(VecDeque::new()),
+                        }),
+                    }
                 })
                 .collect(),
             cfg: cfg.clone(),
             next: Cell::new(0),
             next_waiter: Cell::new(0),
         }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
     }
 
     /// The endpoint the next request goes to.
@@ -104,13 +120,18 @@ impl UpstreamPool {
         let ep = &self.endpoints[endpoint];
         // Counted as in use from here: this request needs a connection.
         ep.peak.set(ep.peak.get().max(ep.busy() + 1));
-        if !fresh && let Some(conn) = self.take_idle(ep, Instant::now()) {
+        if !fresh && let Some(mut conn) = self.take_idle(ep, Instant::now()) {
+            // Put in by another generation's pool, maybe at another index.
+            conn.endpoint = endpoint;
             return Ok((conn, true));
         }
         if ep.open.get() >= self.cfg.max_per_endpoint {
             let wait = self.wait_for_slot(ep, fresh);
             match monoio::time::timeout(self.cfg.queue_timeout, wait).await {
-                Ok(Some(conn)) => return Ok((conn, true)),
+                Ok(Some(mut conn)) => {
+                    conn.endpoint = endpoint;
+                    return Ok((conn, true));
+                }
                 Ok(None) => {}
                 Err(_) => return Err(UpstreamError::Saturated),
             }

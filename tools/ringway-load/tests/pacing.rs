@@ -65,6 +65,8 @@ fn open_loop_at_1000_per_second_measures_what_closed_loop_does() {
 /// The p50 in µs of 1,000 requests from a blocking client on one
 /// connection: back to back, or one each `period`, measured from its due
 /// time (the thread sleeps to 200 µs before it, then spins).
+// A plain test thread, not a shard: its sleep blocks nothing else.
+#[allow(clippy::disallowed_methods)]
 fn plain_p50(addr: SocketAddr, period: Option<Duration>) -> f64 {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_nodelay(true).unwrap();

@@ -1,0 +1,181 @@
+//! The admin socket: a Unix socket (mode 0600) that `ringway ctl` talks to.
+//!
+//! The protocol is one JSON request line, one JSON reply line, then the
+//! server closes:
+//!
+//! ```text
+//! → {"command":"status"}
+//! ← {"ok":true,"result":{...}}
+//! ← {"ok":false,"error":"unknown command \"x\"; commands: status, reload, config, drain, stop"}
+//! ```
+//!
+//! Each client is served on a thread of its own, at most `MAX_CLIENTS` at a
+//! time, with a deadline on every read and write: a slow or silent client
+//! holds only its own thread, never the control thread.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::control::{Command, ControlHandle};
+
+/// The longest request line taken.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Admin clients served at once; more are told so and closed.
+const MAX_CLIENTS: usize = 16;
+/// A client's time to send its request, and to take the reply.
+const CLIENT_IO: Duration = Duration::from_secs(5);
+/// How long a command may take (a reload waits for every shard).
+const COMMAND: Duration = Duration::from_secs(30);
+
+/// The socket, bound and not yet served.
+pub struct AdminSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+/// The socket while it is served.
+pub struct AdminServer {
+    path: PathBuf,
+    closing: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl AdminSocket {
+    /// Binds `path`. A socket file left by a run that crashed is replaced;
+    /// one that a running process answers on is not.
+    pub fn open(path: &Path) -> anyhow::Result<AdminSocket> {
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                bail!(
+                    "admin socket {}: another process is listening on it",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path).with_context(|| {
+                format!(
+                    "admin socket {}: cannot remove the stale file",
+                    path.display()
+                )
+            })?;
+        }
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("admin socket {}: cannot bind", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("admin socket {}: cannot set mode 0600", path.display()))?;
+        log::info!("admin socket on {}", path.display());
+        Ok(AdminSocket {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn serve(self, control: ControlHandle) -> AdminServer {
+        let closing = Arc::new(AtomicBool::new(false));
+        let clients = Arc::new(AtomicUsize::new(0));
+        let flag = closing.clone();
+        let thread = std::thread::Builder::new()
+            .name("ringway-admin".into())
+            .spawn(move || {
+                for stream in self.listener.incoming() {
+                    if flag.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let busy = clients.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS;
+                    let (control, clients) = (control.clone(), clients.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("ringway-admin-client".into())
+                        .spawn(move || {
+                            client(stream, &control, busy);
+                            clients.fetch_sub(1, Ordering::AcqRel);
+                        });
+                    if spawned.is_err() {
+                        log::warn!("admin socket: cannot start a thread for a client");
+                    }
+                }
+            })
+            .expect("spawn the admin thread");
+        AdminServer {
+            path: self.path,
+            closing,
+            thread,
+        }
+    }
+}
+
+impl AdminServer {
+    /// Stops serving and removes the socket file.
+    pub fn close(self) {
+        self.closing.store(true, Ordering::Release);
+        // Wakes the blocked accept, which then sees the flag.
+        let _ = UnixStream::connect(&self.path);
+        let _ = self.thread.join();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn client(stream: UnixStream, control: &ControlHandle, busy: bool) {
+    let _ = stream.set_read_timeout(Some(CLIENT_IO));
+    let _ = stream.set_write_timeout(Some(CLIENT_IO));
+    let reply = if busy {
+        error(format!(
+            "busy: {MAX_CLIENTS} admin clients already connected"
+        ))
+    } else {
+        match read_request(&stream) {
+            Ok(line) => answer(&line, control),
+            Err(e) => error(e),
+        }
+    };
+    let mut w = &stream;
+    let _ = writeln!(w, "{reply}");
+}
+
+fn read_request(stream: &UnixStream) -> Result<String, String> {
+    let mut line = String::new();
+    let mut r = BufReader::new(stream).take(MAX_REQUEST as u64 + 1);
+    match r.read_line(&mut line) {
+        Ok(_) if line.len() > MAX_REQUEST => {
+            Err(format!("request longer than {MAX_REQUEST} bytes"))
+        }
+        Ok(0) => Err("empty request: send one JSON line, {\"command\":\"status\"}".into()),
+        Ok(_) => Ok(line),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err("request is not UTF-8".into()),
+        Err(e) => Err(format!("reading the request: {e}")),
+    }
+}
+
+/// The reply line to one request line.
+pub fn answer(line: &str, control: &ControlHandle) -> Value {
+    let request: Value = match serde_json::from_str(line.trim()) {
+        Ok(v) => v,
+        Err(e) => return error(format!("request is not JSON: {e}")),
+    };
+    let Some(name) = request.get("command").and_then(Value::as_str) else {
+        return error("request has no \"command\" string: send {\"command\":\"status\"}".into());
+    };
+    let Some(command) = Command::parse(name) else {
+        let names: Vec<&str> = Command::ALL.iter().map(|(n, _)| *n).collect();
+        return error(format!(
+            "unknown command {name:?}; commands: {}",
+            names.join(", ")
+        ));
+    };
+    match control.ask(command, COMMAND) {
+        Ok(result) => json!({ "ok": true, "result": result }),
+        Err(e) => error(e),
+    }
+}
+
+fn error(message: String) -> Value {
+    json!({ "ok": false, "error": message })
+}

@@ -1,0 +1,157 @@
+//! `ringway ctl`: one request over the admin socket, its reply printed as
+//! a table (or as the raw JSON line with `--json`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// A reload waits for every shard; a stop answers at once.
+const REPLY_WAIT: Duration = Duration::from_secs(35);
+
+pub fn run(config: &Path, socket: Option<&Path>, command: &str, raw: bool) -> ExitCode {
+    match ask(config, socket, command) {
+        Ok(reply) => {
+            let ok = reply.get("ok").and_then(Value::as_bool) == Some(true);
+            if raw {
+                println!("{reply}");
+            } else if ok {
+                print!("{}", human(command, &reply["result"]));
+            } else {
+                eprintln!(
+                    "error: {}",
+                    reply["error"].as_str().unwrap_or("malformed reply")
+                );
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ask(config: &Path, socket: Option<&Path>, command: &str) -> Result<Value, String> {
+    let socket: PathBuf = match socket {
+        Some(s) => s.to_path_buf(),
+        None => admin_socket(config)?,
+    };
+    let stream = UnixStream::connect(&socket)
+        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+    let _ = stream.set_read_timeout(Some(REPLY_WAIT));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+    let mut w = &stream;
+    writeln!(w, "{}", json!({ "command": command }))
+        .map_err(|e| format!("sending to {}: {e}", socket.display()))?;
+    let mut line = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the reply: {e}"))?;
+    serde_json::from_str(&line).map_err(|e| format!("malformed reply {line:?}: {e}"))
+}
+
+fn human(command: &str, r: &Value) -> String {
+    match command {
+        "status" => status(r),
+        "config" => r["toml"].as_str().unwrap_or_default().to_string(),
+        "reload" => {
+            let mut out = format!("reloaded: generation {}\n", r["generation"]);
+            for key in ["warnings", "restart_needed"] {
+                for w in r[key].as_array().into_iter().flatten() {
+                    out += &format!("warning: {}\n", w.as_str().unwrap_or_default());
+                }
+            }
+            out
+        }
+        "drain" => "draining: not accepting; in-flight requests finish\n".into(),
+        "stop" => "stopping: draining, then exiting\n".into(),
+        _ => format!("{r}\n"),
+    }
+}
+
+fn status(r: &Value) -> String {
+    let mut out = format!(
+        "ringway {}  pid {}  up {}s  config {} (generation {}){}\n",
+        r["version"].as_str().unwrap_or("?"),
+        r["pid"],
+        r["uptime_s"],
+        r["config"].as_str().unwrap_or("?"),
+        r["generation"],
+        if r["draining"] == true {
+            "  DRAINING"
+        } else {
+            ""
+        }
+    );
+    match &r["last_reload"] {
+        Value::Null => {}
+        l if l["ok"] == true => {
+            out += &format!(
+                "last reload: {} ok, generation {}\n",
+                l["at"].as_str().unwrap_or("?"),
+                l["generation"]
+            );
+        }
+        l => {
+            out += &format!(
+                "last reload: {} FAILED: {}\n",
+                l["at"].as_str().unwrap_or("?"),
+                l["error"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    for l in r["listeners"].as_array().into_iter().flatten() {
+        out += &format!(
+            "listener {} on {}\n",
+            l["name"].as_str().unwrap_or("?"),
+            l["addr"].as_str().unwrap_or("?")
+        );
+    }
+    out += &format!(
+        "{:<6} {:<18} {:>11} {:>12} {:>8} {:>15} {:>10}\n",
+        "shard", "driver", "connections", "requests", "aborts", "buffers", "generation"
+    );
+    for s in r["shards"].as_array().into_iter().flatten() {
+        if let Some(e) = s["error"].as_str() {
+            out += &format!("{:<6} {e}\n", s["shard"].to_string());
+            continue;
+        }
+        out += &format!(
+            "{:<6} {:<18} {:>11} {:>12} {:>8} {:>15} {:>10}\n",
+            s["shard"].to_string(),
+            s["driver"].as_str().unwrap_or("?"),
+            s["connections"].to_string(),
+            s["requests"].to_string(),
+            s["client_aborts"].to_string(),
+            format!("{}/{}", s["buffers_leased"], s["buffers_max"]),
+            s["generation"].to_string()
+        );
+    }
+    out
+}
+
+/// `server.admin_socket` of the config file. Only that key is read, so the
+/// socket is found while the rest of the file is being edited and may not
+/// validate: a `ctl reload` then reports what is wrong with it.
+fn admin_socket(config: &Path) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| format!("{}: {e}; pass --socket", config.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("{}: not TOML ({e}); pass --socket", config.display()))?;
+    match table.get("server").and_then(|s| s.get("admin_socket")) {
+        Some(toml::Value::String(path)) => Ok(PathBuf::from(path)),
+        _ => Err(format!(
+            "{} sets no server.admin_socket; set one, or pass --socket",
+            config.display()
+        )),
+    }
+}

@@ -1,0 +1,224 @@
+//! What a shard owns, below the code that serves connections: `shard`
+//! starts tasks over it, `conn` and `proxy` read and count through it, and
+//! none of it is seen by another thread.
+//!
+//! A `Generation` is one loaded config as this shard runs it: the compiled
+//! snapshot and the upstream pools built for it. A reload makes a new one;
+//! what must outlive a reload moves across in `Generation::new` (today the
+//! endpoints of upstreams, with their open and idle connections; health and
+//! rate-limit state belong there too).
+
+use std::cell::{Cell, RefCell};
+use std::ops::Deref;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Instant, SystemTime};
+
+use monoio::io::{CancelHandle, Canceller};
+
+use crate::date::HttpDate;
+use crate::slab::Slab;
+use crate::snapshot::Snapshot;
+use crate::upstream::UpstreamPool;
+
+/// One loaded config and this shard's pools for it.
+pub struct Generation {
+    pub snapshot: Arc<Snapshot>,
+    /// Counted from 0, the config the shard started with.
+    pub number: u64,
+    /// Indexed like the snapshot's upstreams.
+    pub pools: Vec<UpstreamPool>,
+}
+
+impl Generation {
+    /// Pools for `snapshot`. An upstream of `previous` with the same name
+    /// hands over its endpoints that stay, connections and counts and all;
+    /// endpoints and upstreams that are gone close their idle connections
+    /// when the last request of `previous` lets go of them.
+    pub fn new(snapshot: Arc<Snapshot>, number: u64, previous: Option<&Generation>) -> Generation {
+        let pools = snapshot
+            .config
+            .upstreams
+            .iter()
+            .map(|cfg| {
+                let old =
+                    previous.and_then(|p| p.pools.iter().find(|pool| pool.name() == cfg.name));
+                UpstreamPool::new(cfg, old)
+            })
+            .collect();
+        Generation {
+            snapshot,
+            number,
+            pools,
+        }
+    }
+}
+
+impl Deref for Generation {
+    type Target = Snapshot;
+
+    fn deref(&self) -> &Snapshot {
+        &self.snapshot
+    }
+}
+
+/// Everything a shard owns; shared by its tasks through an `Rc`.
+pub struct ShardState {
+    pub id: usize,
+    /// The config in force with this shard's pools. A reload replaces it;
+    /// requests in flight keep the generation they started with. The `Rc`
+    /// makes a request's reference a plain increment instead of an atomic
+    /// one on a cache line every shard shares.
+    current: RefCell<Rc<Generation>>,
+    pub slab: Rc<Slab>,
+    /// Small buffers for error responses when `slab` has none to give.
+    pub replies: Rc<Slab>,
+    /// The `Date` header value, current to the second.
+    pub date: HttpDate,
+    /// Exchanges given up because the client closed before the response.
+    pub client_aborts: Cell<u64>,
+    /// Requests read whole (heads parsed), answered or proxied.
+    pub requests: Cell<u64>,
+    /// The event loop: "io_uring (Coop)", "epoll".
+    pub driver: String,
+    conns: Cell<usize>,
+    /// Cancel the waits for a next request that hold a read buffer, in two
+    /// generations: each second the older one is cancelled, which demotes
+    /// connections quiet for one to two seconds (see `conn`).
+    waiting: RefCell<[Canceller; 2]>,
+    waiting_now: Cell<usize>,
+    /// Cancel the waits of demoted connections, bucketed by the second
+    /// their limit ends (`QUIET_BUCKETS` seconds round): a wheel of timers
+    /// that costs a quiet connection no timer of its own.
+    quiet: RefCell<Vec<Canceller>>,
+    /// Seconds are counted from here for `quiet`.
+    epoch: Instant,
+    /// The last second whose quiet bucket was cancelled.
+    expired: Cell<u64>,
+    pub(crate) draining: Cell<bool>,
+    pub(crate) drained: Cell<Option<Waker>>,
+}
+
+impl ShardState {
+    pub fn new(id: usize, driver: String, snapshot: Arc<Snapshot>) -> ShardState {
+        let limits = snapshot.config.limits;
+        ShardState {
+            id,
+            current: RefCell::new(Rc::new(Generation::new(snapshot, 0, None))),
+            slab: Slab::new(limits.buffer_size.get(), limits.max_buffer_bytes.get()),
+            replies: Slab::new(REPLY_BUFFER, REPLY_BUFFER * REPLY_BUFFERS),
+            date: HttpDate::new(SystemTime::now()),
+            client_aborts: Cell::new(0),
+            requests: Cell::new(0),
+            driver,
+            conns: Cell::new(0),
+            waiting: RefCell::new([Canceller::new(), Canceller::new()]),
+            waiting_now: Cell::new(0),
+            quiet: RefCell::new((0..QUIET_BUCKETS).map(|_| Canceller::new()).collect()),
+            epoch: Instant::now(),
+            expired: Cell::new(0),
+            draining: Cell::new(false),
+            drained: Cell::new(None),
+        }
+    }
+
+    /// The generation new requests use.
+    pub fn current(&self) -> Rc<Generation> {
+        self.current.borrow().clone()
+    }
+
+    /// Puts a reloaded config in force: new requests use it, requests in
+    /// flight finish on theirs.
+    pub fn reload(&self, snapshot: Arc<Snapshot>, number: u64) {
+        let next = Generation::new(snapshot, number, Some(&self.current.borrow()));
+        *self.current.borrow_mut() = Rc::new(next);
+    }
+
+    pub fn waiting_handle(&self) -> CancelHandle {
+        self.waiting.borrow()[self.waiting_now.get()].handle()
+    }
+
+    /// For a quiet connection whose wait ends at `until`: cancelled in the
+    /// first housekeeping tick at or after `until` (or, for a limit more than
+    /// `QUIET_BUCKETS` seconds away, earlier: the wait then starts again).
+    pub fn quiet_handle(&self, until: Instant) -> CancelHandle {
+        let second = until
+            .saturating_duration_since(self.epoch)
+            .as_secs_f64()
+            .ceil() as u64;
+        self.quiet.borrow()[second as usize % QUIET_BUCKETS].handle()
+    }
+
+    /// Cancels the waits for a next request that began before the last
+    /// tick: such a connection gives its buffer back and goes on as an
+    /// `IdleConn`. Waits begun since are left for the next tick.
+    pub(crate) fn demote_waiting(&self) {
+        let older = self.waiting_now.get() ^ 1;
+        let mut waiting = self.waiting.borrow_mut();
+        let cancelled = std::mem::take(&mut waiting[older]).cancel();
+        waiting[older] = cancelled;
+        self.waiting_now.set(older);
+    }
+
+    /// Cancels the quiet waits whose limit has passed.
+    pub(crate) fn expire_quiet(&self, now: Instant) {
+        let second = now.saturating_duration_since(self.epoch).as_secs();
+        let from = (self.expired.get() + 1).max(second.saturating_sub(QUIET_BUCKETS as u64 - 1));
+        let mut quiet = self.quiet.borrow_mut();
+        for s in from..=second {
+            let bucket = &mut quiet[s as usize % QUIET_BUCKETS];
+            *bucket = std::mem::take(bucket).cancel();
+        }
+        self.expired.set(second);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    pub fn conns(&self) -> usize {
+        self.conns.get()
+    }
+
+    /// Stops every wait for a next request, busy and quiet: on a drain,
+    /// idle keep-alive connections close.
+    pub(crate) fn cancel_waits(&self) {
+        let waits = self
+            .waiting
+            .borrow_mut()
+            .iter_mut()
+            .map(std::mem::take)
+            .collect::<Vec<_>>();
+        let quiet = self
+            .quiet
+            .borrow_mut()
+            .iter_mut()
+            .map(std::mem::take)
+            .collect::<Vec<_>>();
+        for waits in waits.into_iter().chain(quiet) {
+            waits.cancel();
+        }
+    }
+
+    pub(crate) fn conn_opened(&self) {
+        self.conns.set(self.conns.get() + 1);
+    }
+
+    pub(crate) fn conn_closed(&self) {
+        self.conns.set(self.conns.get() - 1);
+        if self.conns.get() == 0
+            && let Some(w) = self.drained.take()
+        {
+            w.wake();
+        }
+    }
+}
+
+/// How many seconds the wheel of quiet-connection limits spans.
+const QUIET_BUCKETS: usize = 64;
+
+/// An error response is at most this long (the longest 405 `Allow` list
+/// included); that many of them can be in flight when the slab is exhausted.
+const REPLY_BUFFER: usize = 1024;
+const REPLY_BUFFERS: usize = 64;
