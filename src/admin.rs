@@ -13,14 +13,14 @@
 //! time, with a deadline on every read and write: a slow or silent client
 //! holds only its own thread, never the control thread.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -124,7 +124,6 @@ impl AdminServer {
 }
 
 fn client(stream: UnixStream, control: &ControlHandle, busy: bool) {
-    let _ = stream.set_read_timeout(Some(CLIENT_IO));
     let _ = stream.set_write_timeout(Some(CLIENT_IO));
     let reply = if busy {
         error(format!(
@@ -140,18 +139,49 @@ fn client(stream: UnixStream, control: &ControlHandle, busy: bool) {
     let _ = writeln!(w, "{reply}");
 }
 
+/// The request line, read within `CLIENT_IO` in all: a client that sends a
+/// byte at a time cannot hold its thread longer than one that sends nothing.
 fn read_request(stream: &UnixStream) -> Result<String, String> {
-    let mut line = String::new();
-    let mut r = BufReader::new(stream).take(MAX_REQUEST as u64 + 1);
-    match r.read_line(&mut line) {
-        Ok(_) if line.len() > MAX_REQUEST => {
-            Err(format!("request longer than {MAX_REQUEST} bytes"))
+    let deadline = Instant::now() + CLIENT_IO;
+    let mut line = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut r = stream;
+    let mut ended = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no whole request line within {CLIENT_IO:?}"));
         }
-        Ok(0) => Err("empty request: send one JSON line, {\"command\":\"status\"}".into()),
-        Ok(_) => Ok(line),
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err("request is not UTF-8".into()),
-        Err(e) => Err(format!("reading the request: {e}")),
+        let _ = stream.set_read_timeout(Some(left));
+        let n = match r.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(format!("no whole request line within {CLIENT_IO:?}"));
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("reading the request: {e}")),
+        };
+        let got = &buf[..n];
+        if let Some(end) = memchr::memchr(b'\n', got) {
+            line.extend_from_slice(&got[..end]);
+            ended = true;
+            break;
+        }
+        line.extend_from_slice(got);
+        if line.len() > MAX_REQUEST {
+            return Err(format!("request longer than {MAX_REQUEST} bytes"));
+        }
+        if n == 0 {
+            break;
+        }
     }
+    if line.len() > MAX_REQUEST {
+        return Err(format!("request longer than {MAX_REQUEST} bytes"));
+    }
+    if line.is_empty() && !ended {
+        return Err("empty request: send one JSON line, {\"command\":\"status\"}".into());
+    }
+    String::from_utf8(line).map_err(|_| "request is not UTF-8".into())
 }
 
 /// The reply line to one request line.

@@ -21,7 +21,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::admin::AdminSocket;
+use crate::admin::{AdminServer, AdminSocket};
 use crate::config::Config;
 use crate::mailbox::{FromShard, Mailbox, ShardStats, ToShard};
 use crate::shard::{self, ShardSpec};
@@ -121,6 +121,12 @@ impl Server {
             Vec::new()
         };
 
+        // First: a second ringway started by mistake stops here, before its
+        // listeners (SO_REUSEPORT) could take a share of the connections.
+        let admin = match &cfg.server.admin_socket {
+            Some(path) => Some(AdminSocket::open(path)?),
+            None => None,
+        };
         let mut per_shard: Vec<Vec<(String, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
         let mut listeners = Vec::new();
@@ -136,10 +142,6 @@ impl Server {
                 addr,
             });
         }
-        let admin = match &cfg.server.admin_socket {
-            Some(path) => Some(AdminSocket::open(path)?),
-            None => None,
-        };
 
         let mut shards = Vec::with_capacity(workers);
         for (id, listeners) in per_shard.into_iter().enumerate() {
@@ -177,8 +179,9 @@ impl Server {
             last_reload: None,
             draining: false,
             asked: 0,
+            admin: admin.map(|a| a.serve(handle.clone())),
+            watched: Instant::now(),
         };
-        let admin = admin.map(|a| a.serve(handle.clone()));
         let thread = std::thread::Builder::new()
             .name("ringway-control".into())
             .spawn(move || {
@@ -186,9 +189,6 @@ impl Server {
                     s.mailbox.attach_control(std::thread::current());
                 }
                 control.run(rx);
-                if let Some(admin) = admin {
-                    admin.close();
-                }
             })?;
         Ok(Server {
             handle,
@@ -264,22 +264,28 @@ struct Control {
     /// Numbers the stats requests, so a late reply to an earlier one is
     /// told apart.
     asked: u64,
-    /// The config file as last read, for `server.watch_config`.
+    /// The config file as last read, for `server.watch_config`, and when
+    /// it was last looked at.
     stamp: Option<FileStamp>,
+    watched: Instant,
+    admin: Option<AdminServer>,
 }
 
 /// How long the control thread waits for every shard to answer.
 const SHARD_REPLY: Duration = Duration::from_secs(5);
+/// How often `server.watch_config` looks at the file.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 impl Control {
     fn run(&mut self, commands: Receiver<Envelope>) {
         loop {
-            let envelope = match commands.recv_timeout(Duration::from_secs(1)) {
+            if self.watched.elapsed() >= WATCH_EVERY {
+                self.watched = Instant::now();
+                self.watch();
+            }
+            let envelope = match commands.recv_timeout(WATCH_EVERY) {
                 Ok(e) => e,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.watch();
-                    continue;
-                }
+                Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let command = envelope.command;
@@ -298,6 +304,10 @@ impl Control {
                 (Err(e), None) => log::error!("{command:?}: {e}"),
                 (Ok(_), None) => {}
             }
+        }
+        // Nothing more is asked while the shards drain.
+        if let Some(admin) = self.admin.take() {
+            admin.close();
         }
         self.stop();
         log::info!("stopped");
@@ -404,7 +414,7 @@ impl Control {
         let path = self.snapshot.config.path.clone();
         self.stamp = FileStamp::read(&path);
         let mut config = Config::load(&path).map_err(|e| e.to_string())?;
-        let restart = self.keep_start_only(&mut config);
+        let restart = self.keep_start_only(&mut config)?;
 
         // Listeners: the same name and address stay open as they are.
         let workers = self.shards.len();
@@ -447,17 +457,24 @@ impl Control {
             log::warn!("config: {w}");
         }
         let generation = self.generation + 1;
-        for (s, listen) in self.shards.iter().zip(listen) {
+        let mut unsent = Vec::new();
+        for (i, (s, listen)) in self.shards.iter().zip(listen).enumerate() {
             let msg = ToShard::Reload {
                 snapshot: snapshot.clone(),
                 generation,
                 listen,
                 unlisten: removed.clone(),
             };
-            send(&s.mailbox, msg)?;
+            if let Err(e) = send(&s.mailbox, msg) {
+                log::error!("reload: shard {i}: {e}");
+                unsent.push(i);
+            }
         }
-        let late =
-            self.collect(|_, reply| matches!(reply, FromShard::Reloaded(g) if g == generation));
+        // The shards that have it run it: it is the generation in force.
+        let mut late = self.collect(|i, reply| {
+            unsent.contains(&i) || matches!(reply, FromShard::Reloaded(g) if g == generation)
+        });
+        late.extend(unsent);
         self.generation = generation;
         self.snapshot = snapshot.clone();
         self.listeners.retain(|b| !removed.contains(&b.name));
@@ -490,7 +507,7 @@ impl Control {
 
     /// Settings a running proxy cannot change keep their running values in
     /// `config`; each one that differs is named, for a restart to apply.
-    fn keep_start_only(&self, config: &mut Config) -> Vec<String> {
+    fn keep_start_only(&self, config: &mut Config) -> Result<Vec<String>, String> {
         let running = &self.snapshot.config;
         let mut restart = Vec::new();
         let mut keep = |key: &str, new: String, old: String| {
@@ -528,10 +545,22 @@ impl Control {
         config.server.admin_socket = running.server.admin_socket.clone();
         config.limits.buffer_size = running.limits.buffer_size;
         config.limits.max_buffer_bytes = running.limits.max_buffer_bytes;
+        let (header, buffer) = (
+            config.limits.max_header_bytes.0,
+            config.limits.buffer_size.0,
+        );
+        if header > buffer {
+            return Err(config.warning(
+                "limits.max_header_bytes",
+                format!(
+                    "{header} must not exceed the running limits.buffer_size ({buffer}), which only a restart changes"
+                ),
+            ));
+        }
         for r in &restart {
             log::warn!("reload: {r}");
         }
-        restart
+        Ok(restart)
     }
 
     /// With `server.watch_config`: reloads when the file has changed.

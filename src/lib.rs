@@ -6,8 +6,11 @@
 //! - `snapshot` a `Config` compiled into what the shards read: routes, direct responses
 //! - `route`    host → longest prefix on a segment boundary → method
 //! - `http1`    sans-IO HTTP/1.1: `parse` heads, `body` framing, `encode` rewritten heads
-//! - `control`  binds listeners, starts the shards, signals, shutdown
-//! - `shard`    one pinned thread: a monoio runtime, its listeners, slab, pools, housekeeping
+//! - `control`  the control thread: binds listeners, starts and stops the shards, reloads
+//! - `admin`    the admin socket's protocol (one JSON line each way), for `ringway ctl`
+//! - `mailbox`  the two bounded lock-free queues between the control thread and a shard
+//! - `shard`    one pinned thread: a monoio runtime, its listeners, messages, housekeeping
+//! - `state`    what a shard owns (slab, counters, the `Generation` of config and pools)
 //! - `conn`     one client connection: read head, route, answer or proxy, keep alive
 //! - `proxy`    one proxied request: body pump ‖ response relay, retry, upgrade tunnel
 //! - `upstream` per-shard, per-endpoint keep-alive pools

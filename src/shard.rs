@@ -160,7 +160,9 @@ async fn serve(spec: ShardSpec, driver: String) -> std::io::Result<()> {
                 for name in unlisten {
                     listeners.stop(&name);
                 }
-                for (name, l) in listen {
+                // A drained shard accepts nothing, whatever the new config
+                // adds: the sockets close here.
+                for (name, l) in listen.into_iter().filter(|_| !shard.draining()) {
                     if let Err(e) = listeners.start(&shard, name.clone(), l) {
                         log::error!("shard {}: listener '{name}': {e}", shard.id);
                     }

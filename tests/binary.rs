@@ -4,67 +4,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ringway");
-
-fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringway-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// Starts the binary and waits for its listener line; returns the address.
-fn start(config: &std::path::Path) -> (Child, SocketAddr) {
-    let (child, addr, _) = start_with(config, &[]);
-    (child, addr)
-}
-
-/// Starts the binary with extra environment; also returns its log lines as they come.
-fn start_with(
-    config: &std::path::Path,
-    env: &[(&str, &str)],
-) -> (Child, SocketAddr, mpsc::Receiver<String>) {
-    spawn(proxy_command(config).envs(env.iter().copied()))
-}
-
-fn proxy_command(config: &std::path::Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped());
-    cmd
-}
-
-/// Spawns the proxy and waits for its listener line.
-fn spawn(cmd: &mut Command) -> (Child, SocketAddr, mpsc::Receiver<String>) {
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let (log_tx, log_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("on http://").nth(1) {
-                let addr = rest.split(' ').next().unwrap().to_string();
-                let _ = tx.send(addr);
-            }
-            let _ = log_tx.send(line);
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the proxy logs its listener");
-    (child, addr.parse().unwrap(), log_rx)
-}
 
 #[test]
 fn runs_on_epoll_when_asked() {

@@ -7,10 +7,12 @@
 // synchronisation.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -495,4 +497,59 @@ pub fn proxy_to(origin: SocketAddr, extra: &str) -> Server {
     proxy(&format!(
         "{extra}\n[[upstream]]\nname = \"o\"\nendpoints = [\"{origin}\"]\n\n[[route]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"o\"\n"
     ))
+}
+
+// ---- the real binary ----
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ringway");
+
+pub fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringway-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Starts the binary and waits for its listener line; returns the address.
+pub fn start(config: &std::path::Path) -> (Child, SocketAddr) {
+    let (child, addr, _) = start_with(config, &[]);
+    (child, addr)
+}
+
+/// Starts the binary with extra environment; also returns its log lines as they come.
+pub fn start_with(
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Child, SocketAddr, mpsc::Receiver<String>) {
+    spawn(proxy_command(config).envs(env.iter().copied()))
+}
+
+pub fn proxy_command(config: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Spawns the proxy and waits for its listener line.
+pub fn spawn(cmd: &mut Command) -> (Child, SocketAddr, mpsc::Receiver<String>) {
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let (log_tx, log_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("on http://").nth(1) {
+                let addr = rest.split(' ').next().unwrap().to_string();
+                let _ = tx.send(addr);
+            }
+            let _ = log_tx.send(line);
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the proxy logs its listener");
+    (child, addr.parse().unwrap(), log_rx)
 }
