@@ -190,15 +190,9 @@ pub fn answer(line: &str, control: &ControlHandle) -> Value {
         Ok(v) => v,
         Err(e) => return error(format!("request is not JSON: {e}")),
     };
-    let Some(name) = request.get("command").and_then(Value::as_str) else {
-        return error("request has no \"command\" string: send {\"command\":\"status\"}".into());
-    };
-    let Some(command) = Command::parse(name) else {
-        let names: Vec<&str> = Command::ALL.iter().map(|(n, _)| *n).collect();
-        return error(format!(
-            "unknown command {name:?}; commands: {}",
-            names.join(", ")
-        ));
+    let command = match Command::from_request(&request) {
+        Ok(c) => c,
+        Err(e) => return error(e),
     };
     match control.ask(command, COMMAND) {
         Ok(result) => json!({ "ok": true, "result": result }),

@@ -43,6 +43,7 @@ pub struct Config {
     pub limits: Limits,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
+    pub metrics: Metrics,
     /// Where each key is written, to place warnings.
     pub keys: KeyLines,
     /// The file as it was read: what `ringway ctl config` shows.
@@ -78,6 +79,35 @@ impl Default for Server {
             watch_config: false,
         }
     }
+}
+
+/// `[metrics]`: where the Prometheus endpoint is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metrics {
+    /// A listener of its own, served by the control side; `None`: no endpoint.
+    pub listen: Option<SocketAddr>,
+    pub path: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMetrics {
+    listen: Option<String>,
+    #[serde(default = "default_metrics_path")]
+    path: String,
+}
+
+impl Default for FileMetrics {
+    fn default() -> Self {
+        FileMetrics {
+            listen: None,
+            path: default_metrics_path(),
+        }
+    }
+}
+
+fn default_metrics_path() -> String {
+    "/metrics".into()
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +253,8 @@ struct FileConfig {
     upstream: Vec<FileUpstream>,
     #[serde(default)]
     route: Vec<FileRoute>,
+    #[serde(default)]
+    metrics: FileMetrics,
 }
 
 #[derive(Debug, Deserialize)]
@@ -480,6 +512,7 @@ impl ConfigValidator<'_> {
         let listeners = self.listeners(&file.listener)?;
         let upstreams = self.upstreams(&file.upstream)?;
         let routes = self.routes(&file.route, &upstreams)?;
+        let metrics = self.metrics(&file.metrics)?;
         Ok(Config {
             path: self.path.to_path_buf(),
             server: file.server,
@@ -488,6 +521,7 @@ impl ConfigValidator<'_> {
             limits: file.limits,
             upstreams,
             routes,
+            metrics,
             keys: self.keys,
             text: String::new(),
         })
@@ -570,6 +604,28 @@ impl ConfigValidator<'_> {
             }
         }
         Ok(())
+    }
+
+    fn metrics(&self, file: &FileMetrics) -> Result<Metrics, ConfigError> {
+        let listen = match &file.listen {
+            None => None,
+            Some(l) => Some(l.parse::<SocketAddr>().map_err(|_| {
+                self.error(
+                    "metrics.listen",
+                    format!("'{l}' is not an address:port (IPv6 as [::1]:9091)"),
+                )
+            })?),
+        };
+        if !file.path.starts_with('/') || file.path.contains(['?', '#', ' ']) {
+            return Err(self.error(
+                "metrics.path",
+                "must be a path starting with '/', without '?', '#' or spaces",
+            ));
+        }
+        Ok(Metrics {
+            listen,
+            path: file.path.clone(),
+        })
     }
 
     fn listeners(&self, file: &[FileListener]) -> Result<Vec<Listener>, ConfigError> {

@@ -29,6 +29,7 @@ use crate::http1::body::{BodyReader, Framing};
 use crate::http1::encode::{Forward, request_head};
 use crate::http1::parse::{HeadError, parse_request};
 use crate::io::{Wait, budget, read_more, write_buf};
+use crate::metrics::{self, Record};
 use crate::route::Match;
 use crate::slab::Lease;
 use crate::snapshot::Snapshot;
@@ -79,6 +80,8 @@ pub struct Conn<'s> {
     accepted: Instant,
     /// Kept for when the connection goes quiet (see `IdleConn`).
     byte: Option<Box<[u8; 1]>>,
+    /// What the request being served did, for the metrics.
+    pub rec: Record,
 }
 
 /// A request once its head is parsed, reduced to what serving it needs.
@@ -95,6 +98,9 @@ pub struct Plan<'s> {
     pub max_body: u64,
     pub deadline: Option<Instant>,
     pub action: Step<'s>,
+    /// The route matched, if any, and the method (see `metrics::METHODS`).
+    pub route: Option<usize>,
+    pub method: u8,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -102,6 +108,7 @@ pub enum Step<'s> {
     /// A `respond` route: the response is already in the write buffer.
     Answer {
         close: bool,
+        status: u16,
     },
     /// An error response; `allow` is the Allow header of a 405.
     Reject {
@@ -133,6 +140,7 @@ pub async fn serve(shard: &ShardState, mut stream: TcpStream, peer: SocketAddr) 
         first: true,
         accepted: Instant::now(),
         byte: None,
+        rec: Record::new(Instant::now()),
     };
     conn.run().await
 }
@@ -160,6 +168,7 @@ pub async fn resume(shard: &ShardState, mut idle: IdleConn) -> After {
         first: idle.first,
         accepted,
         byte: idle.byte,
+        rec: Record::new(Instant::now()),
     };
     conn.run().await
 }
@@ -202,7 +211,12 @@ impl Conn<'_> {
             // The generation in force when the request came: a reload
             // while the connection waited applies to it.
             let snap = self.shard.current();
-            match self.request(&snap).await {
+            self.rec = Record::new(Instant::now());
+            let next = self.request(&snap).await;
+            if self.rec.status != 0 || self.rec.bytes_in > 0 {
+                snap.record(&self.rec);
+            }
+            match next {
                 Next::KeepAlive if !self.shard.draining() => self.first = false,
                 _ => break,
             }
@@ -272,8 +286,12 @@ impl Conn<'_> {
             }
         };
         self.shard.requests.set(self.shard.requests.get() + 1);
+        self.rec.bytes_in = plan.head_len as u64;
+        self.rec.route = plan.route;
+        self.rec.method = plan.method;
         match plan.action {
-            Step::Answer { close } => {
+            Step::Answer { close, status } => {
+                self.rec.status = status;
                 // A body we do not read would be taken for the next request.
                 let close = close || !plan.keep_alive || plan.framing != Framing::None;
                 if !close {
@@ -367,11 +385,19 @@ impl Conn<'_> {
             upgrade: req.upgrade,
             max_body: cfg.limits.max_body_bytes.0,
             deadline: None,
-            action: Step::Answer { close: false },
+            action: Step::Answer {
+                close: false,
+                status: 0,
+            },
+            route: None,
+            method: metrics::method_index(req.method),
         };
         out.clear();
         let (route_idx, route) = match snap.routes.find(host, req.path, req.method) {
-            Match::Route(i) => (i, &cfg.routes[i]),
+            Match::Route(i) => {
+                plan.route = Some(i);
+                (i, &cfg.routes[i])
+            }
             Match::NotFound => {
                 let reject = Reject::NotFound;
                 plan.action = Step::Reject { reject, allow: "" };
@@ -395,7 +421,7 @@ impl Conn<'_> {
             return Ok(Some(plan));
         }
         match route.action {
-            Action::Respond(_) => {
+            Action::Respond(ref resp) => {
                 let close = !plan.keep_alive || plan.framing != Framing::None;
                 if let Some(d) = &snap.direct[route_idx] {
                     out.extend_from_slice(&d.head);
@@ -412,7 +438,10 @@ impl Conn<'_> {
                         out.extend_from_slice(&d.body);
                     }
                 }
-                plan.action = Step::Answer { close };
+                plan.action = Step::Answer {
+                    close,
+                    status: resp.status,
+                };
                 Ok(Some(plan))
             }
             Action::Proxy(upstream) => {
@@ -442,6 +471,7 @@ impl Conn<'_> {
     /// Writes the response in `wbuf`; closes (after letting the client read it) if asked.
     pub async fn answer(&mut self, snap: &Snapshot, wbuf: &mut Lease, close: bool) -> Next {
         let limit = snap.config.timeouts.client_send.0;
+        self.rec.bytes_out += wbuf.get().len() as u64;
         if write_buf(&mut self.w, wbuf, limit).await.is_err() {
             return Next::Close;
         }
@@ -466,11 +496,10 @@ impl Conn<'_> {
         let keep = keep.filter(|_| !reject.closes());
         let close = keep.is_none();
         let limit = snap.config.timeouts.client_send.0;
-        if send_error(self.shard, &mut self.w, wbuf, reject, allow, close, limit)
-            .await
-            .is_err()
-        {
-            return Next::Close;
+        self.rec.status = reject.status();
+        match send_error(self.shard, &mut self.w, wbuf, reject, allow, close, limit).await {
+            Ok(len) => self.rec.bytes_out += len as u64,
+            Err(_) => return Next::Close,
         }
         match keep {
             Some(end) => {
@@ -520,7 +549,7 @@ pub async fn send_error<W: AsyncWriteRent>(
     allow: &str,
     close: bool,
     limit: Duration,
-) -> Result<(), Wait> {
+) -> Result<usize, Wait> {
     let mut reserve;
     let buf = match buf {
         Some(buf) => buf,
@@ -532,7 +561,8 @@ pub async fn send_error<W: AsyncWriteRent>(
     let out = buf.get_mut();
     out.clear();
     reject.write(out, close, allow, &shard.date.get());
-    write_buf(w, buf, limit).await
+    let len = out.len();
+    write_buf(w, buf, limit).await.map(|()| len)
 }
 
 /// Answers 503 to a connection the shard has no capacity for (no slab

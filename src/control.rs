@@ -23,34 +23,115 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::admin::{AdminServer, AdminSocket};
 use crate::config::Config;
+use crate::exporter::Exporter;
 use crate::mailbox::{FromShard, Mailbox, ShardStats, ToShard};
+use crate::metrics::{Latency, Metric, Report, render_prometheus};
 use crate::shard::{self, ShardSpec};
 use crate::snapshot::Snapshot;
 
 /// What the control thread can be asked to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Status,
     Reload,
     Config,
     Drain,
     Stop,
+    /// The metrics in the Prometheus text format.
+    Metrics,
+    Histograms(HistogramQuery),
+}
+
+/// Which latency histogram `ringway ctl histograms` asks for, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistogramQuery {
+    /// One route's, or one upstream's; neither: every route's merged.
+    pub route: Option<String>,
+    pub upstream: Option<String>,
+    pub metric: Metric,
+    pub format: HistogramFormat,
+    /// Clear the histograms after reading them.
+    pub reset: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistogramFormat {
+    /// HdrHistogram's percentile distribution text.
+    Hgrm,
+    /// An HdrHistogram interval log (V2, compressed) of one interval.
+    Log,
+    /// Count and percentiles in µs.
+    Json,
 }
 
 impl Command {
-    pub const ALL: &[(&str, Command)] = &[
-        ("status", Command::Status),
-        ("reload", Command::Reload),
-        ("config", Command::Config),
-        ("drain", Command::Drain),
-        ("stop", Command::Stop),
+    pub const NAMES: &[&str] = &[
+        "status",
+        "reload",
+        "config",
+        "drain",
+        "stop",
+        "metrics",
+        "histograms",
     ];
 
-    pub fn parse(name: &str) -> Option<Command> {
-        Command::ALL
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|&(_, c)| c)
+    /// The command of an admin request: `{"command":"status"}`, or for
+    /// histograms also `route`, `upstream`, `metric`, `format`, `reset`.
+    pub fn from_request(request: &Value) -> Result<Command, String> {
+        let Some(name) = request.get("command").and_then(Value::as_str) else {
+            return Err("request has no \"command\" string: send {\"command\":\"status\"}".into());
+        };
+        Ok(match name {
+            "status" => Command::Status,
+            "reload" => Command::Reload,
+            "config" => Command::Config,
+            "drain" => Command::Drain,
+            "stop" => Command::Stop,
+            "metrics" => Command::Metrics,
+            "histograms" => {
+                let text = |key: &str| -> Result<Option<String>, String> {
+                    match request.get(key) {
+                        None | Some(Value::Null) => Ok(None),
+                        Some(Value::String(s)) => Ok(Some(s.clone())),
+                        Some(_) => Err(format!("\"{key}\" must be a string")),
+                    }
+                };
+                let metric = match text("metric")?.as_deref() {
+                    None => Metric::Total,
+                    Some(m) => Metric::parse(m).ok_or_else(|| {
+                        format!("unknown metric {m:?}; metrics: total, upstream, proxy")
+                    })?,
+                };
+                let format = match text("format")?.as_deref() {
+                    None | Some("hgrm") => HistogramFormat::Hgrm,
+                    Some("log") => HistogramFormat::Log,
+                    Some("json") => HistogramFormat::Json,
+                    Some(f) => {
+                        return Err(format!("unknown format {f:?}; formats: hgrm, log, json"));
+                    }
+                };
+                let query = HistogramQuery {
+                    route: text("route")?,
+                    upstream: text("upstream")?,
+                    metric,
+                    format,
+                    reset: request
+                        .get("reset")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                };
+                if query.route.is_some() && query.upstream.is_some() {
+                    return Err("ask for a route or an upstream, not both".into());
+                }
+                Command::Histograms(query)
+            }
+            _ => {
+                return Err(format!(
+                    "unknown command {name:?}; commands: {}",
+                    Command::NAMES.join(", ")
+                ));
+            }
+        })
     }
 }
 
@@ -127,6 +208,10 @@ impl Server {
             Some(path) => Some(AdminSocket::open(path)?),
             None => None,
         };
+        let exporter = match cfg.metrics.listen {
+            Some(addr) => Some(Exporter::bind(addr)?),
+            None => None,
+        };
         let mut per_shard: Vec<Vec<(String, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
         let mut listeners = Vec::new();
@@ -166,6 +251,7 @@ impl Server {
             });
         }
 
+        let metrics_path = cfg.metrics.path.clone();
         let (tx, rx) = mpsc::channel();
         let handle = ControlHandle(tx);
         let addrs = listeners.iter().map(|b| (b.name.clone(), b.addr)).collect();
@@ -179,7 +265,10 @@ impl Server {
             last_reload: None,
             draining: false,
             asked: 0,
+            reloads_failed: 0,
+            histograms_since: SystemTime::now(),
             admin: admin.map(|a| a.serve(handle.clone())),
+            exporter: exporter.map(|l| Exporter::serve(l, metrics_path, handle.clone())),
             watched: Instant::now(),
         };
         let thread = std::thread::Builder::new()
@@ -264,11 +353,15 @@ struct Control {
     /// Numbers the stats requests, so a late reply to an earlier one is
     /// told apart.
     asked: u64,
+    reloads_failed: u64,
+    /// When the latency histograms were last reset (or the proxy started).
+    histograms_since: SystemTime,
     /// The config file as last read, for `server.watch_config`, and when
     /// it was last looked at.
     stamp: Option<FileStamp>,
     watched: Instant,
     admin: Option<AdminServer>,
+    exporter: Option<Exporter>,
 }
 
 /// How long the control thread waits for every shard to answer.
@@ -296,18 +389,22 @@ impl Control {
                 }
                 break;
             }
+            let name = format!("{command:?}");
             let reply = self.handle(command);
             match (&reply, envelope.reply) {
                 (_, Some(r)) => {
                     let _ = r.send(reply);
                 }
-                (Err(e), None) => log::error!("{command:?}: {e}"),
+                (Err(e), None) => log::error!("{name}: {e}"),
                 (Ok(_), None) => {}
             }
         }
         // Nothing more is asked while the shards drain.
         if let Some(admin) = self.admin.take() {
             admin.close();
+        }
+        if let Some(exporter) = self.exporter.take() {
+            exporter.close();
         }
         self.stop();
         log::info!("stopped");
@@ -330,8 +427,103 @@ impl Control {
                 log::info!("draining: not accepting; in-flight requests finish");
                 Ok(json!({ "draining": true }))
             }
+            Command::Metrics => {
+                let report = self.gather(true, false);
+                let failed = self.reloads_failed;
+                Ok(json!({ "text": render_prometheus(&report, self.generation, failed) }))
+            }
+            Command::Histograms(q) => self.histograms(&q),
             Command::Stop => unreachable!("handled by run"),
         }
+    }
+
+    /// Every shard's metrics, summed.
+    fn gather(&mut self, latency: bool, reset: bool) -> Report {
+        self.asked += 1;
+        let n = self.asked;
+        for s in &self.shards {
+            let _ = send(&s.mailbox, ToShard::Metrics { n, latency, reset });
+        }
+        let mut total = Report::default();
+        let late = self.collect(|_, reply| match reply {
+            FromShard::Metrics(m, report) if m == n => {
+                total.merge(&report);
+                true
+            }
+            _ => false,
+        });
+        if !late.is_empty() {
+            log::warn!("metrics: shards {late:?} did not answer within {SHARD_REPLY:?}");
+        }
+        total
+    }
+
+    fn histograms(&mut self, q: &HistogramQuery) -> Reply {
+        let report = self.gather(true, q.reset);
+        let since = self.histograms_since;
+        if q.reset {
+            self.histograms_since = SystemTime::now();
+        }
+        let mut merged = Latency::new();
+        let mut found = false;
+        let mut add = |l: &Option<Latency>| {
+            found = true;
+            if let Some(l) = l {
+                let _ = merged.total.add(&l.total);
+                let _ = merged.upstream.add(&l.upstream);
+                let _ = merged.proxy.add(&l.proxy);
+            }
+        };
+        match (&q.route, &q.upstream) {
+            (Some(name), _) => report
+                .routes
+                .iter()
+                .filter(|r| &r.name == name)
+                .for_each(|r| add(&r.latency)),
+            (_, Some(name)) => report
+                .upstreams
+                .iter()
+                .filter(|u| &u.name == name)
+                .for_each(|u| add(&u.latency)),
+            (None, None) => report.routes.iter().for_each(|r| add(&r.latency)),
+        }
+        if !found {
+            let (kind, name) = match (&q.route, &q.upstream) {
+                (Some(r), _) => ("route", r),
+                (_, Some(u)) => ("upstream", u),
+                _ => ("route", &String::new()),
+            };
+            return Err(format!("no {kind} named {name:?} in the running config"));
+        }
+        let h = merged.get(q.metric);
+        let text = match q.format {
+            HistogramFormat::Hgrm => {
+                let mut out = Vec::new();
+                crate::hgrm::write_percentiles(h, &mut out).map_err(|e| e.to_string())?;
+                String::from_utf8_lossy(&out).into_owned()
+            }
+            HistogramFormat::Log => {
+                interval_log(h, since).map_err(|e| format!("interval log: {e}"))?
+            }
+            HistogramFormat::Json => {
+                let p = |q: f64| {
+                    if h.is_empty() {
+                        0
+                    } else {
+                        h.value_at_quantile(q)
+                    }
+                };
+                return Ok(json!({
+                    "count": h.len(),
+                    "unit": "us",
+                    "min": if h.is_empty() { 0 } else { h.min() },
+                    "mean": h.mean(),
+                    "p50": p(0.5), "p90": p(0.9), "p99": p(0.99), "p999": p(0.999), "p9999": p(0.9999),
+                    "max": h.max(),
+                }));
+            }
+        };
+        Ok(json!({ "count": h.len(), "text": text }))
     }
 
     fn status(&mut self) -> Value {
@@ -406,6 +598,9 @@ impl Control {
             .as_ref()
             .map(|_| self.generation)
             .map_err(Clone::clone);
+        if outcome.is_err() {
+            self.reloads_failed += 1;
+        }
         self.last_reload = Some((SystemTime::now(), outcome));
         result
     }
@@ -545,6 +740,7 @@ impl Control {
         config.server.admin_socket = running.server.admin_socket.clone();
         config.limits.buffer_size = running.limits.buffer_size;
         config.limits.max_buffer_bytes = running.limits.max_buffer_bytes;
+        keep_metrics(&mut restart, &mut config.metrics, &running.metrics);
         let (header, buffer) = (
             config.limits.max_header_bytes.0,
             config.limits.buffer_size.0,
@@ -704,5 +900,41 @@ impl FileLimit {
             .workers()
             .saturating_mul(config.server.max_connections);
         u64::try_from(conns).unwrap_or(u64::MAX)
+    }
+}
+
+/// One histogram as an HdrHistogram interval log (V2, compressed, base64),
+/// the interval running from `since` to now; values in µs, the log's
+/// max-value column in ms.
+fn interval_log(h: &hdrhistogram::Histogram<u64>, since: SystemTime) -> Result<String, String> {
+    use hdrhistogram::serialization::V2DeflateSerializer;
+    use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+    let mut out = Vec::new();
+    let mut serializer = V2DeflateSerializer::new();
+    let length = SystemTime::now().duration_since(since).unwrap_or_default();
+    let mut log = IntervalLogWriterBuilder::new()
+        .add_comment("ringway latency log, values in microseconds")
+        .with_start_time(since)
+        .with_base_time(since)
+        .with_max_value_divisor(1000.0)
+        .begin_log_with(&mut out, &mut serializer)
+        .map_err(|e| e.to_string())?;
+    log.write_histogram(h, Duration::ZERO, length, None)
+        .map_err(|e| format!("{e:?}"))?;
+    String::from_utf8(out).map_err(|e| e.to_string())
+}
+
+/// The metrics endpoint is bound at start: a change waits for a restart.
+fn keep_metrics(
+    restart: &mut Vec<String>,
+    new: &mut crate::config::Metrics,
+    running: &crate::config::Metrics,
+) {
+    if new != running {
+        restart.push(format!(
+            "metrics: listen {:?} path {} -> listen {:?} path {} (needs a restart)",
+            running.listen, running.path, new.listen, new.path
+        ));
+        *new = running.clone();
     }
 }

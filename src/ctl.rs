@@ -12,8 +12,42 @@ use serde_json::{Value, json};
 /// A reload waits for every shard; a stop answers at once.
 const REPLY_WAIT: Duration = Duration::from_secs(35);
 
-pub fn run(config: &Path, socket: Option<&Path>, command: &str, raw: bool) -> ExitCode {
-    match ask(config, socket, command) {
+/// The options of `ctl histograms`.
+#[derive(clap::Args, Debug, Default)]
+pub struct HistogramArgs {
+    /// histograms: one route's (default: every route's, merged).
+    #[arg(long)]
+    route: Option<String>,
+    /// histograms: one upstream's.
+    #[arg(long, conflicts_with = "route")]
+    upstream: Option<String>,
+    /// histograms: total | upstream | proxy.
+    #[arg(long, default_value = "total")]
+    metric: String,
+    /// histograms: hgrm (percentile distribution) | log (HdrHistogram interval log) | json.
+    #[arg(long, default_value = "hgrm")]
+    format: String,
+    /// histograms: clear them after reading.
+    #[arg(long)]
+    reset: bool,
+}
+
+pub fn run(
+    config: &Path,
+    socket: Option<&Path>,
+    command: &str,
+    h: &HistogramArgs,
+    raw: bool,
+) -> ExitCode {
+    let mut request = json!({ "command": command });
+    if command == "histograms" {
+        request["route"] = json!(h.route);
+        request["upstream"] = json!(h.upstream);
+        request["metric"] = json!(h.metric);
+        request["format"] = json!(h.format);
+        request["reset"] = json!(h.reset);
+    }
+    match ask(config, socket, &request) {
         Ok(reply) => {
             let ok = reply.get("ok").and_then(Value::as_bool) == Some(true);
             if raw {
@@ -39,7 +73,7 @@ pub fn run(config: &Path, socket: Option<&Path>, command: &str, raw: bool) -> Ex
     }
 }
 
-fn ask(config: &Path, socket: Option<&Path>, command: &str) -> Result<Value, String> {
+fn ask(config: &Path, socket: Option<&Path>, request: &Value) -> Result<Value, String> {
     let socket: PathBuf = match socket {
         Some(s) => s.to_path_buf(),
         None => admin_socket(config)?,
@@ -49,8 +83,7 @@ fn ask(config: &Path, socket: Option<&Path>, command: &str) -> Result<Value, Str
     let _ = stream.set_read_timeout(Some(REPLY_WAIT));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
     let mut w = &stream;
-    writeln!(w, "{}", json!({ "command": command }))
-        .map_err(|e| format!("sending to {}: {e}", socket.display()))?;
+    writeln!(w, "{request}").map_err(|e| format!("sending to {}: {e}", socket.display()))?;
     let mut line = String::new();
     BufReader::new(&stream)
         .read_line(&mut line)
@@ -72,6 +105,11 @@ fn human(command: &str, r: &Value) -> String {
             out
         }
         "drain" => "draining: not accepting; in-flight requests finish\n".into(),
+        "metrics" => r["text"].as_str().unwrap_or_default().to_string(),
+        "histograms" => match r["text"].as_str() {
+            Some(text) => text.to_string(),
+            None => format!("{}\n", serde_json::to_string_pretty(r).unwrap_or_default()),
+        },
         "stop" => "stopping: draining, then exiting\n".into(),
         _ => format!("{r}\n"),
     }

@@ -20,6 +20,7 @@ use atomic_waker::AtomicWaker;
 use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
 
+use crate::metrics::Report;
 use crate::snapshot::Snapshot;
 
 /// A message from the control thread to a shard.
@@ -34,6 +35,9 @@ pub enum ToShard {
     },
     /// Report `ShardStats`; the number comes back with them.
     Stats(u64),
+    /// Report the metrics (`metrics::Report`), with copies of the latency
+    /// histograms if `latency`, clearing them after if `reset`.
+    Metrics { n: u64, latency: bool, reset: bool },
     /// Stop accepting, close idle connections, let the others finish; stay up.
     Drain,
     /// Drain for at most this long, then end the shard.
@@ -41,9 +45,9 @@ pub enum ToShard {
 }
 
 /// A message from a shard to the control thread.
-#[derive(Debug)]
 pub enum FromShard {
     Stats(u64, ShardStats),
+    Metrics(u64, Box<Report>),
     Reloaded(u64),
 }
 
@@ -118,8 +122,8 @@ impl Mailbox {
 
     /// Shard side: answers the control thread, never waiting for it.
     pub fn answer(&self, msg: FromShard) {
-        if let Err(msg) = self.outbox.push(msg) {
-            log::warn!("control queue full; reply dropped: {msg:?}");
+        if self.outbox.push(msg).is_err() {
+            log::warn!("control queue full; a reply is dropped");
         }
         if let Some(t) = self.control.get() {
             t.unpark();

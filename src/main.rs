@@ -34,7 +34,8 @@ enum Command {
     /// Validate the config and print the compiled routes; exit 1 if invalid.
     Check,
     /// Talk to a running ringway over its admin socket: status, reload,
-    /// config, drain or stop. Exit 0 when the command succeeded.
+    /// config, drain, stop, metrics or histograms. Exit 0 when the command
+    /// succeeded.
     Ctl {
         /// The admin socket; by default `server.admin_socket` of the config.
         #[arg(long)]
@@ -42,8 +43,10 @@ enum Command {
         /// Print the reply as the raw JSON line.
         #[arg(long)]
         json: bool,
-        /// status | reload | config | drain | stop
+        /// status | reload | config | drain | stop | metrics | histograms
         command: String,
+        #[command(flatten)]
+        histograms: ctl::HistogramArgs,
     },
 }
 
@@ -54,9 +57,10 @@ fn main() -> ExitCode {
         socket,
         json,
         command,
+        histograms,
     }) = &cli.command
     {
-        return ctl::run(&cli.config, socket.as_deref(), command, *json);
+        return ctl::run(&cli.config, socket.as_deref(), command, histograms, *json);
     }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,

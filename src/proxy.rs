@@ -30,6 +30,7 @@ use crate::http1::body::{BodyReader, Framing};
 use crate::http1::encode::{Reply, response_head};
 use crate::http1::parse::{BadResponse, parse_response};
 use crate::io::{Peeked, Wait, budget, peek, read_more, write_buf, write_range};
+use crate::metrics::Record;
 use crate::slab::Lease;
 use crate::snapshot::Snapshot;
 use crate::state::Generation;
@@ -105,6 +106,9 @@ pub async fn exchange(
     let client_fd = conn.fd;
     let has_body = plan.framing != Framing::None;
     let mut fresh = false;
+    conn.rec.upstream = Some(upstream);
+    let asked = Instant::now();
+    conn.rec.proxy_us = Some(micros(asked - conn.rec.started));
     loop {
         let (mut up, reused) = match pool.checkout(endpoint, t, fresh).await {
             Ok(c) => c,
@@ -118,6 +122,7 @@ pub async fn exchange(
             pool.discard(up);
             if may_retry {
                 fresh = true;
+                conn.rec.retries += 1;
                 continue;
             }
             return fail(conn, snap, plan, wbuf, Reject::BadGateway, None).await;
@@ -125,19 +130,22 @@ pub async fn exchange(
 
         let committed = Cell::new(false);
         let head_done = Cell::new(false);
+        let seen = Seen::default();
         let rx = RelayCx {
             plan,
             t,
             committed: &committed,
             head_done: &head_done,
+            seen: &seen,
             max_head: snap.config.limits.buffer_size.get(),
             date: shard.date.get(),
         };
         let Conn { r, w, rbuf, .. } = conn;
         // Without a body the pump is done at its first poll.
-        let pump = pump(r, rbuf, plan, t, &mut up.w);
+        let pump = pump(r, rbuf, plan, t, &mut up.w, &seen.bytes_in);
         let relay = relay(&rx, &mut up.r, w, &mut ubuf, wbuf);
         let (pumped, relayed) = drive(pump, relay, &head_done, plan, t, client_fd).await;
+        seen.into_record(&mut conn.rec, asked);
 
         let consumed = match pumped {
             Some(Ok(end)) => Some(end),
@@ -192,6 +200,7 @@ pub async fn exchange(
             Some(Err(RelayError::Upstream(UpstreamError::ClosedEarly))) if may_retry => {
                 pool.discard(up);
                 fresh = true;
+                conn.rec.retries += 1;
                 continue;
             }
             Some(Err(RelayError::Upstream(e))) => {
@@ -336,6 +345,7 @@ async fn pump(
     plan: &Plan<'_>,
     t: &Timeouts,
     uw: &mut UpWrite,
+    bytes_in: &Cell<u64>,
 ) -> Result<usize, PumpError> {
     let mut reader = BodyReader::new(plan.framing);
     let mut pos = plan.head_len;
@@ -344,6 +354,7 @@ async fn pump(
         let progress = reader
             .advance(&rbuf.get()[pos..], |r| total += r.len() as u64)
             .map_err(|e| PumpError::Invalid(e.0))?;
+        bytes_in.set(total);
         if plan.max_body > 0 && total > plan.max_body {
             return Err(PumpError::TooLarge);
         }
@@ -366,9 +377,46 @@ async fn pump(
     }
 }
 
+/// What an exchange saw, for the request's `Record`.
+#[derive(Default)]
+struct Seen {
+    status: Cell<u16>,
+    bytes_in: Cell<u64>,
+    bytes_out: Cell<u64>,
+    /// When the final response head was read, and when it was written.
+    head_read: Cell<Option<Instant>>,
+    head_sent: Cell<Option<Instant>>,
+}
+
+impl Seen {
+    fn add_out(&self, n: usize) {
+        self.bytes_out.set(self.bytes_out.get() + n as u64);
+    }
+
+    /// `asked`: when the pool was asked for a connection.
+    fn into_record(self, rec: &mut Record, asked: Instant) {
+        if self.status.get() != 0 {
+            rec.status = self.status.get();
+        }
+        rec.bytes_in += self.bytes_in.get();
+        rec.bytes_out += self.bytes_out.get();
+        if let Some(read) = self.head_read.get() {
+            rec.upstream_us = Some(micros(read - asked));
+            if let Some(sent) = self.head_sent.get() {
+                rec.proxy_us = Some(rec.proxy_us.unwrap_or(0) + micros(sent - read));
+            }
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 struct RelayCx<'a> {
     plan: &'a Plan<'a>,
     t: &'a Timeouts,
+    seen: &'a Seen,
     /// A response head is on its way to the client, set before its first
     /// byte is written: an error can only close the connection now.
     committed: &'a Cell<bool>,
@@ -387,6 +435,7 @@ enum Head {
 /// A final response head, already rewritten into the write buffer.
 struct FinalHead {
     len: usize,
+    status: u16,
     framing: Framing,
     /// The upstream may carry another request on this connection.
     reusable: bool,
@@ -417,6 +466,7 @@ async fn relay(
             Ok(Some(Head::Interim(len))) => {
                 if !wbuf.get().is_empty() {
                     cx.committed.set(true);
+                    cx.seen.add_out(wbuf.get().len());
                     write_buf(cw, wbuf, send_limit)
                         .await
                         .map_err(|_| RelayError::Client)?;
@@ -426,6 +476,8 @@ async fn relay(
             }
             Ok(Some(Head::Switch(len))) => {
                 cx.committed.set(true);
+                cx.seen.status.set(101);
+                cx.seen.add_out(wbuf.get().len());
                 write_buf(cw, wbuf, send_limit)
                     .await
                     .map_err(|_| RelayError::Client)?;
@@ -447,8 +499,11 @@ async fn relay(
         }
     };
     cx.head_done.set(true);
+    cx.seen.head_read.set(Some(Instant::now()));
+    cx.seen.status.set(head.status);
     let FinalHead {
         len,
+        status: _,
         framing,
         reusable,
         close,
@@ -484,16 +539,20 @@ async fn relay(
                 out.extend_from_slice(body);
             }
             cx.committed.set(true);
+            cx.seen.add_out(wbuf.get().len());
             write_buf(cw, wbuf, send_limit)
                 .await
                 .map_err(|_| RelayError::Client)?;
+            cx.seen.head_sent.set(Some(Instant::now()));
             if !fits {
+                cx.seen.add_out(out_end - pos);
                 write_range(cw, ubuf, pos..out_end, send_limit)
                     .await
                     .map_err(|_| RelayError::Client)?;
             }
             head_pending = false;
         } else {
+            cx.seen.add_out(out_end - pos);
             write_range(cw, ubuf, pos..out_end, send_limit)
                 .await
                 .map_err(|_| RelayError::Client)?;
@@ -561,6 +620,7 @@ fn response(cx: &RelayCx<'_>, buf: &[u8], out: &mut Vec<u8>) -> Result<Option<He
     response_head(out, &resp, reply);
     Ok(Some(Head::Final(FinalHead {
         len: resp.head_len,
+        status: resp.status,
         framing: resp.framing,
         reusable: resp.keep_alive,
         close,

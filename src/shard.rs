@@ -21,6 +21,7 @@ use monoio::net::{TcpListener, TcpStream};
 
 use crate::conn::{self, After, IdleConn};
 use crate::mailbox::{FromShard, Mailbox, ShardStats, ToShard};
+use crate::metrics::{self, Report};
 use crate::snapshot::Snapshot;
 use crate::state::ShardState;
 
@@ -170,6 +171,10 @@ async fn serve(spec: ShardSpec, driver: String) -> std::io::Result<()> {
                 mailbox.answer(FromShard::Reloaded(generation));
             }
             ToShard::Stats(n) => mailbox.answer(FromShard::Stats(n, stats(&shard))),
+            ToShard::Metrics { n, latency, reset } => {
+                let report = metrics_report(&shard, latency, reset);
+                mailbox.answer(FromShard::Metrics(n, Box::new(report)));
+            }
             ToShard::Drain => drain(&shard, &mut listeners),
             ToShard::Stop(limit) => {
                 drain(&shard, &mut listeners);
@@ -213,6 +218,20 @@ fn stats(shard: &ShardState) -> ShardStats {
         buffers_leased: shard.slab.leased(),
         buffers_max: shard.slab.max(),
         draining: shard.draining(),
+    }
+}
+
+fn metrics_report(shard: &ShardState, latency: bool, reset: bool) -> Report {
+    let current = shard.current();
+    let upstreams = current.pools.iter().map(|p| &*p.metrics);
+    let routes = current.route_metrics.iter().map(|r| &**r);
+    Report {
+        accepted: shard.accepted.get(),
+        connections: shard.conns() as u64,
+        client_aborts: shard.client_aborts.get(),
+        buffers_leased: shard.slab.leased() as u64,
+        buffers_max: shard.slab.max() as u64,
+        ..metrics::report(routes, upstreams, latency, reset)
     }
 }
 
@@ -282,6 +301,7 @@ async fn accept(
         match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {
                 backoff.reset();
+                metrics::bump(&shard.accepted);
                 if stopped.get() {
                     // Accepted as the stop came: serve it, then stop.
                     shard.conn_opened();

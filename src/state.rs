@@ -18,6 +18,7 @@ use std::time::{Instant, SystemTime};
 use monoio::io::{CancelHandle, Canceller};
 
 use crate::date::HttpDate;
+use crate::metrics::{Record, RouteMetrics, UNROUTED};
 use crate::slab::Slab;
 use crate::snapshot::Snapshot;
 use crate::upstream::UpstreamPool;
@@ -29,6 +30,9 @@ pub struct Generation {
     pub number: u64,
     /// Indexed like the snapshot's upstreams.
     pub pools: Vec<UpstreamPool>,
+    /// Indexed like the snapshot's routes, then one for requests no route
+    /// matched.
+    pub route_metrics: Vec<Rc<RouteMetrics>>,
 }
 
 impl Generation {
@@ -47,10 +51,30 @@ impl Generation {
                 UpstreamPool::new(cfg, old)
             })
             .collect();
+        let names = snapshot.config.routes.iter().map(|r| r.name.as_str());
+        let route_metrics = names
+            .chain([UNROUTED])
+            .map(|name| {
+                let old = previous.and_then(|p| p.route_metrics.iter().find(|m| m.name == name));
+                old.cloned()
+                    .unwrap_or_else(|| Rc::new(RouteMetrics::new(name)))
+            })
+            .collect();
         Generation {
             snapshot,
             number,
             pools,
+            route_metrics,
+        }
+    }
+
+    /// Counts a request that has ended.
+    pub fn record(&self, r: &Record) {
+        let total_us = r.started.elapsed().as_micros() as u64;
+        let route = r.route.unwrap_or(self.route_metrics.len() - 1);
+        self.route_metrics[route].record(r, total_us);
+        if let Some(u) = r.upstream {
+            self.pools[u].metrics.record(r, total_us);
         }
     }
 }
@@ -80,6 +104,8 @@ pub struct ShardState {
     pub client_aborts: Cell<u64>,
     /// Requests read whole (heads parsed), answered or proxied.
     pub requests: Cell<u64>,
+    /// Client connections accepted.
+    pub accepted: Cell<u64>,
     /// The event loop: "io_uring (Coop)", "epoll".
     pub driver: String,
     conns: Cell<usize>,
@@ -111,6 +137,7 @@ impl ShardState {
             date: HttpDate::new(SystemTime::now()),
             client_aborts: Cell::new(0),
             requests: Cell::new(0),
+            accepted: Cell::new(0),
             driver,
             conns: Cell::new(0),
             waiting: RefCell::new([Canceller::new(), Canceller::new()]),

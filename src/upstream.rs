@@ -22,6 +22,7 @@ use monoio::net::TcpStream;
 use crate::config::{Timeouts, Upstream};
 use crate::error::UpstreamError;
 use crate::io::{Peeked, peek};
+use crate::metrics::{UpstreamMetrics, bump};
 
 pub struct UpstreamConn {
     pub r: OwnedReadHalf<TcpStream>,
@@ -58,6 +59,8 @@ impl Endpoint {
 
 pub struct UpstreamPool {
     cfg: Upstream,
+    /// Kept across reloads with the upstream's name.
+    pub metrics: Rc<UpstreamMetrics>,
     /// Shared with the pools of other generations of the same upstream
     /// that have the same endpoint: its connections outlive a reload.
     endpoints: Vec<Rc<Endpoint>>,
@@ -71,6 +74,10 @@ impl UpstreamPool {
     /// open and idle connections included.
     pub fn new(cfg: &Upstream, previous: Option<&UpstreamPool>) -> UpstreamPool {
         UpstreamPool {
+            metrics: previous.map_or_else(
+                || Rc::new(UpstreamMetrics::new(&cfg.name)),
+                |p| p.metrics.clone(),
+            ),
             endpoints: cfg
                 .endpoints
                 .iter()
@@ -123,6 +130,7 @@ impl UpstreamPool {
         if !fresh && let Some(mut conn) = self.take_idle(ep, Instant::now()) {
             // Put in by another generation's pool, maybe at another index.
             conn.endpoint = endpoint;
+            bump(&self.metrics.reuses);
             return Ok((conn, true));
         }
         if ep.open.get() >= self.cfg.max_per_endpoint {
@@ -130,6 +138,7 @@ impl UpstreamPool {
             match monoio::time::timeout(self.cfg.queue_timeout, wait).await {
                 Ok(Some(mut conn)) => {
                     conn.endpoint = endpoint;
+                    bump(&self.metrics.reuses);
                     return Ok((conn, true));
                 }
                 Ok(None) => {}
@@ -147,13 +156,16 @@ impl UpstreamPool {
             Ok(Err(e)) => {
                 log::debug!("connect to {} failed: {e}", ep.addr);
                 self.release(ep);
+                bump(&self.metrics.failures);
                 return Err(UpstreamError::Connect);
             }
             Err(_) => {
                 self.release(ep);
+                bump(&self.metrics.failures);
                 return Err(UpstreamError::Connect);
             }
         };
+        bump(&self.metrics.connects);
         let _ = stream.set_nodelay(true);
         let fd = stream.as_raw_fd();
         let (r, w) = stream.into_split();
