@@ -87,14 +87,23 @@ pub struct Metrics {
     /// A listener of its own, served by the control side; `None`: no endpoint.
     pub listen: Option<SocketAddr>,
     pub path: String,
+    /// Where interval logs of the latency histograms go; `None`: nowhere.
+    pub histogram_dir: Option<PathBuf>,
+    pub histogram_interval: Duration,
+    pub histogram_keep: usize,
+    pub histogram_file_bytes: u64,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 struct FileMetrics {
     listen: Option<String>,
-    #[serde(default = "default_metrics_path")]
     path: String,
+    histogram_dir: Option<PathBuf>,
+    histogram_interval: Dur,
+    histogram_keep: usize,
+    histogram_file_bytes: Size,
 }
 
 impl Default for FileMetrics {
@@ -102,6 +111,10 @@ impl Default for FileMetrics {
         FileMetrics {
             listen: None,
             path: default_metrics_path(),
+            histogram_dir: None,
+            histogram_interval: Dur::secs(10),
+            histogram_keep: 24,
+            histogram_file_bytes: Size(64 << 20),
         }
     }
 }
@@ -622,9 +635,19 @@ impl ConfigValidator<'_> {
                 "must be a path starting with '/', without '?', '#' or spaces",
             ));
         }
+        if file.histogram_interval.0 < Duration::from_secs(1) {
+            return Err(self.error("metrics.histogram_interval", "must be at least 1s"));
+        }
+        if file.histogram_keep == 0 {
+            return Err(self.error("metrics.histogram_keep", "must be at least 1"));
+        }
         Ok(Metrics {
             listen,
             path: file.path.clone(),
+            histogram_dir: file.histogram_dir.clone(),
+            histogram_interval: file.histogram_interval.0,
+            histogram_keep: file.histogram_keep,
+            histogram_file_bytes: file.histogram_file_bytes.0,
         })
     }
 

@@ -24,8 +24,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::admin::{AdminServer, AdminSocket};
 use crate::config::Config;
 use crate::exporter::Exporter;
+use crate::histlog::HistogramLogs;
 use crate::mailbox::{FromShard, Mailbox, ShardStats, ToShard};
-use crate::metrics::{Latency, Metric, Report, render_prometheus};
+use crate::metrics::{Latency, Metric, Report, Reset, render_prometheus};
 use crate::shard::{self, ShardSpec};
 use crate::snapshot::Snapshot;
 
@@ -208,6 +209,18 @@ impl Server {
             Some(path) => Some(AdminSocket::open(path)?),
             None => None,
         };
+        let histogram_logs = match &cfg.metrics.histogram_dir {
+            Some(dir) => Some(
+                HistogramLogs::new(
+                    dir,
+                    cfg.metrics.histogram_interval,
+                    cfg.metrics.histogram_keep,
+                    cfg.metrics.histogram_file_bytes,
+                )
+                .with_context(|| format!("metrics.histogram_dir {}", dir.display()))?,
+            ),
+            None => None,
+        };
         let exporter = match cfg.metrics.listen {
             Some(addr) => Some(Exporter::bind(addr)?),
             None => None,
@@ -269,6 +282,7 @@ impl Server {
             histograms_since: SystemTime::now(),
             admin: admin.map(|a| a.serve(handle.clone())),
             exporter: exporter.map(|l| Exporter::serve(l, metrics_path, handle.clone())),
+            histogram_logs,
             watched: Instant::now(),
         };
         let thread = std::thread::Builder::new()
@@ -362,6 +376,7 @@ struct Control {
     watched: Instant,
     admin: Option<AdminServer>,
     exporter: Option<Exporter>,
+    histogram_logs: Option<HistogramLogs>,
 }
 
 /// How long the control thread waits for every shard to answer.
@@ -375,6 +390,14 @@ impl Control {
             if self.watched.elapsed() >= WATCH_EVERY {
                 self.watched = Instant::now();
                 self.watch();
+            }
+            if self.histogram_logs.as_ref().is_some_and(HistogramLogs::due) {
+                let totals = self.gather(true, Reset::Nothing);
+                if let Some(logs) = &mut self.histogram_logs
+                    && let Err(e) = logs.write(totals)
+                {
+                    log::error!("metrics.histogram_dir: {e}");
+                }
             }
             let envelope = match commands.recv_timeout(WATCH_EVERY) {
                 Ok(e) => e,
@@ -428,7 +451,7 @@ impl Control {
                 Ok(json!({ "draining": true }))
             }
             Command::Metrics => {
-                let report = self.gather(true, false);
+                let report = self.gather(true, Reset::Nothing);
                 let failed = self.reloads_failed;
                 Ok(json!({ "text": render_prometheus(&report, self.generation, failed) }))
             }
@@ -438,10 +461,11 @@ impl Control {
     }
 
     /// Every shard's metrics, summed.
-    fn gather(&mut self, latency: bool, reset: bool) -> Report {
+    fn gather(&mut self, latency: bool, reset: Reset) -> Report {
         self.asked += 1;
         let n = self.asked;
         for s in &self.shards {
+            let reset = reset.clone();
             let _ = send(&s.mailbox, ToShard::Metrics { n, latency, reset });
         }
         let mut total = Report::default();
@@ -459,7 +483,13 @@ impl Control {
     }
 
     fn histograms(&mut self, q: &HistogramQuery) -> Reply {
-        let report = self.gather(true, q.reset);
+        let reset = match (q.reset, &q.route, &q.upstream) {
+            (false, _, _) => Reset::Nothing,
+            (true, Some(r), _) => Reset::Route(r.clone()),
+            (true, _, Some(u)) => Reset::Upstream(u.clone()),
+            (true, None, None) => Reset::Routes,
+        };
+        let report = self.gather(true, reset);
         let since = self.histograms_since;
         if q.reset {
             self.histograms_since = SystemTime::now();

@@ -32,6 +32,7 @@ pub mod date;
 pub mod error;
 pub mod exporter;
 pub mod hgrm;
+pub mod histlog;
 pub mod http1;
 pub mod io;
 pub mod mailbox;

@@ -20,7 +20,7 @@ use atomic_waker::AtomicWaker;
 use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
 
-use crate::metrics::Report;
+use crate::metrics::{Report, Reset};
 use crate::snapshot::Snapshot;
 
 /// A message from the control thread to a shard.
@@ -36,8 +36,8 @@ pub enum ToShard {
     /// Report `ShardStats`; the number comes back with them.
     Stats(u64),
     /// Report the metrics (`metrics::Report`), with copies of the latency
-    /// histograms if `latency`, clearing them after if `reset`.
-    Metrics { n: u64, latency: bool, reset: bool },
+    /// histograms if `latency`, clearing those `reset` names after.
+    Metrics { n: u64, latency: bool, reset: Reset },
     /// Stop accepting, close idle connections, let the others finish; stay up.
     Drain,
     /// Drain for at most this long, then end the shard.

@@ -293,17 +293,45 @@ pub struct Report {
     pub log_dropped: u64,
 }
 
+/// Which latency histograms a report clears once read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reset {
+    Nothing,
+    /// Every route's (not the upstreams').
+    Routes,
+    Route(String),
+    Upstream(String),
+}
+
+impl Reset {
+    fn route(&self, name: &str) -> bool {
+        match self {
+            Reset::Routes => true,
+            Reset::Route(r) => r == name,
+            _ => false,
+        }
+    }
+
+    fn upstream(&self, name: &str) -> bool {
+        matches!(self, Reset::Upstream(u) if u == name)
+    }
+}
+
 /// Reports a shard's routes and upstreams; `latency` includes copies of the
-/// histograms, `reset` clears them after.
+/// histograms, and those `reset` names are cleared after.
 pub fn report<'a>(
     routes: impl Iterator<Item = &'a RouteMetrics>,
     upstreams: impl Iterator<Item = &'a UpstreamMetrics>,
     latency: bool,
-    reset: bool,
+    reset: &Reset,
 ) -> Report {
     Report {
-        routes: routes.map(|r| r.report(latency, reset)).collect(),
-        upstreams: upstreams.map(|u| u.report(latency, reset)).collect(),
+        routes: routes
+            .map(|r| r.report(latency, reset.route(&r.name)))
+            .collect(),
+        upstreams: upstreams
+            .map(|u| u.report(latency, reset.upstream(&u.name)))
+            .collect(),
         ..Report::default()
     }
 }
@@ -609,8 +637,13 @@ mod tests {
         b.record(&r, 2500);
         r.status = 502;
         b.record(&r, 900);
-        let mut merged = report([&a].into_iter(), [].into_iter(), true, false);
-        merged.merge(&report([&b].into_iter(), [].into_iter(), true, false));
+        let mut merged = report([&a].into_iter(), [].into_iter(), true, &Reset::Nothing);
+        merged.merge(&report(
+            [&b].into_iter(),
+            [].into_iter(),
+            true,
+            &Reset::Nothing,
+        ));
         assert_eq!(merged.routes.len(), 1);
         let m = &merged.routes[0];
         assert_eq!(m.requests[0][1], 2);

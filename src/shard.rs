@@ -21,7 +21,7 @@ use monoio::net::{TcpListener, TcpStream};
 
 use crate::conn::{self, After, IdleConn};
 use crate::mailbox::{FromShard, Mailbox, ShardStats, ToShard};
-use crate::metrics::{self, Report};
+use crate::metrics::{self, Report, Reset};
 use crate::snapshot::Snapshot;
 use crate::state::ShardState;
 
@@ -172,7 +172,7 @@ async fn serve(spec: ShardSpec, driver: String) -> std::io::Result<()> {
             }
             ToShard::Stats(n) => mailbox.answer(FromShard::Stats(n, stats(&shard))),
             ToShard::Metrics { n, latency, reset } => {
-                let report = metrics_report(&shard, latency, reset);
+                let report = metrics_report(&shard, latency, &reset);
                 mailbox.answer(FromShard::Metrics(n, Box::new(report)));
             }
             ToShard::Drain => drain(&shard, &mut listeners),
@@ -221,7 +221,7 @@ fn stats(shard: &ShardState) -> ShardStats {
     }
 }
 
-fn metrics_report(shard: &ShardState, latency: bool, reset: bool) -> Report {
+fn metrics_report(shard: &ShardState, latency: bool, reset: &Reset) -> Report {
     let current = shard.current();
     let upstreams = current.pools.iter().map(|p| &*p.metrics);
     let routes = current.route_metrics.iter().map(|r| &**r);

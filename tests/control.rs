@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -134,23 +134,6 @@ impl Load {
             self.failed.load(Ordering::Relaxed),
         )
     }
-}
-
-/// The proxy's process, killed if a test fails before it stops it.
-struct Running(Option<Child>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn run(config: &std::path::Path) -> (Running, SocketAddr) {
-    let (child, addr) = start(config);
-    (Running(Some(child)), addr)
 }
 
 fn stop(mut running: Running, name: &str) {

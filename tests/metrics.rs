@@ -59,21 +59,24 @@ fn send(addr: SocketAddr, n: usize, raw: &str, status: u16) {
 #[test]
 fn a_known_mix_shows_in_metrics_and_histograms_exactly() {
     let name = "metrics";
+    let hlog_dir = std::env::temp_dir().join(format!("ringway-hlog-{}", std::process::id()));
     let origin = Origin::start(|_| {
         Reply::Raw(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok".to_vec())
     });
     let text = format!(
         "[server]\nworkers = 2\npin_cores = false\nadmin_socket = \"{}\"\n\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\npath = \"/m\"\n\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\npath = \"/m\"\nhistogram_dir = \"{}\"\nhistogram_interval = \"1s\"\n\n\
          [[listener]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\n\n\
          [[upstream]]\nname = \"o\"\nendpoints = [\"{}\"]\n\n\
          [[route]]\nname = \"a\"\nprefix = \"/a\"\nmethods = [\"GET\"]\nrespond = {{ status = 200, body = \"a\" }}\n\n\
          [[route]]\nname = \"p\"\nprefix = \"/p\"\nupstream = \"o\"\n",
         socket(name).display(),
+        hlog_dir.display(),
         origin.addr
     );
     let path = write_config("metrics.toml", &text);
-    let (mut child, addr, log) = start_with(&path, &[]);
+    let (child, addr, log) = start_with(&path, &[]);
+    let mut child = Running(Some(child));
     let metrics: SocketAddr = loop {
         let line = log
             .recv_timeout(Duration::from_secs(10))
@@ -213,7 +216,28 @@ fn a_known_mix_shows_in_metrics_and_histograms_exactly() {
     let (ok, err) = ctl(name, &["histograms", "--route", "nope"]);
     assert!(!ok && err.contains("no route named \"nope\""), "{err}");
 
+    // The interval logs: a line tagged with the route, within a few seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let logged = std::fs::read_dir(&hlog_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .any(|t| {
+                t.contains("#[StartTime") && t.lines().any(|l| l.starts_with("Tag=route:p:total,"))
+            });
+        if logged {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no interval log in {}",
+            hlog_dir.display()
+        );
+        std::thread::yield_now();
+    }
+
     let (ok, _) = ctl(name, &["stop"]);
     assert!(ok);
-    assert!(child.wait().unwrap().success());
+    assert!(child.0.take().unwrap().wait().unwrap().success());
 }

@@ -553,3 +553,20 @@ pub fn spawn(cmd: &mut Command) -> (Child, SocketAddr, mpsc::Receiver<String>) {
         .expect("the proxy logs its listener");
     (child, addr.parse().unwrap(), log_rx)
 }
+
+/// The proxy's process, killed if a test fails before it stops it.
+pub struct Running(pub Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn run(config: &std::path::Path) -> (Running, SocketAddr) {
+    let (child, addr) = start(config);
+    (Running(Some(child)), addr)
+}
