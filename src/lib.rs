@@ -24,6 +24,7 @@
 //! rewrite the head) → `proxy::exchange` (pool checkout, `pump` ‖ `relay`,
 //! checkin) → back to `conn::serve` for the next request on the connection.
 
+pub mod accesslog;
 pub mod admin;
 pub mod config;
 pub mod conn;
@@ -38,6 +39,7 @@ pub mod io;
 pub mod mailbox;
 pub mod metrics;
 pub mod proxy;
+pub mod redact;
 pub mod route;
 pub mod shard;
 pub mod slab;
