@@ -25,6 +25,8 @@ fn route(i: usize, host: Option<String>, prefix: String, methods: Vec<String>) -
         timeout: None,
         max_body_bytes: None,
         underscores_in_headers: false,
+        access_log: true,
+        access_log_sample: 1.0,
         line: i,
     }
 }

@@ -44,6 +44,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
     pub metrics: Metrics,
+    /// `[access_log] path`: the file; `None`: no access log.
+    pub access_log: Option<PathBuf>,
     /// Where each key is written, to place warnings.
     pub keys: KeyLines,
     /// The file as it was read: what `ringway ctl config` shows.
@@ -224,6 +226,10 @@ pub struct Route {
     /// are dropped, as nginx does: `X_User` and `X-User` look alike to many
     /// applications, so a client could pass one for the other.
     pub underscores_in_headers: bool,
+    /// Write this route's requests to the access log, if there is one.
+    pub access_log: bool,
+    /// The share of them written, 0 to 1.
+    pub access_log_sample: f64,
     /// The line of the route's `[[route]]` header.
     pub line: usize,
 }
@@ -268,6 +274,14 @@ struct FileConfig {
     route: Vec<FileRoute>,
     #[serde(default)]
     metrics: FileMetrics,
+    #[serde(default)]
+    access_log: FileAccessLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAccessLog {
+    path: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -329,6 +343,17 @@ struct FileRoute {
     max_body_bytes: Option<Size>,
     #[serde(default)]
     underscores_in_headers: bool,
+    #[serde(default = "yes")]
+    access_log: bool,
+    #[serde(default = "one")]
+    access_log_sample: f64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> f64 {
+    1.0
 }
 
 impl Config {
@@ -535,6 +560,7 @@ impl ConfigValidator<'_> {
             upstreams,
             routes,
             metrics,
+            access_log: file.access_log.path.clone(),
             keys: self.keys,
             text: String::new(),
         })
@@ -825,6 +851,12 @@ impl ConfigValidator<'_> {
             {
                 return Err(self.error(&key("set_host"), "must be a host[:port] without spaces"));
             }
+            if !(0.0..=1.0).contains(&r.access_log_sample) {
+                return Err(self.error(
+                    &format!("route.{i}.access_log_sample"),
+                    "must be between 0 and 1 (the share of requests logged)",
+                ));
+            }
             routes.push(Route {
                 name: r.name.clone(),
                 host,
@@ -836,6 +868,8 @@ impl ConfigValidator<'_> {
                 timeout: r.timeout.map(|d| d.0),
                 max_body_bytes: r.max_body_bytes.map(|s| s.0),
                 underscores_in_headers: r.underscores_in_headers,
+                access_log: r.access_log,
+                access_log_sample: r.access_log_sample,
                 line: self.keys.line(&format!("route.{i}")),
             });
         }

@@ -16,13 +16,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use monoio::io::{
     AsyncWriteRent, CancelableAsyncReadRent, OwnedReadHalf, OwnedWriteHalf, Splitable,
 };
 use monoio::net::TcpStream;
 
+use crate::accesslog::{Entry, ShardLog};
 use crate::config::{Action, MAX_HEADERS_CAP};
 use crate::error::Reject;
 use crate::http1::body::{BodyReader, Framing};
@@ -82,6 +83,11 @@ pub struct Conn<'s> {
     byte: Option<Box<[u8; 1]>>,
     /// What the request being served did, for the metrics.
     pub rec: Record,
+    /// With an access log: the request's method, target and X-Request-Id,
+    /// copied from its head (which is gone by the time it is logged), and
+    /// their lengths. Allocated at the first request logged.
+    logged: Vec<u8>,
+    logged_lens: [usize; 3],
 }
 
 /// A request once its head is parsed, reduced to what serving it needs.
@@ -141,6 +147,8 @@ pub async fn serve(shard: &ShardState, mut stream: TcpStream, peer: SocketAddr) 
         accepted: Instant::now(),
         byte: None,
         rec: Record::new(Instant::now()),
+        logged: Vec::new(),
+        logged_lens: [0; 3],
     };
     conn.run().await
 }
@@ -169,6 +177,8 @@ pub async fn resume(shard: &ShardState, mut idle: IdleConn) -> After {
         accepted,
         byte: idle.byte,
         rec: Record::new(Instant::now()),
+        logged: Vec::new(),
+        logged_lens: [0; 3],
     };
     conn.run().await
 }
@@ -212,9 +222,13 @@ impl Conn<'_> {
             // while the connection waited applies to it.
             let snap = self.shard.current();
             self.rec = Record::new(Instant::now());
+            self.logged_lens = [0; 3];
             let next = self.request(&snap).await;
             if self.rec.status != 0 || self.rec.bytes_in > 0 {
                 snap.record(&self.rec);
+                if let Some(log) = &self.shard.log {
+                    self.log(log, &snap);
+                }
             }
             match next {
                 Next::KeepAlive if !self.shard.draining() => self.first = false,
@@ -286,6 +300,9 @@ impl Conn<'_> {
             }
         };
         self.shard.requests.set(self.shard.requests.get() + 1);
+        if self.shard.log.is_some() {
+            self.keep_for_log(plan.head_len);
+        }
         self.rec.bytes_in = plan.head_len as u64;
         self.rec.route = plan.route;
         self.rec.method = plan.method;
@@ -468,6 +485,62 @@ impl Conn<'_> {
         }
     }
 
+    /// Copies what the access log needs from the head before it goes.
+    fn keep_for_log(&mut self, head_len: usize) {
+        let head = &self.rbuf.get()[..head_len];
+        let mut lines = head.split(|&b| b == b'\n');
+        let first = lines.next().unwrap_or_default();
+        let mut words = first.split(|&b| b == b' ');
+        let method = words.next().unwrap_or_default();
+        let target = words.next().unwrap_or_default();
+        let id = lines
+            .filter_map(|l| {
+                let (name, value) = l.split_at(l.iter().position(|&b| b == b':')?);
+                name.eq_ignore_ascii_case(b"x-request-id")
+                    .then(|| value[1..].trim_ascii())
+            })
+            .next()
+            .unwrap_or_default();
+        let id = &id[..id.len().min(MAX_REQUEST_ID)];
+        self.logged.clear();
+        for part in [method, target, id] {
+            self.logged.extend_from_slice(part);
+        }
+        self.logged_lens = [method.len(), target.len(), id.len()];
+    }
+
+    /// Writes the request that just ended to the access log, if its route
+    /// logs (and its sample takes this one).
+    fn log(&self, log: &ShardLog, snap: &Generation) {
+        let route = self.rec.route.map(|i| &snap.config.routes[i]);
+        if route.is_some_and(|r| !r.access_log) {
+            return;
+        }
+        let metrics = &snap.route_metrics[self.rec.route.unwrap_or(snap.route_metrics.len() - 1)];
+        if !metrics.sampled(route.map_or(1.0, |r| r.access_log_sample)) {
+            return;
+        }
+        let [m, t, i] = self.logged_lens;
+        let unix_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        log.log(&Entry {
+            unix_ms,
+            request_id: (i > 0).then(|| &self.logged[m + t..m + t + i]),
+            client: self.peer,
+            method: &self.logged[..m],
+            path: &self.logged[m..m + t],
+            route: route.map(|r| r.name.as_str()),
+            upstream: self.rec.upstream_addr,
+            status: self.rec.status,
+            bytes_in: self.rec.bytes_in,
+            bytes_out: self.rec.bytes_out,
+            total_us: self.rec.started.elapsed().as_micros() as u64,
+            upstream_us: self.rec.upstream_us,
+            retries: self.rec.retries,
+        });
+    }
+
     /// Writes the response in `wbuf`; closes (after letting the client read it) if asked.
     pub async fn answer(&mut self, snap: &Snapshot, wbuf: &mut Lease, close: bool) -> Next {
         let limit = snap.config.timeouts.client_send.0;
@@ -528,6 +601,9 @@ impl Conn<'_> {
         }
     }
 }
+
+/// The longest X-Request-Id the access log keeps.
+const MAX_REQUEST_ID: usize = 128;
 
 /// Why a wait for the next request ended without one.
 enum Waited {

@@ -21,6 +21,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::accesslog::LogWriter;
 use crate::admin::{AdminServer, AdminSocket};
 use crate::config::Config;
 use crate::exporter::Exporter;
@@ -40,6 +41,8 @@ pub enum Command {
     Stop,
     /// The metrics in the Prometheus text format.
     Metrics,
+    /// Close and open the access log file again (after logrotate moved it).
+    ReopenLogs,
     Histograms(HistogramQuery),
 }
 
@@ -74,6 +77,7 @@ impl Command {
         "stop",
         "metrics",
         "histograms",
+        "reopen-logs",
     ];
 
     /// The command of an admin request: `{"command":"status"}`, or for
@@ -89,6 +93,7 @@ impl Command {
             "drain" => Command::Drain,
             "stop" => Command::Stop,
             "metrics" => Command::Metrics,
+            "reopen-logs" => Command::ReopenLogs,
             "histograms" => {
                 let text = |key: &str| -> Result<Option<String>, String> {
                     match request.get(key) {
@@ -241,6 +246,13 @@ impl Server {
             });
         }
 
+        let access_log = match &cfg.access_log {
+            Some(path) => Some(
+                LogWriter::start(path.clone())
+                    .with_context(|| format!("access_log.path {}", path.display()))?,
+            ),
+            None => None,
+        };
         let mut shards = Vec::with_capacity(workers);
         for (id, listeners) in per_shard.into_iter().enumerate() {
             let mailbox = Mailbox::new();
@@ -250,6 +262,7 @@ impl Server {
                 snapshot: snapshot.clone(),
                 listeners,
                 mailbox: mailbox.clone(),
+                log: access_log.as_ref().map(LogWriter::shard),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("ringway-shard-{id}"))
@@ -283,6 +296,7 @@ impl Server {
             admin: admin.map(|a| a.serve(handle.clone())),
             exporter: exporter.map(|l| Exporter::serve(l, metrics_path, handle.clone())),
             histogram_logs,
+            access_log,
             watched: Instant::now(),
         };
         let thread = std::thread::Builder::new()
@@ -377,6 +391,7 @@ struct Control {
     admin: Option<AdminServer>,
     exporter: Option<Exporter>,
     histogram_logs: Option<HistogramLogs>,
+    access_log: Option<LogWriter>,
 }
 
 /// How long the control thread waits for every shard to answer.
@@ -451,11 +466,20 @@ impl Control {
                 Ok(json!({ "draining": true }))
             }
             Command::Metrics => {
-                let report = self.gather(true, Reset::Nothing);
+                let mut report = self.gather(true, Reset::Nothing);
+                report.log_dropped += self.access_log.as_ref().map_or(0, LogWriter::dropped_lines);
                 let failed = self.reloads_failed;
                 Ok(json!({ "text": render_prometheus(&report, self.generation, failed) }))
             }
             Command::Histograms(q) => self.histograms(&q),
+            Command::ReopenLogs => match &self.access_log {
+                Some(log) => {
+                    log.reopen();
+                    log::info!("access log: reopening the file");
+                    Ok(json!({ "reopened": true }))
+                }
+                None => Err("no access log: set [access_log] path".into()),
+            },
             Command::Stop => unreachable!("handled by run"),
         }
     }
@@ -771,6 +795,13 @@ impl Control {
         config.limits.buffer_size = running.limits.buffer_size;
         config.limits.max_buffer_bytes = running.limits.max_buffer_bytes;
         keep_metrics(&mut restart, &mut config.metrics, &running.metrics);
+        if config.access_log != running.access_log {
+            restart.push(format!(
+                "access_log.path: {:?} -> {:?} (needs a restart)",
+                running.access_log, config.access_log
+            ));
+            config.access_log = running.access_log.clone();
+        }
         let (header, buffer) = (
             config.limits.max_header_bytes.0,
             config.limits.buffer_size.0,
@@ -813,6 +844,10 @@ impl Control {
             if let Some(t) = s.thread.take() {
                 let _ = t.join();
             }
+        }
+        // The shards have handed over their last lines.
+        if let Some(log) = self.access_log.take() {
+            log.stop();
         }
     }
 }

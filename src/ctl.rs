@@ -105,6 +105,7 @@ fn human(command: &str, r: &Value) -> String {
             out
         }
         "drain" => "draining: not accepting; in-flight requests finish\n".into(),
+        "reopen-logs" => "access log reopened\n".into(),
         "metrics" => r["text"].as_str().unwrap_or_default().to_string(),
         "histograms" => match r["text"].as_str() {
             Some(text) => text.to_string(),

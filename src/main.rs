@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use ringway::control::{Command as ControlCommand, FileLimit};
@@ -43,7 +43,7 @@ enum Command {
         /// Print the reply as the raw JSON line.
         #[arg(long)]
         json: bool,
-        /// status | reload | config | drain | stop | metrics | histograms
+        /// status | reload | config | drain | stop | metrics | histograms | reopen-logs
         command: String,
         #[command(flatten)]
         histograms: ctl::HistogramArgs,
@@ -91,9 +91,10 @@ fn main() -> ExitCode {
 }
 
 /// Runs the proxy until a signal or `ctl stop` ends it: SIGHUP reloads the
-/// config, SIGTERM and SIGINT stop it gracefully.
+/// config, SIGUSR1 reopens the access log, SIGTERM and SIGINT stop it
+/// gracefully.
 fn run(config: Config) -> anyhow::Result<()> {
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
     open_file_limit(&config);
     let server = Server::start(config)?;
     let control = server.handle();
@@ -107,6 +108,7 @@ fn run(config: Config) -> anyhow::Result<()> {
                         log::info!("SIGHUP: reloading the config");
                         control.tell(ControlCommand::Reload);
                     }
+                    SIGUSR1 => control.tell(ControlCommand::ReopenLogs),
                     _ => control.tell(ControlCommand::Stop),
                 }
             }

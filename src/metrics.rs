@@ -58,8 +58,10 @@ pub struct Record {
     pub status: u16,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// Index into the generation's upstreams, for a proxied request.
+    /// Index into the generation's upstreams, for a proxied request, and
+    /// the endpoint it went to.
     pub upstream: Option<usize>,
+    pub upstream_addr: Option<std::net::SocketAddr>,
     pub upstream_us: Option<u64>,
     pub proxy_us: Option<u64>,
     pub retries: u32,
@@ -75,6 +77,7 @@ impl Record {
             bytes_in: 0,
             bytes_out: 0,
             upstream: None,
+            upstream_addr: None,
             upstream_us: None,
             proxy_us: None,
             retries: 0,
@@ -172,9 +175,23 @@ pub struct RouteMetrics {
     bytes_in: Cell<u64>,
     bytes_out: Cell<u64>,
     latency: RefCell<Latency>,
+    /// The access log's sample: logged when this passes 1.
+    sample: Cell<f64>,
 }
 
 impl RouteMetrics {
+    /// Whether the access log takes this request, at `rate` (0 to 1): one
+    /// in every 1/rate, evenly.
+    pub fn sampled(&self, rate: f64) -> bool {
+        if rate >= 1.0 {
+            return true;
+        }
+        let s = self.sample.get() + rate;
+        let take = s >= 1.0;
+        self.sample.set(if take { s - 1.0 } else { s });
+        take
+    }
+
     pub fn new(name: &str) -> RouteMetrics {
         RouteMetrics {
             name: name.to_string(),
@@ -182,6 +199,7 @@ impl RouteMetrics {
             bytes_in: Cell::new(0),
             bytes_out: Cell::new(0),
             latency: RefCell::new(Latency::new()),
+            sample: Cell::new(0.0),
         }
     }
 

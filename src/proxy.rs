@@ -107,6 +107,7 @@ pub async fn exchange(
     let has_body = plan.framing != Framing::None;
     let mut fresh = false;
     conn.rec.upstream = Some(upstream);
+    conn.rec.upstream_addr = Some(pool.addr(endpoint));
     let asked = Instant::now();
     conn.rec.proxy_us = Some(micros(asked - conn.rec.started));
     loop {

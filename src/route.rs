@@ -250,6 +250,8 @@ mod tests {
             timeout: None,
             max_body_bytes: None,
             underscores_in_headers: false,
+            access_log: true,
+            access_log_sample: 1.0,
             line: 1,
         }
     }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use monoio::io::{CancelHandle, Canceller};
 use monoio::net::{TcpListener, TcpStream};
 
+use crate::accesslog::ShardLog;
 use crate::conn::{self, After, IdleConn};
 use crate::mailbox::{FromShard, Mailbox, ShardStats, ToShard};
 use crate::metrics::{self, Report, Reset};
@@ -31,6 +32,7 @@ pub struct ShardSpec {
     pub snapshot: Arc<Snapshot>,
     /// Each listener by name, bound for this shard.
     pub listeners: Vec<(String, std::net::TcpListener)>,
+    pub log: Option<ShardLog>,
     pub mailbox: Arc<Mailbox>,
 }
 
@@ -142,7 +144,7 @@ pub fn run(spec: ShardSpec) -> std::io::Result<()> {
 }
 
 async fn serve(spec: ShardSpec, driver: String) -> std::io::Result<()> {
-    let shard = Rc::new(ShardState::new(spec.id, driver, spec.snapshot));
+    let shard = Rc::new(ShardState::new(spec.id, driver, spec.snapshot, spec.log));
     monoio::spawn(housekeeping(shard.clone()));
     let mut listeners = Listeners::default();
     for (name, l) in spec.listeners {
@@ -193,6 +195,9 @@ async fn serve(spec: ShardSpec, driver: String) -> std::io::Result<()> {
                         shard.conns()
                     );
                 }
+                if let Some(log) = &shard.log {
+                    log.flush();
+                }
                 return Ok(());
             }
         }
@@ -231,6 +236,7 @@ fn metrics_report(shard: &ShardState, latency: bool, reset: &Reset) -> Report {
         client_aborts: shard.client_aborts.get(),
         buffers_leased: shard.slab.leased() as u64,
         buffers_max: shard.slab.max() as u64,
+        log_dropped: shard.log.as_ref().map_or(0, ShardLog::dropped_lines),
         ..metrics::report(routes, upstreams, latency, reset)
     }
 }
@@ -376,6 +382,9 @@ async fn housekeeping(shard: Rc<ShardState>) {
         let now = Instant::now();
         shard.expire_quiet(now);
         shard.slab.trim();
+        if let Some(log) = &shard.log {
+            log.flush();
+        }
         for pool in &shard.current().pools {
             pool.sweep(now, tick);
         }

@@ -17,6 +17,7 @@ use std::time::{Instant, SystemTime};
 
 use monoio::io::{CancelHandle, Canceller};
 
+use crate::accesslog::ShardLog;
 use crate::date::HttpDate;
 use crate::metrics::{Record, RouteMetrics, UNROUTED};
 use crate::slab::Slab;
@@ -108,6 +109,8 @@ pub struct ShardState {
     pub accepted: Cell<u64>,
     /// The event loop: "io_uring (Coop)", "epoll".
     pub driver: String,
+    /// This shard's side of the access log, if there is one.
+    pub log: Option<ShardLog>,
     conns: Cell<usize>,
     /// Cancel the waits for a next request that hold a read buffer, in two
     /// generations: each second the older one is cancelled, which demotes
@@ -127,7 +130,12 @@ pub struct ShardState {
 }
 
 impl ShardState {
-    pub fn new(id: usize, driver: String, snapshot: Arc<Snapshot>) -> ShardState {
+    pub fn new(
+        id: usize,
+        driver: String,
+        snapshot: Arc<Snapshot>,
+        log: Option<ShardLog>,
+    ) -> ShardState {
         let limits = snapshot.config.limits;
         ShardState {
             id,
@@ -139,6 +147,7 @@ impl ShardState {
             requests: Cell::new(0),
             accepted: Cell::new(0),
             driver,
+            log,
             conns: Cell::new(0),
             waiting: RefCell::new([Canceller::new(), Canceller::new()]),
             waiting_now: Cell::new(0),

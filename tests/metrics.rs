@@ -241,3 +241,119 @@ fn a_known_mix_shows_in_metrics_and_histograms_exactly() {
     assert!(ok);
     assert!(child.0.take().unwrap().wait().unwrap().success());
 }
+
+/// Waits until the file at `path` has `n` lines (the shards hand lines to
+/// the writer once a second), at most 10 s.
+fn lines(path: &std::path::Path, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let got: Vec<&str> = text.lines().collect();
+        if got.len() >= n {
+            assert_eq!(got.len(), n, "{text}");
+            return got
+                .iter()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} has {} lines, not {n}: {text}",
+            path.display(),
+            got.len()
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn access_log_lines_are_json_per_route_and_sample_and_reopen_follows_a_rename() {
+    let name = "access";
+    let origin = Origin::start(|_| ok("proxied"));
+    let dir = std::env::temp_dir().join(format!("ringway-access-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.log");
+    let text = format!(
+        "[server]\nworkers = 2\npin_cores = false\nadmin_socket = \"{}\"\n\n\
+         [access_log]\npath = \"{}\"\n\n\
+         [[listener]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\n\n\
+         [[upstream]]\nname = \"o\"\nendpoints = [\"{}\"]\n\n\
+         [[route]]\nname = \"a\"\nprefix = \"/a\"\nrespond = {{ status = 200, body = \"a\" }}\n\n\
+         [[route]]\nname = \"quiet\"\nprefix = \"/quiet\"\naccess_log = false\nrespond = {{ status = 200, body = \"q\" }}\n\n\
+         [[route]]\nname = \"half\"\nprefix = \"/half\"\naccess_log_sample = 0.5\nrespond = {{ status = 200, body = \"h\" }}\n\n\
+         [[route]]\nname = \"p\"\nprefix = \"/p\"\nupstream = \"o\"\n",
+        socket(name).display(),
+        log.display(),
+        origin.addr
+    );
+    let path = write_config("access.toml", &text);
+    let (child, addr) = run(&path);
+
+    let r = request(
+        addr,
+        "GET /a?x=%221%22 HTTP/1.1\r\nHost: t\r\nX-Request-Id: abc-123\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    send(addr, 3, "GET /quiet HTTP/1.1\r\nHost: t\r\n\r\n", 200);
+    // One connection, so one shard and its one sampler: 5 of 10 exactly.
+    let mut c = Client::connect(addr);
+    for _ in 0..10 {
+        let r = c.send(b"GET /half HTTP/1.1\r\nHost: t\r\n\r\n").read(false);
+        assert_eq!(r.unwrap().status, 200);
+    }
+    send(
+        addr,
+        1,
+        "POST /p/x HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nbody",
+        200,
+    );
+    send(addr, 1, "GET /nowhere HTTP/1.1\r\nHost: t\r\n\r\n", 404);
+
+    let all = lines(&log, 8);
+    let a = all.iter().find(|l| l["route"] == "a").unwrap();
+    assert_eq!(a["method"], "GET");
+    assert_eq!(a["path"], "/a?x=%221%22", "the target as received: {a}");
+    assert_eq!(a["request_id"], "abc-123");
+    assert_eq!(a["client"], "127.0.0.1");
+    assert_eq!(a["status"], 200);
+    assert!(a["time"].as_str().unwrap().ends_with('Z'));
+    assert!(a["total_us"].as_u64().unwrap() > 0);
+    assert_eq!(a["upstream"], Value::Null);
+    assert!(
+        all.iter().all(|l| l["route"] != "quiet"),
+        "access_log = false"
+    );
+    let half = all.iter().filter(|l| l["route"] == "half").count();
+    assert_eq!(half, 5, "a sample of 0.5");
+    let p = all.iter().find(|l| l["route"] == "p").unwrap();
+    assert_eq!(p["upstream"], origin.addr.to_string());
+    assert_eq!(p["method"], "POST");
+    assert!(p["bytes_in"].as_u64().unwrap() > 4, "{p}");
+    assert!(p["upstream_us"].as_u64().is_some(), "{p}");
+    let none = all.iter().find(|l| l["status"] == 404).unwrap();
+    assert_eq!(none["route"], Value::Null);
+
+    // logrotate: move the file, then SIGUSR1; new lines go to a new file.
+    let rotated = dir.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    let pid = child.0.as_ref().unwrap().id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-USR1", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The reopen is asked of the control thread; ctl's reply follows it.
+    let (ok, out) = ctl(name, &["reopen-logs"]);
+    assert!(ok, "{out}");
+    send(addr, 1, "GET /a HTTP/1.1\r\nHost: t\r\n\r\n", 200);
+    assert_eq!(lines(&log, 1)[0]["route"], "a");
+    assert_eq!(lines(&rotated, 8).len(), 8);
+
+    let (ok, _) = ctl(name, &["stop"]);
+    assert!(ok);
+    let mut child = child;
+    assert!(child.0.take().unwrap().wait().unwrap().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
