@@ -27,6 +27,7 @@ fn route(i: usize, host: Option<String>, prefix: String, methods: Vec<String>) -
         underscores_in_headers: false,
         access_log: true,
         access_log_sample: 1.0,
+        rate_limit: ringway::config::RouteLimit::Inherit,
         line: i,
     }
 }

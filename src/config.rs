@@ -46,6 +46,7 @@ pub struct Config {
     pub metrics: Metrics,
     /// `[access_log] path`: the file; `None`: no access log.
     pub access_log: Option<PathBuf>,
+    pub rate_limit: RateLimit,
     /// Where each key is written, to place warnings.
     pub keys: KeyLines,
     /// The file as it was read: what `ringway ctl config` shows.
@@ -68,6 +69,17 @@ pub struct Server {
     pub admin_socket: Option<PathBuf>,
     /// Reload when the config file changes (checked once a second).
     pub watch_config: bool,
+    /// How connections are spread over the shards: "kernel" (its hash of
+    /// the 4-tuple) or "client-ip" (every connection of one client address
+    /// to one shard, so a per-client limit is exact).
+    pub steer: Steer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Steer {
+    Kernel,
+    ClientIp,
 }
 
 impl Default for Server {
@@ -79,6 +91,7 @@ impl Default for Server {
             drain_timeout: Dur::secs(10),
             admin_socket: None,
             watch_config: false,
+            steer: Steer::Kernel,
         }
     }
 }
@@ -230,6 +243,7 @@ pub struct Route {
     pub access_log: bool,
     /// The share of them written, 0 to 1.
     pub access_log_sample: f64,
+    pub rate_limit: RouteLimit,
     /// The line of the route's `[[route]]` header.
     pub line: usize,
 }
@@ -276,6 +290,8 @@ struct FileConfig {
     metrics: FileMetrics,
     #[serde(default)]
     access_log: FileAccessLog,
+    #[serde(default)]
+    rate_limit: FileRateLimit,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -347,6 +363,123 @@ struct FileRoute {
     access_log: bool,
     #[serde(default = "one")]
     access_log_sample: f64,
+    rate_limit: Option<FileRouteLimit>,
+}
+
+/// A route's `rate_limit`: `false` (none), or a table of its own limits.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileRouteLimit {
+    On(bool),
+    Own {
+        per_client: Option<Rate>,
+        global: Option<Rate>,
+    },
+}
+
+/// `rate` tokens a second, fractions allowed, and `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub rate: f64,
+    pub burst: u32,
+}
+
+/// `[rate_limit]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    pub key: LimitKey,
+    pub per_client: Option<Rate>,
+    pub global: Option<Rate>,
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Keys each shard keeps at most.
+    pub max_entries: usize,
+    pub idle_eviction: Duration,
+    /// Also send the IETF draft `RateLimit-Policy` and `RateLimit` headers.
+    pub draft_headers: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    ClientIp,
+    /// The value of this request header (lower-case name).
+    Header(String),
+}
+
+/// An address block, `10.0.0.0/8` or `fd00::/8`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.parse().ok()?, p.parse().ok()?),
+            None => {
+                let a: std::net::IpAddr = s.parse().ok()?;
+                (a, if a.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let (a, b, bits) = match (self.addr, ip) {
+            (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => {
+                (u128::from(u32::from(a)), u128::from(u32::from(b)), 32)
+            }
+            (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => {
+                (u128::from(a), u128::from(b), 128)
+            }
+            _ => return false,
+        };
+        let shift = bits - u32::from(self.prefix);
+        shift >= bits || (a >> shift) == (b >> shift)
+    }
+}
+
+/// What a route does about rate limits.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteLimit {
+    /// The `[rate_limit]` limits.
+    Inherit,
+    Off,
+    /// Its own per-client bucket and/or a limit on all its traffic.
+    Own {
+        per_client: Option<Rate>,
+        global: Option<Rate>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[serde(default)]
+struct FileRateLimit {
+    key: String,
+    per_client: Option<Rate>,
+    global: Option<Rate>,
+    trusted_proxies: Vec<String>,
+    max_entries: usize,
+    idle_eviction: Dur,
+    draft_headers: bool,
+}
+
+impl Default for FileRateLimit {
+    fn default() -> Self {
+        FileRateLimit {
+            key: "client-ip".into(),
+            per_client: None,
+            global: None,
+            trusted_proxies: Vec::new(),
+            max_entries: 100_000,
+            idle_eviction: Dur::secs(60),
+            draft_headers: false,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -561,6 +694,7 @@ impl ConfigValidator<'_> {
             routes,
             metrics,
             access_log: file.access_log.path.clone(),
+            rate_limit: self.rate_limit(&file.rate_limit)?,
             keys: self.keys,
             text: String::new(),
         })
@@ -643,6 +777,67 @@ impl ConfigValidator<'_> {
             }
         }
         Ok(())
+    }
+
+    fn check_rate(&self, key: &str, r: &Rate) -> Result<(), ConfigError> {
+        if !(r.rate > 0.0 && r.rate <= 1e9) {
+            return Err(self.error(
+                key,
+                "rate must be above 0 (requests a second) and at most 1e9",
+            ));
+        }
+        if r.burst == 0 {
+            return Err(self.error(key, "burst must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn rate_limit(&self, f: &FileRateLimit) -> Result<RateLimit, ConfigError> {
+        let key = match f.key.as_str() {
+            "client-ip" => LimitKey::ClientIp,
+            k => match k.strip_prefix("header:") {
+                Some(name)
+                    if !name.is_empty()
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+                {
+                    LimitKey::Header(name.to_ascii_lowercase())
+                }
+                _ => {
+                    return Err(self.error(
+                        "rate_limit.key",
+                        format!("'{k}': use \"client-ip\" or \"header:NAME\""),
+                    ));
+                }
+            },
+        };
+        for (which, rate) in [("per_client", &f.per_client), ("global", &f.global)] {
+            if let Some(r) = rate {
+                self.check_rate(&format!("rate_limit.{which}"), r)?;
+            }
+        }
+        let mut trusted = Vec::new();
+        for (i, c) in f.trusted_proxies.iter().enumerate() {
+            trusted.push(Cidr::parse(c).ok_or_else(|| {
+                self.error(
+                    &format!("rate_limit.trusted_proxies.{i}"),
+                    format!("'{c}' is not an address or CIDR block (10.0.0.0/8, fd00::/8)"),
+                )
+            })?);
+        }
+        if f.max_entries == 0 {
+            return Err(self.error("rate_limit.max_entries", "must be at least 1"));
+        }
+        Ok(RateLimit {
+            key,
+            per_client: f.per_client,
+            global: f.global,
+            trusted_proxies: trusted,
+            max_entries: f.max_entries,
+            idle_eviction: f.idle_eviction.0,
+            draft_headers: f.draft_headers,
+        })
     }
 
     fn metrics(&self, file: &FileMetrics) -> Result<Metrics, ConfigError> {
@@ -870,6 +1065,21 @@ impl ConfigValidator<'_> {
                 underscores_in_headers: r.underscores_in_headers,
                 access_log: r.access_log,
                 access_log_sample: r.access_log_sample,
+                rate_limit: match &r.rate_limit {
+                    None | Some(FileRouteLimit::On(true)) => RouteLimit::Inherit,
+                    Some(FileRouteLimit::On(false)) => RouteLimit::Off,
+                    Some(FileRouteLimit::Own { per_client, global }) => {
+                        for (which, rate) in [("per_client", per_client), ("global", global)] {
+                            if let Some(r) = rate {
+                                self.check_rate(&format!("route.{i}.rate_limit.{which}"), r)?;
+                            }
+                        }
+                        RouteLimit::Own {
+                            per_client: *per_client,
+                            global: *global,
+                        }
+                    }
+                },
                 line: self.keys.line(&format!("route.{i}")),
             });
         }

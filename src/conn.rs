@@ -24,13 +24,14 @@ use monoio::io::{
 use monoio::net::TcpStream;
 
 use crate::accesslog::{Entry, ShardLog};
-use crate::config::{Action, MAX_HEADERS_CAP};
+use crate::config::{Action, LimitKey, MAX_HEADERS_CAP};
 use crate::error::Reject;
 use crate::http1::body::{BodyReader, Framing};
 use crate::http1::encode::{Forward, request_head};
-use crate::http1::parse::{HeadError, parse_request};
+use crate::http1::parse::{HeadError, Request, parse_request};
 use crate::io::{Wait, budget, read_more, write_buf};
 use crate::metrics::{self, Record};
+use crate::ratelimit::{self, Limited, Policy, forwarded_client, ip_key};
 use crate::route::Match;
 use crate::slab::Lease;
 use crate::snapshot::Snapshot;
@@ -426,6 +427,14 @@ impl Conn<'_> {
                 return Ok(Some(plan));
             }
         };
+        let policy = &snap.limits[route_idx];
+        if !policy.is_empty()
+            && let Err(limited) = self.rate_check(snap, policy, &req)
+        {
+            let reject = Reject::TooManyRequests(limited, cfg.rate_limit.draft_headers);
+            plan.action = Step::Reject { reject, allow: "" };
+            return Ok(Some(plan));
+        }
         if let Some(max) = route.max_body_bytes {
             plan.max_body = max;
         }
@@ -483,6 +492,38 @@ impl Conn<'_> {
                 Ok(Some(plan))
             }
         }
+    }
+
+    /// Whether the request passes its route's rate limits. The client is
+    /// the peer, or with a trusted peer the address `X-Forwarded-For` names,
+    /// or a header's value (`rate_limit.key`).
+    fn rate_check(&self, snap: &Snapshot, policy: &Policy, req: &Request) -> Result<(), Limited> {
+        let rl = &snap.config.rate_limit;
+        let header = |name: &str| {
+            req.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value)
+        };
+        let forwarded = (!rl.trusted_proxies.is_empty()
+            && rl.trusted_proxies.iter().any(|c| c.contains(self.peer)))
+        .then(|| header("x-forwarded-for"))
+        .flatten()
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| forwarded_client(v, &rl.trusted_proxies));
+        let ip = forwarded.unwrap_or(self.peer);
+        let mut buf = [0u8; 16];
+        let (key, pinned) = match &rl.key {
+            LimitKey::Header(name) if let Some(v) = header(name) => (v, false),
+            _ => (
+                ip_key(ip, &mut buf),
+                forwarded.is_none() && self.shard.steered,
+            ),
+        };
+        let parts = if pinned { 1 } else { self.shard.shards };
+        self.shard
+            .limiter
+            .check(policy, key, parts, ratelimit::nanos(self.rec.started))
     }
 
     /// Copies what the access log needs from the head before it goes.

@@ -23,7 +23,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::accesslog::LogWriter;
 use crate::admin::{AdminServer, AdminSocket};
-use crate::config::Config;
+use crate::config::{Config, Steer};
 use crate::exporter::Exporter;
 use crate::histlog::HistogramLogs;
 use crate::mailbox::{FromShard, Mailbox, ShardStats, ToShard};
@@ -43,6 +43,8 @@ pub enum Command {
     Metrics,
     /// Close and open the access log file again (after logrotate moved it).
     ReopenLogs,
+    /// The per-client rate-limit keys with the most requests, at most this many.
+    RateLimit(usize),
     Histograms(HistogramQuery),
 }
 
@@ -78,6 +80,7 @@ impl Command {
         "metrics",
         "histograms",
         "reopen-logs",
+        "ratelimit",
     ];
 
     /// The command of an admin request: `{"command":"status"}`, or for
@@ -94,6 +97,17 @@ impl Command {
             "stop" => Command::Stop,
             "metrics" => Command::Metrics,
             "reopen-logs" => Command::ReopenLogs,
+            "ratelimit" => {
+                let top = match request.get("top") {
+                    None | Some(Value::Null) => 100,
+                    Some(v) => v
+                        .as_u64()
+                        .filter(|&n| (1..=10_000).contains(&n))
+                        .ok_or("\"top\" must be a number from 1 to 10000")?
+                        as usize,
+                };
+                Command::RateLimit(top)
+            }
             "histograms" => {
                 let text = |key: &str| -> Result<Option<String>, String> {
                     match request.get(key) {
@@ -233,8 +247,17 @@ impl Server {
         let mut per_shard: Vec<Vec<(String, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
         let mut listeners = Vec::new();
+        let mut steered = cfg.server.steer == Steer::ClientIp;
         for l in &cfg.listeners {
             let (addr, sockets) = bind_all(&l.name, l.bind, workers)?;
+            if steered && let Err(e) = steer(&sockets) {
+                log::warn!(
+                    "server.steer = \"client-ip\": cannot attach the steering program to listener '{}' ({e}); \
+                     the kernel's hash spreads connections, and per-client limits are shared out over the shards",
+                    l.name
+                );
+                steered = false;
+            }
             for (shard, sock) in per_shard.iter_mut().zip(sockets) {
                 shard.push((l.name.clone(), sock));
             }
@@ -263,6 +286,7 @@ impl Server {
                 listeners,
                 mailbox: mailbox.clone(),
                 log: access_log.as_ref().map(LogWriter::shard),
+                steered,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("ringway-shard-{id}"))
@@ -277,6 +301,15 @@ impl Server {
             });
         }
 
+        log::info!(
+            "steering: {}",
+            match (cfg.server.steer, steered) {
+                (Steer::ClientIp, true) =>
+                    "client-ip (each client address to one shard; per-client limits exact)",
+                (Steer::ClientIp, false) => "kernel hash (client-ip steering failed; see above)",
+                _ => "kernel hash (per-client limits shared out over the shards)",
+            }
+        );
         let metrics_path = cfg.metrics.path.clone();
         let (tx, rx) = mpsc::channel();
         let handle = ControlHandle(tx);
@@ -292,6 +325,7 @@ impl Server {
             draining: false,
             asked: 0,
             reloads_failed: 0,
+            steered,
             histograms_since: SystemTime::now(),
             admin: admin.map(|a| a.serve(handle.clone())),
             exporter: exporter.map(|l| Exporter::serve(l, metrics_path, handle.clone())),
@@ -382,6 +416,8 @@ struct Control {
     /// told apart.
     asked: u64,
     reloads_failed: u64,
+    /// Connections are steered by client address (`server.steer`).
+    steered: bool,
     /// When the latency histograms were last reset (or the proxy started).
     histograms_since: SystemTime,
     /// The config file as last read, for `server.watch_config`, and when
@@ -472,6 +508,7 @@ impl Control {
                 Ok(json!({ "text": render_prometheus(&report, self.generation, failed) }))
             }
             Command::Histograms(q) => self.histograms(&q),
+            Command::RateLimit(top) => Ok(self.rate_limit_top(top)),
             Command::ReopenLogs => match &self.access_log {
                 Some(log) => {
                     log.reopen();
@@ -578,6 +615,54 @@ impl Control {
             }
         };
         Ok(json!({ "count": h.len(), "text": text }))
+    }
+
+    /// The hottest per-client keys over all shards: each shard sends its
+    /// `top` (a heap, not its table), the sums are ranked here.
+    fn rate_limit_top(&mut self, top: usize) -> Value {
+        self.asked += 1;
+        let n = self.asked;
+        for s in &self.shards {
+            let _ = send(&s.mailbox, ToShard::RateLimitTop { n, top });
+        }
+        let mut keys: Vec<(u64, Vec<u8>, u64)> = Vec::new();
+        self.collect(|_, reply| match reply {
+            FromShard::RateLimitTop(m, list) if m == n => {
+                for (id, key, hits) in list {
+                    match keys.iter_mut().find(|k| k.0 == id && k.1 == key) {
+                        Some(k) => k.2 += hits,
+                        None => keys.push((id, key, hits)),
+                    }
+                }
+                true
+            }
+            _ => false,
+        });
+        keys.sort_by(|a, b| b.2.cmp(&a.2));
+        keys.truncate(top);
+        let routes = &self.snapshot.config.routes;
+        let bucket = |id: u64| {
+            routes
+                .iter()
+                .find(|r| crate::ratelimit::bucket_id(&r.name) == id)
+                .map_or("[rate_limit]".to_string(), |r| format!("route {}", r.name))
+        };
+        let key_text = |key: &[u8]| match key.len() {
+            4 => std::net::Ipv4Addr::from(<[u8; 4]>::try_from(key).unwrap_or_default()).to_string(),
+            16 => {
+                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(key).unwrap_or_default()).to_string()
+            }
+            _ => String::from_utf8_lossy(key).into_owned(),
+        };
+        json!({
+            "key": match &self.snapshot.config.rate_limit.key {
+                crate::config::LimitKey::ClientIp => "client-ip".to_string(),
+                crate::config::LimitKey::Header(h) => format!("header:{h}"),
+            },
+            "keys": keys.iter().map(|(id, key, hits)| json!({
+                "bucket": bucket(*id), "key": key_text(key), "requests": hits,
+            })).collect::<Vec<_>>(),
+        })
     }
 
     fn status(&mut self) -> Value {
@@ -691,6 +776,14 @@ impl Control {
             }
             let (addr, sockets) =
                 bind_all(&l.name, l.bind, workers).map_err(|e| format!("{e:#}"))?;
+            if self.steered {
+                steer(&sockets).map_err(|e| {
+                    format!(
+                        "listener '{}': cannot attach the client-ip steering program: {e}",
+                        l.name
+                    )
+                })?;
+            }
             for (shard, sock) in listen.iter_mut().zip(sockets) {
                 shard.push((l.name.clone(), sock));
             }
@@ -701,7 +794,9 @@ impl Control {
             });
         }
 
-        let snapshot = Arc::new(Snapshot::compile(config));
+        let mut compiled = Snapshot::compile(config);
+        compiled.carry_limits(&self.snapshot);
+        let snapshot = Arc::new(compiled);
         for w in &snapshot.warnings {
             log::warn!("config: {w}");
         }
@@ -789,8 +884,14 @@ impl Control {
             config.limits.max_buffer_bytes.0.to_string(),
             running.limits.max_buffer_bytes.0.to_string(),
         );
+        keep(
+            "server.steer",
+            format!("{:?}", config.server.steer),
+            format!("{:?}", running.server.steer),
+        );
         config.server.workers = running.server.workers;
         config.server.pin_cores = running.server.pin_cores;
+        config.server.steer = running.server.steer;
         config.server.admin_socket = running.server.admin_socket.clone();
         config.limits.buffer_size = running.limits.buffer_size;
         config.limits.max_buffer_bytes = running.limits.max_buffer_bytes;
@@ -899,6 +1000,70 @@ fn bind_all(
         sockets.push(sock);
     }
     Ok((addr, sockets))
+}
+
+/// Attaches to a listener's reuseport group (its sockets, one per shard,
+/// bound in shard order) a classic BPF program that picks the socket from
+/// the client's source address: IPv4's 32 bits, or IPv6's four words
+/// xored, modulo the shard count. Every connection of one address then
+/// reaches the same shard.
+fn steer(sockets: &[std::net::TcpListener]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+    let Some(first) = sockets.first() else {
+        return Ok(());
+    };
+    let v6 = first.local_addr()?.is_ipv6();
+    let op = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let net = libc::SKF_NET_OFF as u32;
+    let load = |offset: u32| {
+        op(
+            libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+            net.wrapping_add(offset),
+        )
+    };
+    let mut prog = Vec::new();
+    if v6 {
+        // The source address is bytes 8..24 of the IPv6 header.
+        prog.push(load(8));
+        for offset in [12, 16, 20] {
+            prog.push(op(libc::BPF_MISC | libc::BPF_TAX, 0));
+            prog.push(load(offset));
+            prog.push(op(libc::BPF_ALU | libc::BPF_XOR | libc::BPF_X, 0));
+        }
+    } else {
+        // Bytes 12..16 of the IPv4 header.
+        prog.push(load(12));
+    }
+    prog.push(op(
+        libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K,
+        sockets.len() as u32,
+    ));
+    prog.push(op(libc::BPF_RET | libc::BPF_A, 0));
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `prog`, both alive for the call; the kernel
+    // copies the program.
+    let rc = unsafe {
+        libc::setsockopt(
+            first.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

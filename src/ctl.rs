@@ -30,6 +30,9 @@ pub struct HistogramArgs {
     /// histograms: clear them after reading.
     #[arg(long)]
     reset: bool,
+    /// ratelimit: how many keys (default 100).
+    #[arg(long)]
+    top: Option<u64>,
 }
 
 pub fn run(
@@ -46,6 +49,9 @@ pub fn run(
         request["metric"] = json!(h.metric);
         request["format"] = json!(h.format);
         request["reset"] = json!(h.reset);
+    }
+    if command == "ratelimit" {
+        request["top"] = json!(h.top);
     }
     match ask(config, socket, &request) {
         Ok(reply) => {
@@ -106,6 +112,22 @@ fn human(command: &str, r: &Value) -> String {
         }
         "drain" => "draining: not accepting; in-flight requests finish\n".into(),
         "reopen-logs" => "access log reopened\n".into(),
+        "ratelimit" => {
+            let mut out = format!(
+                "{:>12}  {:<40}  bucket\n",
+                "requests",
+                r["key"].as_str().unwrap_or("key")
+            );
+            for k in r["keys"].as_array().into_iter().flatten() {
+                out += &format!(
+                    "{:>12}  {:<40}  {}\n",
+                    k["requests"].to_string(),
+                    k["key"].as_str().unwrap_or_default(),
+                    k["bucket"].as_str().unwrap_or_default()
+                );
+            }
+            out
+        }
         "metrics" => r["text"].as_str().unwrap_or_default().to_string(),
         "histograms" => match r["text"].as_str() {
             Some(text) => text.to_string(),

@@ -6,6 +6,8 @@
 
 use std::io::Write;
 
+use crate::ratelimit::Limited;
+
 /// A response the proxy makes itself instead of the upstream's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
@@ -28,6 +30,9 @@ pub enum Reject {
     Unavailable,
     /// 504: the upstream was too slow.
     GatewayTimeout,
+    /// 429, with `Retry-After` and the `X-RateLimit-*` headers; the flag
+    /// adds the IETF draft `RateLimit-Policy` and `RateLimit` headers.
+    TooManyRequests(Limited, bool),
 }
 
 impl Reject {
@@ -43,6 +48,7 @@ impl Reject {
             Reject::BadGateway => 502,
             Reject::Unavailable => 503,
             Reject::GatewayTimeout => 504,
+            Reject::TooManyRequests(..) => 429,
         }
     }
 
@@ -58,6 +64,7 @@ impl Reject {
             Reject::BadGateway => "HTTP/1.1 502 Bad Gateway\r\n",
             Reject::Unavailable => "HTTP/1.1 503 Service Unavailable\r\n",
             Reject::GatewayTimeout => "HTTP/1.1 504 Gateway Timeout\r\n",
+            Reject::TooManyRequests(..) => "HTTP/1.1 429 Too Many Requests\r\n",
         }
     }
 
@@ -74,6 +81,7 @@ impl Reject {
             Reject::BadGateway => r#"{"error":"upstream unavailable or invalid","status":502}"#,
             Reject::Unavailable => r#"{"error":"no capacity to serve the request","status":503}"#,
             Reject::GatewayTimeout => r#"{"error":"upstream timed out","status":504}"#,
+            Reject::TooManyRequests(..) => r#"{"error":"rate limit exceeded","status":429}"#,
         }
     }
 
@@ -101,6 +109,21 @@ impl Reject {
             out.extend_from_slice(b"Allow: ");
             out.extend_from_slice(allow.as_bytes());
             out.extend_from_slice(b"\r\n");
+        }
+        if let Reject::TooManyRequests(l, draft) = self {
+            let scope = l.scope.name();
+            let _ = write!(
+                out,
+                "Retry-After: {}\r\nX-RateLimit-Limit: {}\r\nX-RateLimit-Remaining: 0\r\nX-RateLimit-Scope: {scope}\r\n",
+                l.retry_after, l.limit
+            );
+            if draft {
+                let _ = write!(
+                    out,
+                    "RateLimit-Policy: \"{scope}\";q={};w={}\r\nRateLimit: \"{scope}\";r=0;t={}\r\n",
+                    l.limit, l.window, l.retry_after
+                );
+            }
         }
         if close || self.closes() {
             out.extend_from_slice(b"Connection: close\r\n");

@@ -39,6 +39,7 @@ pub mod io;
 pub mod mailbox;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod redact;
 pub mod route;
 pub mod shard;

@@ -35,6 +35,8 @@ pub enum ToShard {
     },
     /// Report `ShardStats`; the number comes back with them.
     Stats(u64),
+    /// Report the `top` per-client rate-limit keys with the most requests.
+    RateLimitTop { n: u64, top: usize },
     /// Report the metrics (`metrics::Report`), with copies of the latency
     /// histograms if `latency`, clearing those `reset` names after.
     Metrics { n: u64, latency: bool, reset: Reset },
@@ -48,6 +50,8 @@ pub enum ToShard {
 pub enum FromShard {
     Stats(u64, ShardStats),
     Metrics(u64, Box<Report>),
+    /// (bucket id, key, requests), most requests first.
+    RateLimitTop(u64, Vec<(u64, Vec<u8>, u64)>),
     Reloaded(u64),
 }
 

@@ -43,7 +43,7 @@ enum Command {
         /// Print the reply as the raw JSON line.
         #[arg(long)]
         json: bool,
-        /// status | reload | config | drain | stop | metrics | histograms | reopen-logs
+        /// status | reload | config | drain | stop | metrics | histograms | reopen-logs | ratelimit
         command: String,
         #[command(flatten)]
         histograms: ctl::HistogramArgs,

@@ -309,6 +309,10 @@ pub struct Report {
     pub buffers_leased: u64,
     pub buffers_max: u64,
     pub log_dropped: u64,
+    /// Requests turned away by a rate limit: client, route, global.
+    pub rate_limited: [u64; 3],
+    pub rate_limit_entries: u64,
+    pub rate_limit_evicted: u64,
 }
 
 /// Which latency histograms a report clears once read.
@@ -390,6 +394,11 @@ impl Report {
         self.buffers_leased += other.buffers_leased;
         self.buffers_max += other.buffers_max;
         self.log_dropped += other.log_dropped;
+        for (a, b) in self.rate_limited.iter_mut().zip(other.rate_limited) {
+            *a += b;
+        }
+        self.rate_limit_entries += other.rate_limit_entries;
+        self.rate_limit_evicted += other.rate_limit_evicted;
     }
 }
 
@@ -549,6 +558,28 @@ impl prometheus_client::collector::Collector for Collect {
             "ringway_access_log_dropped_lines",
             "Access log lines dropped because the writer fell behind.",
             &[(vec![], r.log_dropped)],
+        )?;
+        counter(
+            &mut e,
+            "ringway_rate_limited",
+            "Requests answered 429, by the limit that turned them away.",
+            &["client", "route", "global"]
+                .iter()
+                .zip(r.rate_limited)
+                .map(|(scope, n)| (vec![("scope", *scope)], n))
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut e,
+            "ringway_rate_limit_evicted",
+            "Per-client buckets dropped, idle or to keep the table within max_entries.",
+            &[(vec![], r.rate_limit_evicted)],
+        )?;
+        gauge(
+            &mut e,
+            "ringway_rate_limit_entries",
+            "Per-client buckets held, all shards.",
+            r.rate_limit_entries as i64,
         )?;
         counter(
             &mut e,

@@ -252,6 +252,7 @@ mod tests {
             underscores_in_headers: false,
             access_log: true,
             access_log_sample: 1.0,
+            rate_limit: crate::config::RouteLimit::Inherit,
             line: 1,
         }
     }

@@ -34,6 +34,8 @@ pub struct ShardSpec {
     pub listeners: Vec<(String, std::net::TcpListener)>,
     pub log: Option<ShardLog>,
     pub mailbox: Arc<Mailbox>,
+    /// Connections are steered to shards by client address.
+    pub steered: bool,
 }
 
 type Runtime = monoio::FusionRuntime<
@@ -144,7 +146,13 @@ pub fn run(spec: ShardSpec) -> std::io::Result<()> {
 }
 
 async fn serve(spec: ShardSpec, driver: String) -> std::io::Result<()> {
-    let shard = Rc::new(ShardState::new(spec.id, driver, spec.snapshot, spec.log));
+    let shard = Rc::new(ShardState::new(
+        spec.id,
+        driver,
+        spec.snapshot,
+        spec.log,
+        spec.steered,
+    ));
     monoio::spawn(housekeeping(shard.clone()));
     let mut listeners = Listeners::default();
     for (name, l) in spec.listeners {
@@ -173,6 +181,9 @@ async fn serve(spec: ShardSpec, driver: String) -> std::io::Result<()> {
                 mailbox.answer(FromShard::Reloaded(generation));
             }
             ToShard::Stats(n) => mailbox.answer(FromShard::Stats(n, stats(&shard))),
+            ToShard::RateLimitTop { n, top } => {
+                mailbox.answer(FromShard::RateLimitTop(n, shard.limiter.top(top)));
+            }
             ToShard::Metrics { n, latency, reset } => {
                 let report = metrics_report(&shard, latency, &reset);
                 mailbox.answer(FromShard::Metrics(n, Box::new(report)));
@@ -237,6 +248,9 @@ fn metrics_report(shard: &ShardState, latency: bool, reset: &Reset) -> Report {
         buffers_leased: shard.slab.leased() as u64,
         buffers_max: shard.slab.max() as u64,
         log_dropped: shard.log.as_ref().map_or(0, ShardLog::dropped_lines),
+        rate_limited: shard.limiter.rejected.each_ref().map(Cell::get),
+        rate_limit_entries: shard.limiter.entries() as u64,
+        rate_limit_evicted: shard.limiter.evicted.get(),
         ..metrics::report(routes, upstreams, latency, reset)
     }
 }
@@ -385,6 +399,7 @@ async fn housekeeping(shard: Rc<ShardState>) {
         if let Some(log) = &shard.log {
             log.flush();
         }
+        shard.limiter.sweep(crate::ratelimit::nanos(now));
         for pool in &shard.current().pools {
             pool.sweep(now, tick);
         }

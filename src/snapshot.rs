@@ -4,9 +4,11 @@
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
-use crate::config::{Action, Config};
+use crate::config::{Action, Config, RouteLimit};
 use crate::http1::parse::HeadLimits;
+use crate::ratelimit::{Policy, Shared, bucket_id};
 use crate::route::RouteTable;
 
 pub struct Snapshot {
@@ -17,6 +19,8 @@ pub struct Snapshot {
     pub direct: Vec<Option<Direct>>,
     /// Things that work but are likely mistakes: printed at start and by `check`.
     pub warnings: Vec<String>,
+    /// Per route: the rate limits it is held to.
+    pub limits: Vec<Policy>,
 }
 
 pub struct Direct {
@@ -59,11 +63,33 @@ impl Snapshot {
             }
         }
         warnings.extend(contradictions(&config));
+        let limits = limits(&config);
         Snapshot {
             config,
             routes,
             direct,
             warnings,
+            limits,
+        }
+    }
+
+    /// Takes over the shared rate-limit buckets of `previous` that the new
+    /// config keeps (same name, same rate): a reload does not refill them.
+    pub fn carry_limits(&mut self, previous: &Snapshot) {
+        let old: Vec<&Arc<Shared>> = previous
+            .limits
+            .iter()
+            .flat_map(|p| [&p.route, &p.global])
+            .flatten()
+            .collect();
+        for p in &mut self.limits {
+            for slot in [&mut p.route, &mut p.global] {
+                if let Some(s) = slot
+                    && let Some(o) = old.iter().find(|o| o.name == s.name && o.rate == s.rate)
+                {
+                    *slot = Some(Arc::clone(o));
+                }
+            }
         }
     }
 
@@ -340,4 +366,37 @@ mod tests {
                      strip_prefix = false\nunderscores_in_headers = false\n";
         assert!(warnings(quiet).is_empty());
     }
+}
+
+/// Each route's rate limits: `[rate_limit]`'s, or its own, or none.
+fn limits(config: &Config) -> Vec<Policy> {
+    let rl = &config.rate_limit;
+    let shards = config.workers();
+    let global = rl
+        .global
+        .map(|r| Arc::new(Shared::new("global".into(), r, shards)));
+    config
+        .routes
+        .iter()
+        .map(|route| match &route.rate_limit {
+            RouteLimit::Off => Policy::default(),
+            RouteLimit::Inherit => Policy {
+                per_client: rl.per_client.map(|r| (0, r)),
+                route: None,
+                global: global.clone(),
+            },
+            RouteLimit::Own {
+                per_client,
+                global: own,
+            } => Policy {
+                per_client: match per_client {
+                    Some(r) => Some((bucket_id(&route.name), *r)),
+                    None => rl.per_client.map(|r| (0, r)),
+                },
+                route: own
+                    .map(|r| Arc::new(Shared::new(format!("route:{}", route.name), r, shards))),
+                global: global.clone(),
+            },
+        })
+        .collect()
 }

@@ -20,6 +20,7 @@ use monoio::io::{CancelHandle, Canceller};
 use crate::accesslog::ShardLog;
 use crate::date::HttpDate;
 use crate::metrics::{Record, RouteMetrics, UNROUTED};
+use crate::ratelimit::Limiter;
 use crate::slab::Slab;
 use crate::snapshot::Snapshot;
 use crate::upstream::UpstreamPool;
@@ -111,6 +112,11 @@ pub struct ShardState {
     pub driver: String,
     /// This shard's side of the access log, if there is one.
     pub log: Option<ShardLog>,
+    pub limiter: Limiter,
+    /// Every connection of one client address comes to one shard (see
+    /// `control::steer`): a per-client limit by address is exact here.
+    pub steered: bool,
+    pub shards: u32,
     conns: Cell<usize>,
     /// Cancel the waits for a next request that hold a read buffer, in two
     /// generations: each second the older one is cancelled, which demotes
@@ -135,8 +141,12 @@ impl ShardState {
         driver: String,
         snapshot: Arc<Snapshot>,
         log: Option<ShardLog>,
+        steered: bool,
     ) -> ShardState {
         let limits = snapshot.config.limits;
+        let rl = &snapshot.config.rate_limit;
+        let limiter = Limiter::new(rl.max_entries, rl.idle_eviction);
+        let shards = snapshot.config.workers() as u32;
         ShardState {
             id,
             current: RefCell::new(Rc::new(Generation::new(snapshot, 0, None))),
@@ -148,6 +158,9 @@ impl ShardState {
             accepted: Cell::new(0),
             driver,
             log,
+            limiter,
+            steered,
+            shards,
             conns: Cell::new(0),
             waiting: RefCell::new([Canceller::new(), Canceller::new()]),
             waiting_now: Cell::new(0),
@@ -167,6 +180,8 @@ impl ShardState {
     /// Puts a reloaded config in force: new requests use it, requests in
     /// flight finish on theirs.
     pub fn reload(&self, snapshot: Arc<Snapshot>, number: u64) {
+        let rl = &snapshot.config.rate_limit;
+        self.limiter.set_bounds(rl.max_entries, rl.idle_eviction);
         let next = Generation::new(snapshot, number, Some(&self.current.borrow()));
         *self.current.borrow_mut() = Rc::new(next);
     }

@@ -1,0 +1,119 @@
+//! The rate limiter's decision: a request of a key already in the table, of
+//! a new key, and of a new key into a full table (an eviction), and a draw
+//! on a shared (global) bucket. Allocations are counted by a global
+//! allocator wrapped around the system one.
+//!
+//!     cargo bench --bench ratelimit
+//!
+//! Under `cargo test` it only checks, briefly, that a hit allocates nothing.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use ringway::config::Rate;
+use ringway::ratelimit::{Limiter, Policy, Shared, nanos};
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is passed to the system allocator unchanged; the
+// counter is only added to.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's pointer, layout and size.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const RATE: Rate = Rate {
+    rate: 1e6,
+    burst: 1000,
+};
+
+fn per_client() -> Policy {
+    Policy {
+        per_client: Some((0, RATE)),
+        ..Policy::default()
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let policy = per_client();
+    let limiter = Limiter::new(100_000, Duration::from_secs(60));
+    let key = [203u8, 0, 113, 7];
+    let now = nanos(Instant::now());
+    let _ = limiter.check(&policy, &key, 1, now);
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for i in 0..10_000 {
+        let _ = limiter.check(&policy, &key, 1, now + i * 1000);
+    }
+    let hits = ALLOCS.load(Ordering::Relaxed) - before;
+    println!("hit on a key in the table: {hits} allocations in 10,000 decisions");
+    assert_eq!(hits, 0, "a hit allocates");
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+
+    let mut c = Criterion::default().configure_from_args();
+    let mut g = c.benchmark_group("ratelimit");
+    g.throughput(Throughput::Elements(1));
+    let mut t = now;
+    g.bench_function("hit", |b| {
+        b.iter(|| {
+            t += 1000;
+            black_box(limiter.check(&policy, black_box(&key), 1, t))
+        })
+    });
+    let fresh = Limiter::new(usize::MAX, Duration::from_secs(60));
+    let mut n = 0u64;
+    g.bench_function("new_key", |b| {
+        b.iter(|| {
+            n += 1;
+            black_box(fresh.check(&policy, &n.to_le_bytes(), 1, t))
+        })
+    });
+    let full = Limiter::new(10_000, Duration::from_secs(3600));
+    for i in 0..10_000u64 {
+        let _ = full.check(&policy, &i.to_le_bytes(), 1, t);
+    }
+    g.bench_function("new_key_evicting", |b| {
+        b.iter(|| {
+            n += 1;
+            t += 1;
+            black_box(full.check(&policy, &n.to_le_bytes(), 1, t))
+        })
+    });
+    let global = Policy {
+        global: Some(Arc::new(Shared::new("global".into(), RATE, 2))),
+        ..Policy::default()
+    };
+    g.bench_function("global_draw", |b| {
+        b.iter(|| {
+            t += 1000;
+            black_box(limiter.check(&global, &key, 1, t))
+        })
+    });
+    g.finish();
+    c.final_summary();
+}

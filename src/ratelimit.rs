@@ -1,0 +1,514 @@
+//! Rate limits, decided on the shard with no lock and no atomic per
+//! request.
+//!
+//! Every limit is a GCRA (the generic cell rate algorithm, a token bucket
+//! kept as one number): a bucket is the "theoretical arrival time" `tat`
+//! of its next token, in ns; a request at `now` passes if `tat` is at most
+//! `(burst - 1)` emission intervals ahead of `now`, and moves `tat` one
+//! interval on. Over a long enough time a limit admits `rate × time +
+//! burst`.
+//!
+//! - **Per client**: buckets in the shard's own `Table`, keyed by the
+//!   client's address (or a header's value). With `server.steer =
+//!   "client-ip"` every connection of one address reaches the same shard
+//!   (see `steer`), so the one bucket there is the client's whole limit.
+//!   Otherwise (the kernel's hash, a header key, an address taken from
+//!   `X-Forwarded-For`) a client may reach any shard, and each shard
+//!   enforces `rate / shards` and `burst / shards`: exact when the client's
+//!   requests spread evenly, stricter when they do not.
+//! - **Global** (the whole proxy, or all of a route's traffic): one
+//!   `Shared` bucket for every shard, an atomic `tat`. A shard leases a
+//!   batch of tokens at once (`Lease`), so the atomic is touched once per
+//!   batch, not per request; the batch is at most 1% of a second's worth
+//!   per shard, and a lease not used within `LEASE_TTL` lapses.
+
+use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+
+use crate::config::Rate;
+
+/// Which limit turned a request away (the `X-RateLimit-Scope` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Client,
+    Route,
+    Global,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Client => "client",
+            Scope::Route => "route",
+            Scope::Global => "global",
+        }
+    }
+}
+
+/// A request turned away: what the 429 says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    pub scope: Scope,
+    /// The bucket's size (`burst`).
+    pub limit: u32,
+    /// Whole seconds until a request would pass, at least 1.
+    pub retry_after: u32,
+    /// Seconds the bucket takes to fill from empty (for the draft headers).
+    pub window: u32,
+}
+
+/// ns since the process's first use of a limiter: one time base for every
+/// shard, so a shared bucket means the same on each.
+pub fn nanos(at: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    // An instant before the epoch (a request older than the first
+    // limiter) counts as the epoch.
+    at.saturating_duration_since(epoch).as_nanos() as u64 + 1
+}
+
+/// A limit's interval and tolerance, in ns.
+#[derive(Debug, Clone, Copy)]
+pub struct Gcra {
+    interval: u64,
+    tolerance: u64,
+    limit: u32,
+    window: u32,
+}
+
+impl Gcra {
+    /// `rate` and `burst` shared out over `parts` shards.
+    pub fn new(r: Rate, parts: u32) -> Gcra {
+        let parts = parts.max(1);
+        let burst = (r.burst / parts).max(1);
+        let interval = ((1e9 * f64::from(parts) / r.rate) as u64).max(1);
+        Gcra {
+            interval,
+            tolerance: interval * u64::from(burst - 1),
+            limit: r.burst,
+            window: (f64::from(r.burst) / r.rate).ceil().max(1.0) as u32,
+        }
+    }
+
+    /// One token from the bucket `tat` at `now`: the tokens left, or the ns
+    /// to wait.
+    pub fn take(&self, tat: &mut u64, now: u64) -> Result<u32, u64> {
+        let t = (*tat).max(now);
+        let ahead = t - now;
+        if ahead > self.tolerance {
+            return Err(ahead - self.tolerance);
+        }
+        *tat = t + self.interval;
+        Ok(((self.tolerance - ahead) / self.interval) as u32)
+    }
+
+    fn limited(&self, scope: Scope, wait: u64) -> Limited {
+        Limited {
+            scope,
+            limit: self.limit,
+            retry_after: wait.div_ceil(1_000_000_000).clamp(1, u64::from(u32::MAX)) as u32,
+            window: self.window,
+        }
+    }
+}
+
+/// A bucket every shard draws on: the whole proxy's, or a route's.
+pub struct Shared {
+    /// Who it is for, to carry it across a reload: "global", "route:NAME".
+    pub name: String,
+    pub rate: Rate,
+    gcra: Gcra,
+    tat: AtomicU64,
+    /// Tokens a shard takes at once.
+    batch: u64,
+}
+
+/// A lease not used up within this lapses (its tokens are lost, so a lease
+/// can only make the limit stricter, never looser).
+const LEASE_TTL: u64 = 50_000_000;
+
+impl Shared {
+    pub fn new(name: String, rate: Rate, shards: usize) -> Shared {
+        let gcra = Gcra::new(rate, 1);
+        let per_shard = rate.rate / 100.0 / shards.max(1) as f64;
+        let batch = (per_shard as u64).clamp(
+            1,
+            u64::from(rate.burst)
+                .div_ceil(2 * shards.max(1) as u64)
+                .max(1),
+        );
+        Shared {
+            name,
+            rate,
+            gcra,
+            tat: AtomicU64::new(0),
+            batch,
+        }
+    }
+
+    /// Up to `batch` tokens, or the ns to wait.
+    fn lease(&self, now: u64) -> Result<u64, u64> {
+        let g = &self.gcra;
+        let mut tat = self.tat.load(Ordering::Relaxed);
+        loop {
+            let t = tat.max(now);
+            let ahead = t - now;
+            if ahead > g.tolerance {
+                return Err(ahead - g.tolerance);
+            }
+            // Never past the burst: the tokens this one may take.
+            let n = self.batch.min(1 + (g.tolerance - ahead) / g.interval);
+            match self.tat.compare_exchange_weak(
+                tat,
+                t + n * g.interval,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(n),
+                Err(now_tat) => tat = now_tat,
+            }
+        }
+    }
+}
+
+/// A shard's tokens from one `Shared` bucket.
+#[derive(Default)]
+struct Lease {
+    tokens: Cell<u64>,
+    until: Cell<u64>,
+}
+
+/// What a route is limited by, compiled from the config.
+#[derive(Clone, Default)]
+pub struct Policy {
+    /// The per-client limit and the id of its buckets (the route's name
+    /// for a route's own, 0 for `[rate_limit]`'s).
+    pub per_client: Option<(u64, Rate)>,
+    pub route: Option<Arc<Shared>>,
+    pub global: Option<Arc<Shared>>,
+}
+
+impl Policy {
+    pub fn is_empty(&self) -> bool {
+        self.per_client.is_none() && self.route.is_none() && self.global.is_none()
+    }
+}
+
+/// One bucket of the per-client table.
+#[derive(Clone, Copy)]
+struct Bucket {
+    tat: u64,
+    seen: u64,
+    hits: u64,
+}
+
+/// The longest key kept: the bucket id, then an address or a header value
+/// (cut at this length).
+const MAX_KEY: usize = 8 + 128;
+
+/// A shard's rate-limit state: per-client buckets and global leases.
+pub struct Limiter {
+    table: RefCell<AHashMap<Box<[u8]>, Bucket>>,
+    max_entries: Cell<usize>,
+    idle: Cell<u64>,
+    leases: RefCell<AHashMap<usize, Lease>>,
+    /// Requests turned away, by scope (client, route, global).
+    pub rejected: [Cell<u64>; 3],
+    pub evicted: Cell<u64>,
+}
+
+impl Limiter {
+    pub fn new(max_entries: usize, idle: Duration) -> Limiter {
+        Limiter {
+            table: RefCell::new(AHashMap::with_capacity(1024.min(max_entries))),
+            max_entries: Cell::new(max_entries),
+            idle: Cell::new(idle.as_nanos() as u64),
+            leases: RefCell::new(AHashMap::new()),
+            rejected: Default::default(),
+            evicted: Cell::new(0),
+        }
+    }
+
+    /// After a reload: the table's bounds may have changed; its buckets stay.
+    pub fn set_bounds(&self, max_entries: usize, idle: Duration) {
+        self.max_entries.set(max_entries);
+        self.idle.set(idle.as_nanos() as u64);
+    }
+
+    /// Whether a request may pass `policy`. `client` is the key (an
+    /// address's octets or a header's value); `parts` is how many shards a
+    /// per-client limit is shared out over (1 when steering makes it exact).
+    pub fn check(
+        &self,
+        policy: &Policy,
+        client: &[u8],
+        parts: u32,
+        now: u64,
+    ) -> Result<(), Limited> {
+        if let Some((id, rate)) = policy.per_client {
+            let g = Gcra::new(rate, parts);
+            let mut key = [0u8; MAX_KEY];
+            key[..8].copy_from_slice(&id.to_le_bytes());
+            let len = 8 + client.len().min(MAX_KEY - 8);
+            key[8..len].copy_from_slice(&client[..len - 8]);
+            let key = &key[..len];
+            let mut table = self.table.borrow_mut();
+            let taken = match table.get_mut(key) {
+                Some(b) => {
+                    b.seen = now;
+                    b.hits += 1;
+                    g.take(&mut b.tat, now)
+                }
+                None => {
+                    if table.len() >= self.max_entries.get() {
+                        self.make_room(&mut table, now);
+                    }
+                    let mut b = Bucket {
+                        tat: 0,
+                        seen: now,
+                        hits: 1,
+                    };
+                    let taken = g.take(&mut b.tat, now);
+                    table.insert(key.into(), b);
+                    taken
+                }
+            };
+            if let Err(wait) = taken {
+                return Err(self.reject(g.limited(Scope::Client, wait)));
+            }
+        }
+        for (shared, scope) in [
+            (&policy.route, Scope::Route),
+            (&policy.global, Scope::Global),
+        ] {
+            if let Some(s) = shared
+                && let Err(wait) = self.draw(s, now)
+            {
+                return Err(self.reject(s.gcra.limited(scope, wait)));
+            }
+        }
+        Ok(())
+    }
+
+    fn reject(&self, l: Limited) -> Limited {
+        let c = &self.rejected[l.scope as usize];
+        c.set(c.get() + 1);
+        l
+    }
+
+    /// One token from a shared bucket, through this shard's lease.
+    fn draw(&self, s: &Arc<Shared>, now: u64) -> Result<(), u64> {
+        let mut leases = self.leases.borrow_mut();
+        let lease = leases.entry(Arc::as_ptr(s) as usize).or_default();
+        if lease.tokens.get() == 0 || lease.until.get() < now {
+            lease.tokens.set(s.lease(now)?);
+            lease.until.set(now + LEASE_TTL);
+        }
+        lease.tokens.set(lease.tokens.get() - 1);
+        Ok(())
+    }
+
+    /// The table is full: drop the idle buckets, or else the least recently
+    /// seen of a sample of 32 (as Redis does), so it never grows past its
+    /// bound.
+    fn make_room(&self, table: &mut AHashMap<Box<[u8]>, Bucket>, now: u64) {
+        let before = table.len();
+        let idle = self.idle.get();
+        table.retain(|_, b| now.saturating_sub(b.seen) < idle);
+        if table.len() >= self.max_entries.get() {
+            let oldest = table
+                .iter()
+                .take(32)
+                .min_by_key(|(_, b)| b.seen)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                table.remove(&k);
+            }
+        }
+        self.evicted
+            .set(self.evicted.get() + (before - table.len()) as u64);
+    }
+
+    /// Once a second: buckets idle for `idle_eviction` go; so do leases of
+    /// shared buckets no longer in the config.
+    pub fn sweep(&self, now: u64) {
+        let idle = self.idle.get();
+        let mut table = self.table.borrow_mut();
+        let before = table.len();
+        table.retain(|_, b| now.saturating_sub(b.seen) < idle);
+        self.evicted
+            .set(self.evicted.get() + (before - table.len()) as u64);
+        self.leases.borrow_mut().retain(|_, l| l.until.get() >= now);
+    }
+
+    pub fn entries(&self) -> usize {
+        self.table.borrow().len()
+    }
+
+    /// The `n` keys with the most requests, most first: (bucket id, key,
+    /// requests). A heap of `n`, not a copy of the table.
+    pub fn top(&self, n: usize) -> Vec<(u64, Vec<u8>, u64)> {
+        let table = self.table.borrow();
+        let mut heap = BinaryHeap::with_capacity(n + 1);
+        for (k, b) in table.iter() {
+            heap.push(Reverse((b.hits, k)));
+            if heap.len() > n {
+                heap.pop();
+            }
+        }
+        let mut top: Vec<_> = heap
+            .into_iter()
+            .map(|Reverse((hits, k))| {
+                let id = u64::from_le_bytes(k[..8].try_into().unwrap_or_default());
+                (id, k[8..].to_vec(), hits)
+            })
+            .collect();
+        top.sort_by(|a, b| b.2.cmp(&a.2));
+        top
+    }
+}
+
+/// The id of a route's own per-client buckets: its name's hash, so they
+/// survive a reload that keeps the name.
+pub fn bucket_id(route: &str) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    // Fixed keys: the same name gives the same id in every shard.
+    let mut h = ahash::RandomState::with_seeds(1, 2, 3, 4).build_hasher();
+    route.hash(&mut h);
+    h.finish() | 1
+}
+
+/// The octets of an address, as a table key.
+pub fn ip_key(ip: IpAddr, buf: &mut [u8; 16]) -> &[u8] {
+    match ip {
+        IpAddr::V4(v4) => {
+            buf[..4].copy_from_slice(&v4.octets());
+            &buf[..4]
+        }
+        IpAddr::V6(v6) => {
+            buf.copy_from_slice(&v6.octets());
+            &buf[..]
+        }
+    }
+}
+
+/// The client an `X-Forwarded-For` value names, read from the right: the
+/// first address that is not one of the trusted proxies.
+pub fn forwarded_client(value: &str, trusted: &[crate::config::Cidr]) -> Option<IpAddr> {
+    value
+        .rsplit(',')
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .find(|ip| !trusted.iter().any(|c| c.contains(*ip)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn gcra_admits_rate_times_time_plus_burst() {
+        let g = Gcra::new(
+            Rate {
+                rate: 10.0,
+                burst: 5,
+            },
+            1,
+        );
+        let mut tat = 0;
+        let mut passed = 0;
+        // 1,000 requests a second for 3 s.
+        for i in 0..3000u64 {
+            if g.take(&mut tat, SEC + i * SEC / 1000).is_ok() {
+                passed += 1;
+            }
+        }
+        assert_eq!(passed, 5 + 30 - 1, "burst, then one per 100 ms");
+        let end = SEC + 3 * SEC;
+        while g.take(&mut tat, end).is_ok() {}
+        let wait = g.take(&mut tat, end).unwrap_err();
+        assert!(wait <= SEC / 10, "{wait}");
+        let l = g.limited(Scope::Client, wait);
+        assert_eq!((l.retry_after, l.limit, l.window), (1, 5, 1));
+    }
+
+    #[test]
+    fn a_shared_limit_holds_across_shards() {
+        let shared = Arc::new(Shared::new(
+            "global".into(),
+            Rate {
+                rate: 1000.0,
+                burst: 100,
+            },
+            2,
+        ));
+        let shards = [
+            Limiter::new(10, Duration::from_secs(60)),
+            Limiter::new(10, Duration::from_secs(60)),
+        ];
+        let policy = Policy {
+            global: Some(shared),
+            ..Policy::default()
+        };
+        let mut passed = 0;
+        // Each shard 10,000 requests a second for 2 s.
+        for i in 0..20_000u64 {
+            let now = SEC + i * SEC / 10_000;
+            for s in &shards {
+                if s.check(&policy, b"", 1, now).is_ok() {
+                    passed += 1;
+                }
+            }
+        }
+        let expected = 1000 * 2 + 100;
+        assert!(
+            (passed as f64 - expected as f64).abs() / (expected as f64) < 0.05,
+            "{passed} of {expected}"
+        );
+    }
+
+    #[test]
+    fn the_table_stays_within_its_bound() {
+        let l = Limiter::new(100, Duration::from_secs(60));
+        let policy = Policy {
+            per_client: Some((
+                0,
+                Rate {
+                    rate: 1.0,
+                    burst: 1,
+                },
+            )),
+            ..Policy::default()
+        };
+        for i in 0..1000u32 {
+            let _ = l.check(&policy, &i.to_le_bytes(), 1, SEC + u64::from(i));
+        }
+        assert!(l.entries() <= 100);
+        assert_eq!(l.evicted.get(), 900);
+        // A second request of the newest key is refused: its bucket is kept.
+        assert!(
+            l.check(&policy, &999u32.to_le_bytes(), 1, SEC + 1000)
+                .is_err()
+        );
+        l.sweep(SEC + 61 * SEC);
+        assert_eq!(l.entries(), 0);
+        let top = l.top(3);
+        assert!(top.is_empty());
+    }
+
+    #[test]
+    fn forwarded_for_is_read_from_the_right_past_trusted_proxies() {
+        let trusted = [crate::config::Cidr::parse("10.0.0.0/8").unwrap()];
+        let ip = forwarded_client("203.0.113.9, 198.51.100.2, 10.1.2.3", &trusted);
+        assert_eq!(ip, Some("198.51.100.2".parse().unwrap()));
+        assert_eq!(forwarded_client("10.0.0.1", &trusted), None);
+    }
+}
