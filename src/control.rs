@@ -638,7 +638,7 @@ impl Control {
             }
             _ => false,
         });
-        keys.sort_by(|a, b| b.2.cmp(&a.2));
+        keys.sort_by_key(|k| std::cmp::Reverse(k.2));
         keys.truncate(top);
         let routes = &self.snapshot.config.routes;
         let bucket = |id: u64| {

@@ -370,7 +370,7 @@ impl Limiter {
                 (id, k[8..].to_vec(), hits)
             })
             .collect();
-        top.sort_by(|a, b| b.2.cmp(&a.2));
+        top.sort_by_key(|t| Reverse(t.2));
         top
     }
 }
