@@ -378,11 +378,8 @@ impl Limiter {
 /// The id of a route's own per-client buckets: its name's hash, so they
 /// survive a reload that keeps the name.
 pub fn bucket_id(route: &str) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
     // Fixed keys: the same name gives the same id in every shard.
-    let mut h = ahash::RandomState::with_seeds(1, 2, 3, 4).build_hasher();
-    route.hash(&mut h);
-    h.finish() | 1
+    ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(route) | 1
 }
 
 /// The octets of an address, as a table key.

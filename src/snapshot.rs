@@ -247,6 +247,39 @@ fn size_text(bytes: u64) -> String {
     bytes.to_string()
 }
 
+/// Each route's rate limits: `[rate_limit]`'s, or its own, or none.
+fn limits(config: &Config) -> Vec<Policy> {
+    let rl = &config.rate_limit;
+    let shards = config.workers();
+    let global = rl
+        .global
+        .map(|r| Arc::new(Shared::new("global".into(), r, shards)));
+    config
+        .routes
+        .iter()
+        .map(|route| match &route.rate_limit {
+            RouteLimit::Off => Policy::default(),
+            RouteLimit::Inherit => Policy {
+                per_client: rl.per_client.map(|r| (0, r)),
+                route: None,
+                global: global.clone(),
+            },
+            RouteLimit::Own {
+                per_client,
+                global: own,
+            } => Policy {
+                per_client: match per_client {
+                    Some(r) => Some((bucket_id(&route.name), *r)),
+                    None => rl.per_client.map(|r| (0, r)),
+                },
+                route: own
+                    .map(|r| Arc::new(Shared::new(format!("route:{}", route.name), r, shards))),
+                global: global.clone(),
+            },
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -366,37 +399,4 @@ mod tests {
                      strip_prefix = false\nunderscores_in_headers = false\n";
         assert!(warnings(quiet).is_empty());
     }
-}
-
-/// Each route's rate limits: `[rate_limit]`'s, or its own, or none.
-fn limits(config: &Config) -> Vec<Policy> {
-    let rl = &config.rate_limit;
-    let shards = config.workers();
-    let global = rl
-        .global
-        .map(|r| Arc::new(Shared::new("global".into(), r, shards)));
-    config
-        .routes
-        .iter()
-        .map(|route| match &route.rate_limit {
-            RouteLimit::Off => Policy::default(),
-            RouteLimit::Inherit => Policy {
-                per_client: rl.per_client.map(|r| (0, r)),
-                route: None,
-                global: global.clone(),
-            },
-            RouteLimit::Own {
-                per_client,
-                global: own,
-            } => Policy {
-                per_client: match per_client {
-                    Some(r) => Some((bucket_id(&route.name), *r)),
-                    None => rl.per_client.map(|r| (0, r)),
-                },
-                route: own
-                    .map(|r| Arc::new(Shared::new(format!("route:{}", route.name), r, shards))),
-                global: global.clone(),
-            },
-        })
-        .collect()
 }
