@@ -5,9 +5,12 @@
 #   bench/ab.sh CONNS SECONDS REPS VARIANT...
 #   bench/ab.sh 8 5 3 RINGWAY_URING=plain RINGWAY_URING=coop
 #   bench/ab.sh 8 5 3 RW=/tmp/before/ringway RW=target/release/ringway
+#   bench/ab.sh 64 5 5 CONF=plain CONF=ratelimit
 #
 # A variant is a list of environment assignments for the proxy; RW names
-# the ringway binary (default target/release/ringway). One shard, pinned by
+# the ringway binary (default target/release/ringway), CONF one of the
+# configs below (default plain): plain, ratelimit (a per-client and a
+# global limit that never trigger), accesslog (every request logged). One shard, pinned by
 # taskset to CPU 1; ringway-origin and ringway-load (closed loop, one
 # thread) on CPU 0. Prints the proxy's own CPU time (all its threads, from
 # /proc/PID/task/*/schedstat) divided by the requests ringway-load completed.
@@ -36,6 +39,16 @@ name = "all"
 prefix = "/"
 upstream = "o"
 EOF
+cp "$work/ab.toml" "$work/ab-plain.toml"
+cat "$work/ab.toml" - >"$work/ab-ratelimit.toml" <<EOF
+[rate_limit]
+per_client = { rate = 1e9, burst = 1000000 }
+global = { rate = 1e9, burst = 1000000 }
+EOF
+cat "$work/ab.toml" - >"$work/ab-accesslog.toml" <<EOF
+[access_log]
+path = "$work/access.log"
+EOF
 taskset -c 0 $bin/ringway-origin --listen 127.0.0.1:19001 --threads 1 >/dev/null 2>&1 &
 origin=$!
 
@@ -52,7 +65,7 @@ for rep in $(seq "$reps"); do
     for v in "$@"; do
         (
             export $v RUST_LOG=warn
-            exec taskset -c 1 "${RW:-$bin/ringway}" --config "$work/ab.toml" >/dev/null 2>&1
+            exec taskset -c 1 "${RW:-$bin/ringway}" --config "$work/ab-${CONF:-plain}.toml" >/dev/null 2>&1
         ) &
         proxy=$!
         for _ in $(seq 100); do
