@@ -221,6 +221,42 @@ pub struct Upstream {
     pub max_lifetime: Duration,
     /// Requests per connection before it is retired; 0 means no limit.
     pub max_requests: u64,
+    /// A request that could not reach an endpoint goes to another: after a
+    /// failed connect always (nothing was sent), after a reset or close
+    /// before any response byte if it is idempotent and has no body.
+    pub retry: bool,
+    /// Passive ejection of failing endpoints; `None`: off.
+    pub outlier: Option<Outlier>,
+}
+
+/// `outlier_detection`: an endpoint with `consecutive_failures` failures in
+/// a row (connect errors, resets before a response, 5xx) is left out for
+/// `eject_for`, twice as long each time it is ejected again, never more
+/// than `max_ejected_percent` of the upstream's endpoints at once.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Outlier {
+    pub consecutive_failures: u32,
+    pub eject_for: Dur,
+    pub max_ejected_percent: u32,
+}
+
+impl Default for Outlier {
+    fn default() -> Self {
+        Outlier {
+            consecutive_failures: 5,
+            eject_for: Dur::secs(10),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// `outlier_detection = false`, or its settings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileOutlier {
+    On(bool),
+    Settings(Outlier),
 }
 
 #[derive(Debug, Clone)]
@@ -324,6 +360,9 @@ struct FileUpstream {
     max_lifetime: Dur,
     #[serde(default)]
     max_requests: u64,
+    #[serde(default = "yes")]
+    retry: bool,
+    outlier_detection: Option<FileOutlier>,
 }
 
 fn default_max_idle() -> usize {
@@ -961,6 +1000,26 @@ impl ConfigValidator<'_> {
                 idle_timeout: u.idle_timeout.0,
                 max_lifetime: u.max_lifetime.0,
                 max_requests: u.max_requests,
+                retry: u.retry,
+                outlier: match &u.outlier_detection {
+                    None | Some(FileOutlier::On(true)) => Some(Outlier::default()),
+                    Some(FileOutlier::On(false)) => None,
+                    Some(FileOutlier::Settings(o)) => {
+                        if o.consecutive_failures == 0 {
+                            return Err(self.error(
+                                &key("outlier_detection.consecutive_failures"),
+                                "must be at least 1",
+                            ));
+                        }
+                        if o.max_ejected_percent > 100 {
+                            return Err(self.error(
+                                &key("outlier_detection.max_ejected_percent"),
+                                "must be at most 100",
+                            ));
+                        }
+                        Some(*o)
+                    }
+                },
             });
         }
         Ok(upstreams)

@@ -237,6 +237,7 @@ pub struct UpstreamMetrics {
     pub reuses: Cell<u64>,
     pub failures: Cell<u64>,
     pub retries: Cell<u64>,
+    pub ejections: Cell<u64>,
     latency: RefCell<Latency>,
 }
 
@@ -248,6 +249,7 @@ impl UpstreamMetrics {
             reuses: Cell::new(0),
             failures: Cell::new(0),
             retries: Cell::new(0),
+            ejections: Cell::new(0),
             latency: RefCell::new(Latency::new()),
         }
     }
@@ -265,6 +267,7 @@ impl UpstreamMetrics {
             reuses: self.reuses.get(),
             failures: self.failures.get(),
             retries: self.retries.get(),
+            ejections: self.ejections.get(),
             latency: latency.then(|| l.clone()),
         };
         if reset {
@@ -295,6 +298,7 @@ pub struct UpstreamReport {
     pub reuses: u64,
     pub failures: u64,
     pub retries: u64,
+    pub ejections: u64,
     pub latency: Option<Latency>,
 }
 
@@ -383,6 +387,7 @@ impl Report {
                     m.reuses += u.reuses;
                     m.failures += u.failures;
                     m.retries += u.retries;
+                    m.ejections += u.ejections;
                     merge_latency(&mut m.latency, &u.latency);
                 }
                 None => self.upstreams.push(u.clone()),
@@ -538,8 +543,14 @@ impl prometheus_client::collector::Collector for Collect {
         counter(
             &mut e,
             "ringway_upstream_retries",
-            "Requests sent again on a new connection after a pooled one closed.",
+            "Requests sent again, to another endpoint or on a new connection.",
             &per_upstream(|x| x.retries),
+        )?;
+        counter(
+            &mut e,
+            "ringway_upstream_ejections",
+            "Endpoints left out of the rotation after failures in a row.",
+            &per_upstream(|x| x.ejections),
         )?;
         counter(
             &mut e,

@@ -95,7 +95,7 @@ pub async fn exchange(
     plan: &Plan<'_>,
     wbuf: &mut Lease,
     upstream: usize,
-    endpoint: usize,
+    mut endpoint: usize,
 ) -> Next {
     let shard = conn.shard;
     let pool = &snap.pools[upstream];
@@ -110,19 +110,51 @@ pub async fn exchange(
     conn.rec.upstream_addr = Some(pool.addr(endpoint));
     let asked = Instant::now();
     conn.rec.proxy_us = Some(micros(asked - conn.rec.started));
+    // Endpoints this request has failed on (a bit per index).
+    let mut tried = 0u64;
+    // Where a request that got no response byte goes next: the same
+    // endpoint on a new connection if a pooled one was stale, else another
+    // endpoint (a failure of this one), if retries are on and one is left.
+    let next_try = |endpoint: usize, stale: bool, tried: &mut u64| -> Option<(usize, bool)> {
+        if stale {
+            return Some((endpoint, true));
+        }
+        pool.failed(endpoint);
+        if !pool.retries() {
+            return None;
+        }
+        if endpoint < 64 {
+            *tried |= 1 << endpoint;
+        }
+        pool.pick_besides(*tried).map(|e| (e, false))
+    };
     loop {
+        conn.rec.upstream_addr = Some(pool.addr(endpoint));
         let (mut up, reused) = match pool.checkout(endpoint, t, fresh).await {
             Ok(c) => c,
+            // Nothing was sent: another endpoint may take any request.
+            Err(UpstreamError::Connect) => match next_try(endpoint, false, &mut tried) {
+                Some((e, f)) => {
+                    (endpoint, fresh) = (e, f);
+                    conn.rec.retries += 1;
+                    continue;
+                }
+                None => {
+                    return fail(conn, snap, plan, wbuf, Reject::BadGateway, None).await;
+                }
+            },
             Err(e) => return fail(conn, snap, plan, wbuf, e.reject(), None).await,
         };
-        let may_retry = reused && !fresh && plan.idempotent && !has_body;
+        // Sent again only if the upstream cannot have acted on it.
+        let resendable = plan.idempotent && !has_body;
+        let stale = reused && !fresh;
         if write_buf(&mut up.w, wbuf, budget(t.upstream_idle.0, plan.deadline))
             .await
             .is_err()
         {
             pool.discard(up);
-            if may_retry {
-                fresh = true;
+            if resendable && let Some((e, f)) = next_try(endpoint, stale, &mut tried) {
+                (endpoint, fresh) = (e, f);
                 conn.rec.retries += 1;
                 continue;
             }
@@ -166,6 +198,11 @@ pub async fn exchange(
         };
         match relayed {
             Some(Ok(Relayed::Done { reusable, close })) => {
+                if conn.rec.status >= 500 {
+                    pool.failed(endpoint);
+                } else {
+                    pool.succeeded(endpoint);
+                }
                 if reusable && consumed.is_some() {
                     pool.checkin(up);
                 } else {
@@ -198,14 +235,19 @@ pub async fn exchange(
                 pool.discard(up);
                 return Next::Close;
             }
-            Some(Err(RelayError::Upstream(UpstreamError::ClosedEarly))) if may_retry => {
+            Some(Err(RelayError::Upstream(UpstreamError::ClosedEarly)))
+                if resendable && let Some((e, f)) = next_try(endpoint, stale, &mut tried) =>
+            {
                 pool.discard(up);
-                fresh = true;
+                (endpoint, fresh) = (e, f);
                 conn.rec.retries += 1;
                 continue;
             }
             Some(Err(RelayError::Upstream(e))) => {
                 pool.discard(up);
+                if e == UpstreamError::ClosedEarly && !stale {
+                    pool.failed(endpoint);
+                }
                 log::debug!("upstream {} failed: {e:?}", pool.addr(endpoint));
                 if committed.get() {
                     return Next::Close;

@@ -49,6 +49,12 @@ struct Endpoint {
     peak: Cell<usize>,
     last_peak: Cell<usize>,
     waiters: RefCell<VecDeque<(u64, Waker)>>,
+    /// Failures in a row (connect errors, resets, 5xx), for ejection.
+    failures: Cell<u32>,
+    /// Left out of the rotation until then.
+    ejected_until: Cell<Option<Instant>>,
+    /// Ejections in a row: each lasts twice the one before.
+    ejections: Cell<u32>,
 }
 
 impl Endpoint {
@@ -92,6 +98,9 @@ impl UpstreamPool {
                             peak: Cell::new(0),
                             last_peak: Cell::new(0),
                             waiters: RefCell::new(VecDeque::new()),
+                            failures: Cell::new(0),
+                            ejected_until: Cell::new(None),
+                            ejections: Cell::new(0),
                         }),
                     }
                 })
@@ -106,11 +115,94 @@ impl UpstreamPool {
         &self.cfg.name
     }
 
-    /// The endpoint the next request goes to.
+    /// The endpoint the next request goes to: round-robin over those not
+    /// ejected (all of them if every one is).
     pub fn pick(&self) -> usize {
-        let i = self.next.get();
-        self.next.set((i + 1) % self.endpoints.len());
-        i
+        self.pick_besides(0).unwrap_or_else(|| {
+            let i = self.next.get();
+            self.next.set((i + 1) % self.endpoints.len());
+            i
+        })
+    }
+
+    /// The next endpoint in the rotation that is not ejected and not in
+    /// `tried` (a bit per endpoint index; the first 64 endpoints).
+    pub fn pick_besides(&self, tried: u64) -> Option<usize> {
+        let n = self.endpoints.len();
+        let mut now = None;
+        for step in 0..n {
+            let i = (self.next.get() + step) % n;
+            if i < 64 && tried & (1 << i) != 0 {
+                continue;
+            }
+            let ep = &self.endpoints[i];
+            if let Some(until) = ep.ejected_until.get() {
+                if *now.get_or_insert_with(Instant::now) < until {
+                    continue;
+                }
+                // Back in the rotation; a failure ejects it again, for longer.
+                ep.ejected_until.set(None);
+                log::info!(
+                    "upstream '{}': endpoint {} back in rotation",
+                    self.cfg.name,
+                    ep.addr
+                );
+            }
+            self.next.set((i + 1) % n);
+            return Some(i);
+        }
+        None
+    }
+
+    pub fn endpoints(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    pub fn retries(&self) -> bool {
+        self.cfg.retry
+    }
+
+    /// An exchange with `endpoint` failed: a connect error, a reset or
+    /// close before any response byte, or a 5xx. Enough in a row eject it.
+    pub fn failed(&self, endpoint: usize) {
+        let Some(o) = self.cfg.outlier else { return };
+        let ep = &self.endpoints[endpoint];
+        ep.failures.set(ep.failures.get() + 1);
+        if ep.failures.get() < o.consecutive_failures || ep.ejected_until.get().is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|e| e.ejected_until.get().is_some_and(|u| u > now))
+            .count();
+        if (ejected + 1) * 100 > self.endpoints.len() * o.max_ejected_percent as usize {
+            return;
+        }
+        let times = ep.ejections.get().min(5);
+        let length = o.eject_for.0 * (1 << times);
+        ep.ejections.set(ep.ejections.get() + 1);
+        ep.failures.set(0);
+        ep.ejected_until.set(Some(now + length));
+        bump(&self.metrics.ejections);
+        log::warn!(
+            "upstream '{}': endpoint {} ejected for {length:?} after {} failures in a row",
+            self.cfg.name,
+            ep.addr,
+            o.consecutive_failures
+        );
+    }
+
+    /// An exchange with `endpoint` got a response that was not a 5xx.
+    pub fn succeeded(&self, endpoint: usize) {
+        let ep = &self.endpoints[endpoint];
+        if ep.failures.get() != 0 {
+            ep.failures.set(0);
+        }
+        if ep.ejections.get() != 0 && ep.ejected_until.get().is_none() {
+            ep.ejections.set(0);
+        }
     }
 
     pub fn addr(&self, endpoint: usize) -> SocketAddr {
