@@ -1160,11 +1160,38 @@ fn keep_metrics(
     new: &mut crate::config::Metrics,
     running: &crate::config::Metrics,
 ) {
-    if new != running {
-        restart.push(format!(
-            "metrics: listen {:?} path {} -> listen {:?} path {} (needs a restart)",
-            running.listen, running.path, new.listen, new.path
-        ));
-        *new = running.clone();
+    let changed = [
+        (
+            "listen",
+            format!("{:?}", running.listen),
+            format!("{:?}", new.listen),
+        ),
+        ("path", running.path.clone(), new.path.clone()),
+        (
+            "histogram_dir",
+            format!("{:?}", running.histogram_dir),
+            format!("{:?}", new.histogram_dir),
+        ),
+        (
+            "histogram_interval",
+            format!("{:?}", running.histogram_interval),
+            format!("{:?}", new.histogram_interval),
+        ),
+        (
+            "histogram_keep",
+            running.histogram_keep.to_string(),
+            new.histogram_keep.to_string(),
+        ),
+        (
+            "histogram_file_bytes",
+            running.histogram_file_bytes.to_string(),
+            new.histogram_file_bytes.to_string(),
+        ),
+    ];
+    for (key, old, now) in changed {
+        if old != now {
+            restart.push(format!("metrics.{key}: {old} -> {now} (needs a restart)"));
+        }
     }
+    *new = running.clone();
 }

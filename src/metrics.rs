@@ -72,7 +72,8 @@ impl Record {
         Record {
             started,
             route: None,
-            method: 0,
+            // Until the head is parsed, the method is not known.
+            method: (METHODS.len() - 1) as u8,
             status: 0,
             bytes_in: 0,
             bytes_out: 0,
