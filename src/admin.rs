@@ -131,12 +131,30 @@ fn client(stream: UnixStream, control: &ControlHandle, busy: bool) {
         ))
     } else {
         match read_request(&stream) {
+            Ok(line) if is_handover(&line) => {
+                // The reply goes with the listening sockets attached.
+                let (reply, fds) = match control.handover(COMMAND) {
+                    Ok((result, fds)) => (json!({ "ok": true, "result": result }), fds),
+                    Err(e) => (error(e), Vec::new()),
+                };
+                if let Err(e) = crate::handover::send(&stream, &reply, &fds) {
+                    log::error!("handover: {e}");
+                }
+                return;
+            }
             Ok(line) => answer(&line, control),
             Err(e) => error(e),
         }
     };
     let mut w = &stream;
     let _ = writeln!(w, "{reply}");
+}
+
+fn is_handover(line: &str) -> bool {
+    serde_json::from_str::<Value>(line.trim())
+        .ok()
+        .and_then(|v| Command::from_request(&v).ok())
+        == Some(Command::Handover)
 }
 
 /// The request line, read within `CLIENT_IO` in all: a client that sends a

@@ -192,7 +192,8 @@ pub async fn resume(shard: &ShardState, mut idle: IdleConn) -> After {
 /// holds little more than the connection.
 pub async fn wait_idle(shard: &ShardState, idle: &mut IdleConn) -> bool {
     loop {
-        if shard.draining() || Instant::now() >= idle.until {
+        // Draining, only a connection yet to send its first request waits on.
+        if (shard.draining() && !idle.first) || Instant::now() >= idle.until {
             return false;
         }
         let Some(byte) = idle.byte.take() else {
@@ -333,35 +334,47 @@ impl Conn<'_> {
     /// shard's once-a-second demotion and a drain cancel the wait; the read
     /// then hands back its buffer, and any bytes that won the race.
     async fn wait_for_request(&mut self) -> Result<(), Waited> {
-        if self.shard.draining() {
+        // Draining, a connection waits for no further request; one accepted
+        // as the drain began still has its first served.
+        if self.shard.draining() && !self.first {
             return Err(Waited::Gone);
         }
-        let limit = {
-            let t = &self.shard.current().config.timeouts;
-            if self.first {
-                budget(t.client_header.0, Some(self.accepted + t.client_header.0))
-            } else {
-                t.keepalive_idle.0
-            }
-        };
-        let mut buf = self.rbuf.take();
-        buf.clear();
-        let cap = buf.capacity();
-        let handle = self.shard.waiting_handle();
-        let read = self
-            .r
-            .cancelable_read(monoio::buf::IoBufMut::slice_mut(buf, 0..cap), handle);
-        let Ok((res, slice)) = monoio::time::timeout(limit, read).await else {
-            return Err(Waited::Gone);
-        };
-        self.rbuf.put(slice.into_inner());
-        match res {
-            Ok(0) => Err(Waited::Gone),
-            Ok(_) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) && !self.shard.draining() => {
-                Err(Waited::Demoted)
-            }
-            Err(_) => Err(Waited::Gone),
+        loop {
+            let limit = {
+                let t = &self.shard.current().config.timeouts;
+                if self.first {
+                    budget(t.client_header.0, Some(self.accepted + t.client_header.0))
+                } else {
+                    t.keepalive_idle.0
+                }
+            };
+            let mut buf = self.rbuf.take();
+            buf.clear();
+            let cap = buf.capacity();
+            let handle = self.shard.waiting_handle();
+            let read = self
+                .r
+                .cancelable_read(monoio::buf::IoBufMut::slice_mut(buf, 0..cap), handle);
+            let Ok((res, slice)) = monoio::time::timeout(limit, read).await else {
+                return Err(Waited::Gone);
+            };
+            self.rbuf.put(slice.into_inner());
+            return match res {
+                Ok(0) => Err(Waited::Gone),
+                Ok(_) => Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
+                    if !self.shard.draining() {
+                        Err(Waited::Demoted)
+                    } else if self.first {
+                        // The drain cancelled every wait; a new connection
+                        // still gets its first request served.
+                        continue;
+                    } else {
+                        Err(Waited::Gone)
+                    }
+                }
+                Err(_) => Err(Waited::Gone),
+            };
         }
     }
 

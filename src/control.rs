@@ -11,6 +11,7 @@
 //! the new config. A file that fails leaves the running config as it was.
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -25,6 +26,7 @@ use crate::accesslog::LogWriter;
 use crate::admin::{AdminServer, AdminSocket};
 use crate::config::{Config, Steer};
 use crate::exporter::Exporter;
+use crate::handover::Inherited;
 use crate::histlog::HistogramLogs;
 use crate::mailbox::{FromShard, Mailbox, ShardStats, ToShard};
 use crate::metrics::{Latency, Metric, Report, Reset, render_prometheus};
@@ -45,6 +47,11 @@ pub enum Command {
     ReopenLogs,
     /// The per-client rate-limit keys with the most requests, at most this many.
     RateLimit(usize),
+    /// Copies of the listening sockets, for `ringway --upgrade`.
+    Handover,
+    /// Opens the admin socket and the metrics listener, which a process
+    /// started with `--upgrade` does once the old one is gone.
+    OpenEndpoints,
     Histograms(HistogramQuery),
 }
 
@@ -81,6 +88,7 @@ impl Command {
         "histograms",
         "reopen-logs",
         "ratelimit",
+        "handover",
     ];
 
     /// The command of an admin request: `{"command":"status"}`, or for
@@ -97,6 +105,7 @@ impl Command {
             "stop" => Command::Stop,
             "metrics" => Command::Metrics,
             "reopen-logs" => Command::ReopenLogs,
+            "handover" => Command::Handover,
             "ratelimit" => {
                 let top = match request.get("top") {
                     None | Some(Value::Null) => 100,
@@ -162,6 +171,8 @@ pub type Reply = Result<Value, String>;
 pub struct Envelope {
     pub command: Command,
     pub reply: Option<SyncSender<Reply>>,
+    /// For `Handover`: where the listening sockets go.
+    pub fds: Option<SyncSender<Vec<OwnedFd>>>,
 }
 
 /// Sends commands to the control thread; cheap to clone.
@@ -176,10 +187,32 @@ impl ControlHandle {
             .send(Envelope {
                 command,
                 reply: Some(tx),
+                fds: None,
             })
             .map_err(|_| "the control thread has stopped".to_string())?;
         rx.recv_timeout(wait)
             .map_err(|_| format!("no reply from the control thread within {wait:?}"))?
+    }
+
+    /// Asks for the listening sockets (a copy of each), for a new process
+    /// taking over (see `handover`).
+    pub fn handover(&self, wait: Duration) -> Result<(Value, Vec<OwnedFd>), String> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let (ftx, frx) = mpsc::sync_channel(1);
+        self.0
+            .send(Envelope {
+                command: Command::Handover,
+                reply: Some(tx),
+                fds: Some(ftx),
+            })
+            .map_err(|_| "the control thread has stopped".to_string())?;
+        let reply = rx
+            .recv_timeout(wait)
+            .map_err(|_| format!("no reply from the control thread within {wait:?}"))??;
+        let fds = frx
+            .recv_timeout(wait)
+            .map_err(|_| "no sockets came".to_string())?;
+        Ok((reply, fds))
     }
 
     /// Sends a command without waiting; the control thread logs the outcome.
@@ -187,6 +220,7 @@ impl ControlHandle {
         let _ = self.0.send(Envelope {
             command,
             reply: None,
+            fds: None,
         });
     }
 }
@@ -203,7 +237,25 @@ impl Server {
     /// admin socket if one is configured, and starts the control thread. A
     /// bind to port 0 picks a port for the first shard; the others share it.
     pub fn start(config: Config) -> anyhow::Result<Server> {
+        Server::start_with(config, None)
+    }
+
+    /// As `start`, on the listening sockets of a running ringway where
+    /// `inherited` has them (`ringway --upgrade`). Then the admin socket and
+    /// the metrics listener wait for `open_endpoints`, as the old process
+    /// holds them until it stops.
+    pub fn start_with(config: Config, mut inherited: Option<Inherited>) -> anyhow::Result<Server> {
         let workers = config.workers();
+        if let Some(i) = &inherited
+            && i.workers != workers
+        {
+            anyhow::bail!(
+                "--upgrade: the running ringway has {} shards, this config {workers}: \
+                 a change of server.workers needs a restart",
+                i.workers
+            );
+        }
+        let upgrading = inherited.is_some();
         if shard::Driver::pick() == shard::Driver::Epoll
             && std::env::var_os("RINGWAY_DRIVER").is_none()
         {
@@ -225,8 +277,8 @@ impl Server {
         // First: a second ringway started by mistake stops here, before its
         // listeners (SO_REUSEPORT) could take a share of the connections.
         let admin = match &cfg.server.admin_socket {
-            Some(path) => Some(AdminSocket::open(path)?),
-            None => None,
+            Some(path) if !upgrading => Some(AdminSocket::open(path)?),
+            _ => None,
         };
         let histogram_logs = match &cfg.metrics.histogram_dir {
             Some(dir) => Some(
@@ -241,16 +293,29 @@ impl Server {
             None => None,
         };
         let exporter = match cfg.metrics.listen {
-            Some(addr) => Some(Exporter::bind(addr)?),
-            None => None,
+            Some(addr) if !upgrading => Some(Exporter::bind(addr)?),
+            _ => None,
         };
         let mut per_shard: Vec<Vec<(String, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
         let mut listeners = Vec::new();
         let mut steered = cfg.server.steer == Steer::ClientIp;
         for l in &cfg.listeners {
-            let (addr, sockets) = bind_all(&l.name, l.bind, workers)?;
-            if steered && let Err(e) = steer(&sockets) {
+            let taken = inherited.as_mut().and_then(|i| i.take(&l.name, workers));
+            let kept = taken.is_some();
+            let (addr, sockets) = match taken {
+                Some(sockets) => (sockets[0].local_addr()?, sockets),
+                None => bind_all(&l.name, l.bind, workers)?,
+            };
+            let fds = sockets
+                .iter()
+                .map(|s| s.try_clone().map(OwnedFd::from))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            // Taken-over sockets keep the group's steering program.
+            if steered
+                && !kept
+                && let Err(e) = steer(&sockets)
+            {
                 log::warn!(
                     "server.steer = \"client-ip\": cannot attach the steering program to listener '{}' ({e}); \
                      the kernel's hash spreads connections, and per-client limits are shared out over the shards",
@@ -261,11 +326,16 @@ impl Server {
             for (shard, sock) in per_shard.iter_mut().zip(sockets) {
                 shard.push((l.name.clone(), sock));
             }
-            log::info!("listener '{}' on http://{addr} ({workers} shards)", l.name);
+            let how = if kept { ", taken over" } else { "" };
+            log::info!(
+                "listener '{}' on http://{addr} ({workers} shards{how})",
+                l.name
+            );
             listeners.push(Bound {
                 name: l.name.clone(),
                 bind: l.bind,
                 addr,
+                fds,
             });
         }
 
@@ -333,13 +403,14 @@ impl Server {
             access_log,
             watched: Instant::now(),
         };
+        let run_handle = handle.clone();
         let thread = std::thread::Builder::new()
             .name("ringway-control".into())
             .spawn(move || {
                 for s in &control.shards {
                     s.mailbox.attach_control(std::thread::current());
                 }
-                control.run(rx);
+                control.run(rx, run_handle);
             })?;
         Ok(Server {
             handle,
@@ -359,6 +430,12 @@ impl Server {
 
     pub fn handle(&self) -> ControlHandle {
         self.handle.clone()
+    }
+
+    /// Opens the admin socket and the metrics listener (after `--upgrade`
+    /// has retired the old process).
+    pub fn open_endpoints(&self) -> Reply {
+        self.ask(Command::OpenEndpoints)
     }
 
     /// Asks the control thread, as `ringway ctl` does.
@@ -396,6 +473,8 @@ struct Bound {
     name: String,
     bind: SocketAddr,
     addr: SocketAddr,
+    /// A copy of each shard's socket, in shard order, to hand over.
+    fds: Vec<OwnedFd>,
 }
 
 struct ShardLink {
@@ -436,7 +515,7 @@ const SHARD_REPLY: Duration = Duration::from_secs(5);
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 impl Control {
-    fn run(&mut self, commands: Receiver<Envelope>) {
+    fn run(&mut self, commands: Receiver<Envelope>, handle: ControlHandle) {
         loop {
             if self.watched.elapsed() >= WATCH_EVERY {
                 self.watched = Instant::now();
@@ -456,7 +535,30 @@ impl Control {
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let command = envelope.command;
+            if command == Command::Handover {
+                let reply = match self.handover() {
+                    Ok((v, fds)) => {
+                        if let Some(to) = envelope.fds {
+                            let _ = to.send(fds);
+                        }
+                        Ok(v)
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Some(r) = envelope.reply {
+                    let _ = r.send(reply);
+                }
+                continue;
+            }
+            if command == Command::OpenEndpoints {
+                let reply = self.open_endpoints(&handle);
+                if let Some(r) = envelope.reply {
+                    let _ = r.send(reply);
+                }
+                continue;
+            }
             if command == Command::Stop {
+                crate::notify::notify("STOPPING=1");
                 log::info!("stopping: draining connections");
                 if let Some(r) = envelope.reply {
                     let _ = r.send(Ok(json!({ "stopping": true })));
@@ -495,6 +597,7 @@ impl Control {
             })),
             Command::Drain => {
                 self.draining = true;
+                self.close_listeners();
                 for s in &self.shards {
                     send(&s.mailbox, ToShard::Drain)?;
                 }
@@ -517,8 +620,60 @@ impl Control {
                 }
                 None => Err("no access log: set [access_log] path".into()),
             },
-            Command::Stop => unreachable!("handled by run"),
+            Command::Stop | Command::Handover | Command::OpenEndpoints => {
+                unreachable!("handled by run")
+            }
         }
+    }
+
+    /// A copy of every listening socket, listener by listener in shard
+    /// order, and what the reply says of them.
+    fn handover(&self) -> Result<(Value, Vec<OwnedFd>), String> {
+        let mut fds = Vec::new();
+        for b in &self.listeners {
+            for fd in &b.fds {
+                fds.push(
+                    fd.try_clone()
+                        .map_err(|e| format!("cannot copy a socket: {e}"))?,
+                );
+            }
+        }
+        if fds.len() > crate::handover::MAX_FDS {
+            return Err(format!(
+                "{} listening sockets: more than one handover carries ({})",
+                fds.len(),
+                crate::handover::MAX_FDS
+            ));
+        }
+        let listeners: Vec<(String, String)> = self
+            .listeners
+            .iter()
+            .map(|b| (b.name.clone(), b.addr.to_string()))
+            .collect();
+        log::info!("handover: {} listening sockets to a new process", fds.len());
+        Ok((
+            crate::handover::describe(self.shards.len(), &listeners),
+            fds,
+        ))
+    }
+
+    /// The admin socket and the metrics listener, if configured and not
+    /// open yet.
+    fn open_endpoints(&mut self, handle: &ControlHandle) -> Reply {
+        let cfg = &self.snapshot.config;
+        if self.admin.is_none()
+            && let Some(path) = &cfg.server.admin_socket
+        {
+            let admin = AdminSocket::open(path).map_err(|e| format!("{e:#}"))?;
+            self.admin = Some(admin.serve(handle.clone()));
+        }
+        if self.exporter.is_none()
+            && let Some(addr) = cfg.metrics.listen
+        {
+            let l = Exporter::bind(addr).map_err(|e| format!("{e:#}"))?;
+            self.exporter = Some(Exporter::serve(l, cfg.metrics.path.clone(), handle.clone()));
+        }
+        Ok(json!({ "open": true }))
     }
 
     /// Every shard's metrics, summed.
@@ -728,7 +883,9 @@ impl Control {
     }
 
     fn reload(&mut self) -> Reply {
+        crate::notify::reloading();
         let result = self.try_reload();
+        crate::notify::notify("READY=1");
         match &result {
             Ok(_) => log::info!("reload: generation {} in force", self.generation),
             Err(e) => log::error!("reload rejected, the running config stays: {e}"),
@@ -784,6 +941,11 @@ impl Control {
                     )
                 })?;
             }
+            let fds = sockets
+                .iter()
+                .map(|s| s.try_clone().map(OwnedFd::from))
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|e| format!("listener '{}': {e}", l.name))?;
             for (shard, sock) in listen.iter_mut().zip(sockets) {
                 shard.push((l.name.clone(), sock));
             }
@@ -791,6 +953,7 @@ impl Control {
                 name: l.name.clone(),
                 bind: l.bind,
                 addr,
+                fds,
             });
         }
 
@@ -933,8 +1096,19 @@ impl Control {
         }
     }
 
+    /// Lets go of this thread's copies of the listening sockets: once the
+    /// shards stop accepting, the sockets close (unless a process that took
+    /// them over holds them), and new connections are refused rather than
+    /// left in a queue nobody reads.
+    fn close_listeners(&mut self) {
+        for b in &mut self.listeners {
+            b.fds.clear();
+        }
+    }
+
     /// Drains every shard within the drain timeout and joins them.
     fn stop(&mut self) {
+        self.close_listeners();
         let limit = self.snapshot.config.server.drain_timeout.0;
         for s in &self.shards {
             if let Err(e) = send(&s.mailbox, ToShard::Stop(limit)) {

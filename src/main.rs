@@ -2,13 +2,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use ringway::control::{Command as ControlCommand, FileLimit};
-use ringway::{Config, Server, Snapshot};
+use ringway::notify::notify;
+use ringway::{Config, Server, Snapshot, handover};
 
 mod ctl;
 
@@ -25,6 +27,11 @@ struct Cli {
     /// Config file.
     #[arg(long, short, global = true, default_value = "conf/ringway.toml")]
     config: PathBuf,
+    /// Take over the listening sockets of the ringway running with this
+    /// config's admin socket, then retire it: a binary upgrade that drops
+    /// no connection.
+    #[arg(long)]
+    upgrade: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -80,7 +87,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Ctl { .. }) => unreachable!("handled above"),
-        None => match run(config) {
+        None => match run(config, cli.upgrade) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -93,10 +100,28 @@ fn main() -> ExitCode {
 /// Runs the proxy until a signal or `ctl stop` ends it: SIGHUP reloads the
 /// config, SIGUSR1 reopens the access log, SIGTERM and SIGINT stop it
 /// gracefully.
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
     open_file_limit(&config);
-    let server = Server::start(config)?;
+    let admin = config.server.admin_socket.clone();
+    let drain = config.server.drain_timeout.0;
+    let server = if upgrade {
+        let Some(admin) = &admin else {
+            anyhow::bail!("--upgrade takes over through the admin socket: set server.admin_socket");
+        };
+        let inherited = handover::receive(admin)?;
+        let server = Server::start_with(config, Some(inherited))?;
+        // Ours run: the old process may go. It closes its admin socket at
+        // once, then drains.
+        handover::retire(admin, drain + Duration::from_secs(5))?;
+        server.open_endpoints().map_err(|e| anyhow::anyhow!(e))?;
+        log::info!("upgrade: serving; the old process drains");
+        notify(&format!("MAINPID={}", std::process::id()));
+        server
+    } else {
+        Server::start(config)?
+    };
+    notify("READY=1");
     let control = server.handle();
     let signal_handle = signals.handle();
     std::thread::Builder::new()
