@@ -47,6 +47,8 @@ pub struct AdminServer {
     path: PathBuf,
     closing: Arc<AtomicBool>,
     thread: JoinHandle<()>,
+    /// Clients being served.
+    clients: Arc<AtomicUsize>,
 }
 
 impl AdminSocket {
@@ -81,6 +83,7 @@ impl AdminSocket {
     pub fn serve(self, control: ControlHandle) -> AdminServer {
         let closing = Arc::new(AtomicBool::new(false));
         let clients = Arc::new(AtomicUsize::new(0));
+        let serving = clients.clone();
         let flag = closing.clone();
         let thread = std::thread::Builder::new()
             .name("ringway-admin".into())
@@ -108,18 +111,24 @@ impl AdminSocket {
             path: self.path,
             closing,
             thread,
+            clients: serving,
         }
     }
 }
 
 impl AdminServer {
-    /// Stops serving and removes the socket file.
+    /// Stops serving and removes the socket file. Replies on their way
+    /// (the one to `stop` among them) are given a second to go out.
     pub fn close(self) {
         self.closing.store(true, Ordering::Release);
         // Wakes the blocked accept, which then sees the flag.
         let _ = UnixStream::connect(&self.path);
         let _ = self.thread.join();
         let _ = std::fs::remove_file(&self.path);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.clients.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
     }
 }
 

@@ -156,7 +156,7 @@ async fn serve(spec: ShardSpec, driver: String) -> std::io::Result<()> {
     monoio::spawn(housekeeping(shard.clone()));
     let mut listeners = Listeners::default();
     for (name, l) in spec.listeners {
-        listeners.start(&shard, name, l)?;
+        listeners.start(&shard, name, l).await?;
     }
     let mailbox = spec.mailbox;
     loop {
@@ -169,12 +169,12 @@ async fn serve(spec: ShardSpec, driver: String) -> std::io::Result<()> {
             } => {
                 shard.reload(snapshot, generation);
                 for name in unlisten {
-                    listeners.stop(&name);
+                    listeners.stop(&name).await;
                 }
                 // A drained shard accepts nothing, whatever the new config
                 // adds: the sockets close here.
                 for (name, l) in listen.into_iter().filter(|_| !shard.draining()) {
-                    if let Err(e) = listeners.start(&shard, name.clone(), l) {
+                    if let Err(e) = listeners.start(&shard, name.clone(), l).await {
                         log::error!("shard {}: listener '{name}': {e}", shard.id);
                     }
                 }
@@ -188,9 +188,9 @@ async fn serve(spec: ShardSpec, driver: String) -> std::io::Result<()> {
                 let report = metrics_report(&shard, latency, &reset);
                 mailbox.answer(FromShard::Metrics(n, Box::new(report)));
             }
-            ToShard::Drain => drain(&shard, &mut listeners),
+            ToShard::Drain => drain(&shard, &mut listeners).await,
             ToShard::Stop(limit) => {
-                drain(&shard, &mut listeners);
+                drain(&shard, &mut listeners).await;
                 let all_closed = poll_fn(|cx| {
                     if shard.conns() == 0 {
                         Poll::Ready(())
@@ -217,10 +217,10 @@ async fn serve(spec: ShardSpec, driver: String) -> std::io::Result<()> {
 
 /// Stops accepting everywhere and closes connections waiting for a next
 /// request; those in the middle of one close after it.
-fn drain(shard: &ShardState, listeners: &mut Listeners) {
+async fn drain(shard: &ShardState, listeners: &mut Listeners) {
     shard.draining.set(true);
-    listeners.stop_all();
     shard.cancel_waits();
+    listeners.stop_all().await;
 }
 
 fn stats(shard: &ShardState) -> ShardStats {
@@ -263,49 +263,56 @@ struct Listeners(HashMap<String, Stop>);
 struct Stop {
     canceller: Canceller,
     stopped: Rc<Cell<bool>>,
+    /// The accept task: the socket is closed once it has ended.
+    task: monoio::task::JoinHandle<()>,
 }
 
 impl Listeners {
-    fn start(
+    async fn start(
         &mut self,
         shard: &Rc<ShardState>,
         name: String,
         l: std::net::TcpListener,
     ) -> std::io::Result<()> {
         let listener = TcpListener::from_std(l)?;
-        let stop = Stop {
-            canceller: Canceller::new(),
-            stopped: Rc::new(Cell::new(false)),
-        };
-        monoio::spawn(accept(
+        let canceller = Canceller::new();
+        let stopped = Rc::new(Cell::new(false));
+        let task = monoio::spawn(accept(
             shard.clone(),
             listener,
-            stop.canceller.handle(),
-            stop.stopped.clone(),
+            canceller.handle(),
+            stopped.clone(),
         ));
+        let stop = Stop {
+            canceller,
+            stopped,
+            task,
+        };
         if let Some(old) = self.0.insert(name, stop) {
-            old.stop();
+            old.stop().await;
         }
         Ok(())
     }
 
-    fn stop(&mut self, name: &str) {
+    /// Stops accepting on listener `name`; its socket is closed on return.
+    async fn stop(&mut self, name: &str) {
         if let Some(s) = self.0.remove(name) {
-            s.stop();
+            s.stop().await;
         }
     }
 
-    fn stop_all(&mut self) {
+    async fn stop_all(&mut self) {
         for (_, s) in self.0.drain() {
-            s.stop();
+            s.stop().await;
         }
     }
 }
 
 impl Stop {
-    fn stop(self) {
+    async fn stop(self) {
         self.stopped.set(true);
         self.canceller.cancel();
+        self.task.await;
     }
 }
 
