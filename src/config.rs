@@ -410,10 +410,14 @@ struct FileRoute {
 #[serde(untagged)]
 enum FileRouteLimit {
     On(bool),
-    Own {
-        per_client: Option<Rate>,
-        global: Option<Rate>,
-    },
+    Own(FileOwnLimit),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOwnLimit {
+    per_client: Option<Rate>,
+    global: Option<Rate>,
 }
 
 /// `rate` tokens a second, fractions allowed, and `burst` at once.
@@ -868,6 +872,9 @@ impl ConfigValidator<'_> {
         if f.max_entries == 0 {
             return Err(self.error("rate_limit.max_entries", "must be at least 1"));
         }
+        if f.idle_eviction.0 < Duration::from_secs(1) {
+            return Err(self.error("rate_limit.idle_eviction", "must be at least 1s"));
+        }
         Ok(RateLimit {
             key,
             per_client: f.per_client,
@@ -1011,6 +1018,11 @@ impl ConfigValidator<'_> {
                                 "must be at least 1",
                             ));
                         }
+                        if o.eject_for.0.is_zero() {
+                            return Err(
+                                self.error(&key("outlier_detection.eject_for"), "must be above 0")
+                            );
+                        }
                         if o.max_ejected_percent > 100 {
                             return Err(self.error(
                                 &key("outlier_detection.max_ejected_percent"),
@@ -1127,7 +1139,7 @@ impl ConfigValidator<'_> {
                 rate_limit: match &r.rate_limit {
                     None | Some(FileRouteLimit::On(true)) => RouteLimit::Inherit,
                     Some(FileRouteLimit::On(false)) => RouteLimit::Off,
-                    Some(FileRouteLimit::Own { per_client, global }) => {
+                    Some(FileRouteLimit::Own(FileOwnLimit { per_client, global })) => {
                         for (which, rate) in [("per_client", per_client), ("global", global)] {
                             if let Some(r) = rate {
                                 self.check_rate(&format!("route.{i}.rate_limit.{which}"), r)?;
@@ -1399,5 +1411,48 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn rate_limit_and_outlier_settings_are_checked() {
+        let route = |extra: &str| {
+            format!(
+                "{BASE}[[route]]\nname = \"r\"\nprefix = \"/\"\nrespond = {{ status = 200 }}\n{extra}"
+            )
+        };
+        let own = parse(&route(
+            "rate_limit = { per_client = { rate = 2.5, burst = 5 } }\n",
+        ))
+        .unwrap();
+        assert!(matches!(
+            own.routes[0].rate_limit,
+            RouteLimit::Own {
+                per_client: Some(Rate { burst: 5, .. }),
+                global: None
+            }
+        ));
+        let off = parse(&route("rate_limit = false\n")).unwrap();
+        assert_eq!(off.routes[0].rate_limit, RouteLimit::Off);
+        // A misspelt key is refused, never read as an empty override.
+        assert!(
+            parse(&route(
+                "rate_limit = { per_clinet = { rate = 1.0, burst = 1 } }\n"
+            ))
+            .is_err()
+        );
+        let err = parse(&route(
+            "rate_limit = { global = { rate = 0.0, burst = 1 } }\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("rate must be above 0"), "{err}");
+        let err = parse(&format!("{BASE}[rate_limit]\nidle_eviction = \"0s\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`rate_limit.idle_eviction`"), "{err}");
+        let err = parse(&format!("{BASE}[rate_limit]\nkey = \"cookie\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("header:NAME"), "{err}");
     }
 }

@@ -300,6 +300,15 @@ impl Server {
             (0..workers).map(|_| Vec::new()).collect();
         let mut listeners = Vec::new();
         let mut steered = cfg.server.steer == Steer::ClientIp;
+        // Taken-over sockets keep the steering they had: changing it needs a restart.
+        if let Some(i) = &inherited
+            && i.steered != steered
+        {
+            log::warn!(
+                "--upgrade: server.steer differs from the running process's; its steering stays until a restart"
+            );
+            steered = i.steered;
+        }
         for l in &cfg.listeners {
             let taken = inherited.as_mut().and_then(|i| i.take(&l.name, workers));
             let kept = taken.is_some();
@@ -652,7 +661,7 @@ impl Control {
             .collect();
         log::info!("handover: {} listening sockets to a new process", fds.len());
         Ok((
-            crate::handover::describe(self.shards.len(), &listeners),
+            crate::handover::describe(self.shards.len(), self.steered, &listeners),
             fds,
         ))
     }

@@ -35,6 +35,8 @@ pub const MAX_FDS: usize = 253;
 /// The sockets taken over, by listener name, one per shard in shard order.
 pub struct Inherited {
     pub workers: usize,
+    /// The sockets carry the client-ip steering program.
+    pub steered: bool,
     pub listeners: Vec<(String, Vec<TcpListener>)>,
 }
 
@@ -111,6 +113,7 @@ pub fn receive(admin: &Path) -> anyhow::Result<Inherited> {
     }
     let r = &reply["result"];
     let workers = r["workers"].as_u64().unwrap_or(0) as usize;
+    let steered = r["steered"] == true;
     let mut fds = fds.into_iter();
     let mut listeners = Vec::new();
     for l in r["listeners"].as_array().into_iter().flatten() {
@@ -124,7 +127,11 @@ pub fn receive(admin: &Path) -> anyhow::Result<Inherited> {
         }
         listeners.push((name, sockets));
     }
-    Ok(Inherited { workers, listeners })
+    Ok(Inherited {
+        workers,
+        steered,
+        listeners,
+    })
 }
 
 /// New side, once its shards run: tells the old process to stop, and waits
@@ -155,9 +162,10 @@ pub fn retire(admin: &Path, wait: Duration) -> anyhow::Result<()> {
 }
 
 /// Old side: what the reply says about the sockets that come with it.
-pub fn describe(workers: usize, listeners: &[(String, String)]) -> Value {
+pub fn describe(workers: usize, steered: bool, listeners: &[(String, String)]) -> Value {
     json!({
         "workers": workers,
+        "steered": steered,
         "listeners": listeners.iter().map(|(name, addr)| json!({ "name": name, "addr": addr })).collect::<Vec<_>>(),
     })
 }

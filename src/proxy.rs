@@ -245,7 +245,8 @@ pub async fn exchange(
             }
             Some(Err(RelayError::Upstream(e))) => {
                 pool.discard(up);
-                if e == UpstreamError::ClosedEarly && !stale {
+                // A resendable one was counted when its retry was looked for.
+                if e == UpstreamError::ClosedEarly && !stale && !resendable {
                     pool.failed(endpoint);
                 }
                 log::debug!("upstream {} failed: {e:?}", pool.addr(endpoint));

@@ -222,6 +222,10 @@ pub struct Limiter {
     /// Requests turned away, by scope (client, route, global).
     pub rejected: [Cell<u64>; 3],
     pub evicted: Cell<u64>,
+    /// When a full table was last swept of idle buckets (ns): at most once
+    /// a second, so a stream of new keys into a full table costs a sample,
+    /// not a pass over the table, per key.
+    full_sweep: Cell<u64>,
 }
 
 impl Limiter {
@@ -233,6 +237,7 @@ impl Limiter {
             leases: RefCell::new(AHashMap::new()),
             rejected: Default::default(),
             evicted: Cell::new(0),
+            full_sweep: Cell::new(0),
         }
     }
 
@@ -321,7 +326,10 @@ impl Limiter {
     fn make_room(&self, table: &mut AHashMap<Box<[u8]>, Bucket>, now: u64) {
         let before = table.len();
         let idle = self.idle.get();
-        table.retain(|_, b| now.saturating_sub(b.seen) < idle);
+        if now.saturating_sub(self.full_sweep.get()) >= 1_000_000_000 {
+            self.full_sweep.set(now);
+            table.retain(|_, b| now.saturating_sub(b.seen) < idle);
+        }
         if table.len() >= self.max_entries.get() {
             let oldest = table
                 .iter()
