@@ -518,9 +518,18 @@ impl Conn<'_> {
                 .find(|h| h.name.eq_ignore_ascii_case(name))
                 .map(|h| h.value)
         };
+        // The last X-Forwarded-For line: a trusted proxy appends its own,
+        // and the lines before it are the client's to write.
+        let last_forwarded = || {
+            req.headers
+                .iter()
+                .rev()
+                .find(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+                .map(|h| h.value)
+        };
         let forwarded = (!rl.trusted_proxies.is_empty()
             && rl.trusted_proxies.iter().any(|c| c.contains(self.peer)))
-        .then(|| header("x-forwarded-for"))
+        .then(last_forwarded)
         .flatten()
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| forwarded_client(v, &rl.trusted_proxies));

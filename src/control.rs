@@ -310,7 +310,9 @@ impl Server {
             steered = i.steered;
         }
         for l in &cfg.listeners {
-            let taken = inherited.as_mut().and_then(|i| i.take(&l.name, workers));
+            let taken = inherited
+                .as_mut()
+                .and_then(|i| i.take(&l.name, l.bind, workers));
             let kept = taken.is_some();
             let (addr, sockets) = match taken {
                 Some(sockets) => (sockets[0].local_addr()?, sockets),
@@ -584,12 +586,14 @@ impl Control {
                 (Ok(_), None) => {}
             }
         }
-        // Nothing more is asked while the shards drain.
-        if let Some(admin) = self.admin.take() {
-            admin.close();
-        }
+        // Nothing more is asked while the shards drain. The metrics
+        // listener goes first: a process taking over (`--upgrade`) binds it
+        // once the admin socket is gone.
         if let Some(exporter) = self.exporter.take() {
             exporter.close();
+        }
+        if let Some(admin) = self.admin.take() {
+            admin.close();
         }
         self.stop();
         log::info!("stopped");
@@ -933,10 +937,12 @@ impl Control {
         let mut listen: Vec<Vec<(String, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
         for l in &config.listeners {
-            if self
-                .listeners
-                .iter()
-                .any(|b| b.name == l.name && b.bind == l.bind)
+            // A draining proxy accepts nothing: it binds nothing new.
+            if self.draining
+                || self
+                    .listeners
+                    .iter()
+                    .any(|b| b.name == l.name && b.bind == l.bind)
             {
                 continue;
             }

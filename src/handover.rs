@@ -16,7 +16,7 @@
 
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -42,12 +42,21 @@ pub struct Inherited {
 
 impl Inherited {
     /// The sockets of listener `name`, if the old process had as many as
-    /// `workers`.
-    pub fn take(&mut self, name: &str, workers: usize) -> Option<Vec<TcpListener>> {
-        let i = self
-            .listeners
-            .iter()
-            .position(|(n, s)| n == name && s.len() == workers)?;
+    /// `workers` bound where `bind` says (any port, for port 0).
+    pub fn take(
+        &mut self,
+        name: &str,
+        bind: SocketAddr,
+        workers: usize,
+    ) -> Option<Vec<TcpListener>> {
+        let i = self.listeners.iter().position(|(n, s)| {
+            let at = s.first().and_then(|s| s.local_addr().ok());
+            n == name
+                && s.len() == workers
+                && at.is_some_and(|a| {
+                    a.ip() == bind.ip() && (bind.port() == 0 || a.port() == bind.port())
+                })
+        })?;
         Some(self.listeners.remove(i).1)
     }
 }
@@ -156,7 +165,9 @@ pub fn retire(admin: &Path, wait: Duration) -> anyhow::Result<()> {
                 admin.display()
             );
         }
-        std::thread::yield_now();
+        // Not a shard: a short sleep keeps this wait off the cores.
+        #[allow(clippy::disallowed_methods)]
+        std::thread::sleep(Duration::from_millis(5));
     }
     Ok(())
 }

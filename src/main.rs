@@ -113,9 +113,16 @@ fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
         let server = Server::start_with(config, Some(inherited))?;
         // Ours run: the old process may go. It closes its admin socket at
         // once, then drains.
-        handover::retire(admin, drain + Duration::from_secs(5))?;
-        server.open_endpoints().map_err(|e| anyhow::anyhow!(e))?;
-        log::info!("upgrade: serving; the old process drains");
+        // From here on this process serves: whatever fails, it goes on.
+        match handover::retire(admin, drain + Duration::from_secs(5))
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|()| server.open_endpoints().map(drop))
+        {
+            Ok(()) => log::info!("upgrade: serving; the old process drains"),
+            Err(e) => log::error!(
+                "upgrade: serving, but without its admin socket or metrics listener: {e}"
+            ),
+        }
         notify(&format!("MAINPID={}", std::process::id()));
         server
     } else {

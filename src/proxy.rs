@@ -42,6 +42,9 @@ type UpWrite = OwnedWriteHalf<TcpStream>;
 /// for a close: a fast exchange pays nothing for the watch.
 const WATCH_AFTER: Duration = Duration::from_millis(10);
 
+/// The most endpoints one request goes to before it is answered 502.
+const MAX_TRIES: usize = 8;
+
 /// No wait in a tunnel has its own limit: one idle timer covers both ways.
 const FAR: Duration = Duration::from_secs(24 * 3600);
 
@@ -110,8 +113,11 @@ pub async fn exchange(
     conn.rec.upstream_addr = Some(pool.addr(endpoint));
     let asked = Instant::now();
     conn.rec.proxy_us = Some(micros(asked - conn.rec.started));
-    // Endpoints this request has failed on (a bit per index).
+    // Endpoints this request has failed on (a bit per index), and how many
+    // more it may go to: each endpoint once, at most `MAX_TRIES`, and none
+    // once the request's deadline has passed.
     let mut tried = 0u64;
+    let tries_left = Cell::new(pool.endpoints().min(MAX_TRIES) - 1);
     // Where a request that got no response byte goes next: the same
     // endpoint on a new connection if a pooled one was stale, else another
     // endpoint (a failure of this one), if retries are on and one is left.
@@ -120,9 +126,13 @@ pub async fn exchange(
             return Some((endpoint, true));
         }
         pool.failed(endpoint);
-        if !pool.retries() {
+        if !pool.retries()
+            || tries_left.get() == 0
+            || plan.deadline.is_some_and(|d| Instant::now() >= d)
+        {
             return None;
         }
+        tries_left.set(tries_left.get() - 1);
         if endpoint < 64 {
             *tried |= 1 << endpoint;
         }
@@ -130,7 +140,7 @@ pub async fn exchange(
     };
     loop {
         conn.rec.upstream_addr = Some(pool.addr(endpoint));
-        let (mut up, reused) = match pool.checkout(endpoint, t, fresh).await {
+        let (mut up, reused) = match pool.checkout(endpoint, t, fresh, plan.deadline).await {
             Ok(c) => c,
             // Nothing was sent: another endpoint may take any request.
             Err(UpstreamError::Connect) => match next_try(endpoint, false, &mut tried) {
@@ -508,6 +518,9 @@ async fn relay(
                 return Err(RelayError::Upstream(UpstreamError::Protocol(why)));
             }
             Ok(Some(Head::Interim(len))) => {
+                // The upstream has the request: a close from here on is
+                // no reason to send it again.
+                seen_any = true;
                 if !wbuf.get().is_empty() {
                     cx.committed.set(true);
                     cx.seen.add_out(wbuf.get().len());

@@ -405,12 +405,17 @@ pub fn ip_key(ip: IpAddr, buf: &mut [u8; 16]) -> &[u8] {
 }
 
 /// The client an `X-Forwarded-For` value names, read from the right: the
-/// first address that is not one of the trusted proxies.
+/// first address that is not one of the trusted proxies. An entry that is
+/// not a bare address ends the search (`None`: the peer is the client), as
+/// what lies left of it was not written by a proxy we trust.
 pub fn forwarded_client(value: &str, trusted: &[crate::config::Cidr]) -> Option<IpAddr> {
-    value
-        .rsplit(',')
-        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-        .find(|ip| !trusted.iter().any(|c| c.contains(*ip)))
+    for entry in value.rsplit(',') {
+        let ip = entry.trim().parse::<IpAddr>().ok()?;
+        if !trusted.iter().any(|c| c.contains(ip)) {
+            return Some(ip);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -515,5 +520,10 @@ mod tests {
         let ip = forwarded_client("203.0.113.9, 198.51.100.2, 10.1.2.3", &trusted);
         assert_eq!(ip, Some("198.51.100.2".parse().unwrap()));
         assert_eq!(forwarded_client("10.0.0.1", &trusted), None);
+        // Past an entry that is not an address, the client wrote it.
+        assert_eq!(
+            forwarded_client("6.6.6.6, unknown, 10.1.2.3", &trusted),
+            None
+        );
     }
 }

@@ -181,10 +181,10 @@ impl UpstreamPool {
             return;
         }
         let times = ep.ejections.get().min(5);
-        let length = o.eject_for.0 * (1 << times);
+        let length = o.eject_for.0.saturating_mul(1 << times).min(MAX_EJECTION);
         ep.ejections.set(ep.ejections.get() + 1);
         ep.failures.set(0);
-        ep.ejected_until.set(Some(now + length));
+        ep.ejected_until.set(now.checked_add(length));
         bump(&self.metrics.ejections);
         log::warn!(
             "upstream '{}': endpoint {} ejected for {length:?} after {} failures in a row",
@@ -215,6 +215,7 @@ impl UpstreamPool {
         endpoint: usize,
         timeouts: &Timeouts,
         fresh: bool,
+        deadline: Option<Instant>,
     ) -> Result<(UpstreamConn, bool), UpstreamError> {
         let ep = &self.endpoints[endpoint];
         // Counted as in use from here: this request needs a connection.
@@ -239,7 +240,7 @@ impl UpstreamPool {
         }
         ep.open.set(ep.open.get() + 1);
         let connected = monoio::time::timeout(
-            timeouts.upstream_connect.0,
+            crate::io::budget(timeouts.upstream_connect.0, deadline),
             TcpStream::connect_addr(ep.addr),
         )
         .await;
@@ -381,6 +382,9 @@ impl UpstreamPool {
         }
     }
 }
+
+/// The longest an endpoint is left out, however often it is ejected.
+const MAX_EJECTION: Duration = Duration::from_secs(3600);
 
 /// Ticks (seconds) in a window of the peak count of connections in use.
 const PEAK_WINDOW: u64 = 10;

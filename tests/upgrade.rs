@@ -17,16 +17,26 @@ fn socket(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("ringway-{}-{name}.sock", std::process::id()))
 }
 
-fn config(name: &str, workers: usize) -> std::path::PathBuf {
+/// A config with an admin socket and a metrics listener on a fixed port
+/// (which the new process can bind only once the old one let it go).
+fn config(name: &str, workers: usize, metrics: SocketAddr) -> std::path::PathBuf {
     write_config(
         &format!("{name}-{workers}.toml"),
         &format!(
             "[server]\nworkers = {workers}\npin_cores = false\ndrain_timeout = \"3s\"\nadmin_socket = \"{}\"\n\n\
+             [metrics]\nlisten = \"{metrics}\"\n\n\
              [[listener]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\n\n\
              [[route]]\nname = \"all\"\nprefix = \"/\"\nrespond = {{ status = 200, body = \"ok\" }}\n",
             socket(name).display()
         ),
     )
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 fn pid_serving(name: &str) -> u64 {
@@ -58,7 +68,8 @@ fn fresh_get(addr: SocketAddr) -> bool {
 #[test]
 fn an_upgrade_under_load_fails_no_request_and_resets_no_connection() {
     let name = "upgrade";
-    let path = config(name, 2);
+    let metrics = free_port();
+    let path = config(name, 2, metrics);
     let (old, addr) = run(&path);
     let old_pid = old.0.as_ref().unwrap().id();
 
@@ -137,16 +148,24 @@ fn an_upgrade_under_load_fails_no_request_and_resets_no_connection() {
     let pid = pid_serving(name);
     assert_ne!(pid, u64::from(old_pid));
     assert_eq!(pid, u64::from(new.0.as_ref().unwrap().id()));
+    // The new process took over the metrics listener too.
+    let mut s = TcpStream::connect(metrics).expect("the metrics listener is open");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
 
 #[test]
 fn a_failed_upgrade_leaves_the_old_process_serving() {
     let name = "failed-upgrade";
-    let (old, addr) = run(&config(name, 2));
+    let metrics = free_port();
+    let (old, addr) = run(&config(name, 2, metrics));
     // A new process that cannot take over: another shard count.
     let out = Command::new(BIN)
         .args(["--upgrade", "--config"])
-        .arg(config(name, 1))
+        .arg(config(name, 1, metrics))
         .output()
         .unwrap();
     assert!(!out.status.success());
