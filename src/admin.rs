@@ -49,6 +49,9 @@ pub struct AdminServer {
     thread: JoinHandle<()>,
     /// Clients being served.
     clients: Arc<AtomicUsize>,
+    /// The listening socket, to shut down if its file has gone (a connect
+    /// can then not wake the accept).
+    socket: Option<std::os::fd::OwnedFd>,
 }
 
 impl AdminSocket {
@@ -85,6 +88,11 @@ impl AdminSocket {
         let clients = Arc::new(AtomicUsize::new(0));
         let serving = clients.clone();
         let flag = closing.clone();
+        let socket = self
+            .listener
+            .try_clone()
+            .ok()
+            .map(std::os::fd::OwnedFd::from);
         let thread = std::thread::Builder::new()
             .name("ringway-admin".into())
             .spawn(move || {
@@ -112,6 +120,7 @@ impl AdminSocket {
             closing,
             thread,
             clients: serving,
+            socket,
         }
     }
 }
@@ -121,8 +130,15 @@ impl AdminServer {
     /// (the one to `stop` among them) are given a second to go out.
     pub fn close(self) {
         self.closing.store(true, Ordering::Release);
-        // Wakes the blocked accept, which then sees the flag.
-        let _ = UnixStream::connect(&self.path);
+        // Wakes the blocked accept, which then sees the flag; if the file
+        // is gone, shutting the socket down does.
+        if UnixStream::connect(&self.path).is_err()
+            && let Some(socket) = &self.socket
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: shutdown on a socket this server owns, open for the call.
+            unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_RDWR) };
+        }
         let _ = self.thread.join();
         let _ = std::fs::remove_file(&self.path);
         let deadline = Instant::now() + Duration::from_secs(1);

@@ -642,6 +642,12 @@ impl Control {
     /// A copy of every listening socket, listener by listener in shard
     /// order, and what the reply says of them.
     fn handover(&self) -> Result<(Value, Vec<OwnedFd>), String> {
+        if self.draining {
+            return Err(
+                "draining: its listening sockets are closed; start the new process without --upgrade"
+                    .into(),
+            );
+        }
         let mut fds = Vec::new();
         for b in &self.listeners {
             for fd in &b.fds {

@@ -171,8 +171,14 @@ impl HistogramLogs {
         // The names sort by time.
         logs.sort();
         let excess = logs.len().saturating_sub(self.keep);
+        // One that cannot go is said and left: the new file is written anyway.
         for old in &logs[..excess] {
-            std::fs::remove_file(old)?;
+            if let Err(e) = std::fs::remove_file(old) {
+                log::warn!(
+                    "metrics.histogram_dir: cannot remove {}: {e}",
+                    old.display()
+                );
+            }
         }
         Ok(())
     }
