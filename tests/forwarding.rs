@@ -528,7 +528,9 @@ fn steady_concurrency_above_the_idle_cap_does_not_churn_connections() {
             c.join().unwrap();
         }
     };
-    round(2);
+    // Warm up until the pool has seen the whole concurrency: how much of
+    // it one round reaches depends on how threads are scheduled.
+    round(6);
     let warm = origin.connections();
     round(10);
     let new = origin.connections() - warm;
