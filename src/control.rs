@@ -527,6 +527,9 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 impl Control {
     fn run(&mut self, commands: Receiver<Envelope>, handle: ControlHandle) {
+        // After a handover the next stop is the new process retiring this
+        // one, not the service stopping: systemd must not hear STOPPING=1.
+        let mut handed_over = false;
         loop {
             if self.watched.elapsed() >= WATCH_EVERY {
                 self.watched = Instant::now();
@@ -549,6 +552,7 @@ impl Control {
             if command == Command::Handover {
                 let reply = match self.handover() {
                     Ok((v, fds)) => {
+                        handed_over = true;
                         if let Some(to) = envelope.fds {
                             let _ = to.send(fds);
                         }
@@ -569,7 +573,9 @@ impl Control {
                 continue;
             }
             if command == Command::Stop {
-                crate::notify::notify("STOPPING=1");
+                if !handed_over {
+                    crate::notify::notify("STOPPING=1");
+                }
                 log::info!("stopping: draining connections");
                 if let Some(r) = envelope.reply {
                     let _ = r.send(Ok(json!({ "stopping": true })));

@@ -111,8 +111,10 @@ fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
         };
         let inherited = handover::receive(admin)?;
         let server = Server::start_with(config, Some(inherited))?;
-        // Ours run: the old process may go. It closes its admin socket at
-        // once, then drains.
+        // Ours run: systemd's main process is this one from now on, before
+        // the old one may exit. Then the old process may go. It closes its
+        // admin socket at once, then drains.
+        notify(&format!("MAINPID={}", std::process::id()));
         // From here on this process serves: whatever fails, it goes on.
         match handover::retire(admin, drain + Duration::from_secs(5))
             .map_err(|e| format!("{e:#}"))
@@ -123,7 +125,6 @@ fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
                 "upgrade: serving, but without its admin socket or metrics listener: {e}"
             ),
         }
-        notify(&format!("MAINPID={}", std::process::id()));
         server
     } else {
         Server::start(config)?
