@@ -83,7 +83,7 @@ impl AdminSocket {
         })
     }
 
-    pub fn serve(self, control: ControlHandle) -> AdminServer {
+    pub fn serve(self, control: ControlHandle) -> std::io::Result<AdminServer> {
         let closing = Arc::new(AtomicBool::new(false));
         let clients = Arc::new(AtomicUsize::new(0));
         let serving = clients.clone();
@@ -113,15 +113,14 @@ impl AdminSocket {
                         log::warn!("admin socket: cannot start a thread for a client");
                     }
                 }
-            })
-            .expect("spawn the admin thread");
-        AdminServer {
+            })?;
+        Ok(AdminServer {
             path: self.path,
             closing,
             thread,
             clients: serving,
             socket,
-        }
+        })
     }
 }
 

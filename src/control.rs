@@ -408,8 +408,10 @@ impl Server {
             reloads_failed: 0,
             steered,
             histograms_since: SystemTime::now(),
-            admin: admin.map(|a| a.serve(handle.clone())),
-            exporter: exporter.map(|l| Exporter::serve(l, metrics_path, handle.clone())),
+            admin: admin.map(|a| a.serve(handle.clone())).transpose()?,
+            exporter: exporter
+                .map(|l| Exporter::serve(l, metrics_path, handle.clone()))
+                .transpose()?,
             histogram_logs,
             access_log,
             watched: Instant::now(),
@@ -690,13 +692,14 @@ impl Control {
             && let Some(path) = &cfg.server.admin_socket
         {
             let admin = AdminSocket::open(path).map_err(|e| format!("{e:#}"))?;
-            self.admin = Some(admin.serve(handle.clone()));
+            self.admin = Some(admin.serve(handle.clone()).map_err(|e| e.to_string())?);
         }
         if self.exporter.is_none()
             && let Some(addr) = cfg.metrics.listen
         {
             let l = Exporter::bind(addr).map_err(|e| format!("{e:#}"))?;
-            self.exporter = Some(Exporter::serve(l, cfg.metrics.path.clone(), handle.clone()));
+            let exporter = Exporter::serve(l, cfg.metrics.path.clone(), handle.clone());
+            self.exporter = Some(exporter.map_err(|e| e.to_string())?);
         }
         Ok(json!({ "open": true }))
     }

@@ -35,10 +35,12 @@ impl Exporter {
         TcpListener::bind(addr).with_context(|| format!("metrics.listen: cannot bind {addr}"))
     }
 
-    pub fn serve(listener: TcpListener, path: String, control: ControlHandle) -> Exporter {
-        let addr = listener
-            .local_addr()
-            .expect("a bound socket has an address");
+    pub fn serve(
+        listener: TcpListener,
+        path: String,
+        control: ControlHandle,
+    ) -> std::io::Result<Exporter> {
+        let addr = listener.local_addr()?;
         log::info!("metrics on http://{addr}{path}");
         let closing = Arc::new(AtomicBool::new(false));
         let busy = Arc::new(AtomicUsize::new(0));
@@ -67,13 +69,12 @@ impl Exporter {
                         log::warn!("metrics: cannot start a thread for a scrape");
                     }
                 }
-            })
-            .expect("spawn the metrics thread");
-        Exporter {
+            })?;
+        Ok(Exporter {
             addr,
             closing,
             thread,
-        }
+        })
     }
 
     pub fn close(self) {
