@@ -91,7 +91,7 @@ impl Gcra {
         let interval = ((1e9 * f64::from(parts) / r.rate) as u64).max(1);
         Gcra {
             interval,
-            tolerance: interval * u64::from(burst - 1),
+            tolerance: interval.saturating_mul(u64::from(burst - 1)),
             limit: r.burst,
             window: (f64::from(r.burst) / r.rate).ceil().max(1.0) as u32,
         }
@@ -105,7 +105,7 @@ impl Gcra {
         if ahead > self.tolerance {
             return Err(ahead - self.tolerance);
         }
-        *tat = t + self.interval;
+        *tat = t.saturating_add(self.interval);
         Ok(((self.tolerance - ahead) / self.interval) as u32)
     }
 
@@ -167,7 +167,7 @@ impl Shared {
             let n = self.batch.min(1 + (g.tolerance - ahead) / g.interval);
             match self.tat.compare_exchange_weak(
                 tat,
-                t + n * g.interval,
+                t.saturating_add(n.saturating_mul(g.interval)),
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
