@@ -34,6 +34,7 @@ fn entry(seq: u64) -> Entry<'static> {
         total_us: 1_482,
         upstream_us: Some(1_210),
         retries: 0,
+        captured: None,
     }
 }
 

@@ -27,6 +27,8 @@ fn route(i: usize, host: Option<String>, prefix: String, methods: Vec<String>) -
         underscores_in_headers: false,
         access_log: true,
         access_log_sample: 1.0,
+        access_log_body: 0,
+        access_log_headers: false,
         rate_limit: ringway::config::RouteLimit::Inherit,
         line: i,
     }

@@ -35,6 +35,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
+use crate::capture::Captured;
+
 /// One request as the access log records it. Absent values are `null`.
 pub struct Entry<'a> {
     /// When the request ended, in milliseconds since the Unix epoch.
@@ -52,6 +54,8 @@ pub struct Entry<'a> {
     pub total_us: u64,
     pub upstream_us: Option<u64>,
     pub retries: u32,
+    /// What the route captures of the request and response, if it does.
+    pub captured: Option<Captured<'a>>,
 }
 
 /// What a line takes besides its strings: keys, punctuation, the time, the
@@ -66,7 +70,11 @@ impl Entry<'_> {
             + self.method.len()
             + self.path.len()
             + self.route.map_or(0, str::len);
-        LINE_FIXED + 6 * strings
+        // Its keys, and its parts as they are: already JSON.
+        let captured = self.captured.as_ref().map_or(0, |c| {
+            64 + c.headers.map_or(0, <[u8]>::len) + c.request_body.len() + c.response_body.len()
+        });
+        LINE_FIXED + 6 * strings + captured
     }
 }
 
@@ -121,6 +129,16 @@ pub fn format_line(out: &mut Vec<u8>, e: &Entry) {
     }
     out.extend_from_slice(b",\"retries\":");
     number(out, u64::from(e.retries));
+    if let Some(c) = &e.captured {
+        if let Some(headers) = c.headers {
+            out.extend_from_slice(b",\"request_headers\":");
+            out.extend_from_slice(headers);
+        }
+        out.extend_from_slice(b",\"request_body\":");
+        out.extend_from_slice(c.request_body);
+        out.extend_from_slice(b",\"response_body\":");
+        out.extend_from_slice(c.response_body);
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -162,6 +180,12 @@ fn string(out: &mut Vec<u8>, s: &[u8], how: Escape) {
     }
     out.extend_from_slice(&s[plain..]);
     out.push(b'"');
+}
+
+/// Appends `s` as a JSON string whose code points are its bytes (see the
+/// module's comment).
+pub fn json_string(out: &mut Vec<u8>, s: &[u8]) {
+    string(out, s, Escape::Bytes);
 }
 
 fn number(out: &mut Vec<u8>, mut n: u64) {
@@ -551,6 +575,7 @@ mod tests {
             total_us: 1500,
             upstream_us: Some(1200),
             retries: 1,
+            captured: None,
         }
     }
 
@@ -743,6 +768,7 @@ mod tests {
             total_us: u64::MAX,
             upstream_us: Some(u64::MAX),
             retries: u32::MAX,
+            captured: None,
         };
         let mut out = Vec::with_capacity(e.max_len());
         let at = out.as_ptr();

@@ -33,6 +33,9 @@ pub enum ConfigError {
     },
 }
 
+/// The most of a body `route.access_log_body` captures.
+pub const MAX_CAPTURE: u64 = 64 * 1024;
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -46,6 +49,9 @@ pub struct Config {
     pub metrics: Metrics,
     /// `[access_log] path`: the file; `None`: no access log.
     pub access_log: Option<PathBuf>,
+    /// `[access_log] redact`: field and header names redacted in captured
+    /// requests besides `redact::DEFAULT_FIELDS`.
+    pub redact: Vec<String>,
     pub rate_limit: RateLimit,
     /// Where each key is written, to place warnings.
     pub keys: KeyLines,
@@ -279,6 +285,11 @@ pub struct Route {
     pub access_log: bool,
     /// The share of them written, 0 to 1.
     pub access_log_sample: f64,
+    /// Capture up to this many bytes of each text body, request and
+    /// response, into the access log line, redacted; 0: none.
+    pub access_log_body: usize,
+    /// Capture the request's header fields into the line, redacted.
+    pub access_log_headers: bool,
     pub rate_limit: RouteLimit,
     /// The line of the route's `[[route]]` header.
     pub line: usize,
@@ -334,6 +345,8 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileAccessLog {
     path: Option<PathBuf>,
+    #[serde(default)]
+    redact: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -402,6 +415,10 @@ struct FileRoute {
     access_log: bool,
     #[serde(default = "one")]
     access_log_sample: f64,
+    #[serde(default)]
+    access_log_body: Size,
+    #[serde(default)]
+    access_log_headers: bool,
     rate_limit: Option<FileRouteLimit>,
 }
 
@@ -737,6 +754,7 @@ impl ConfigValidator<'_> {
             routes,
             metrics,
             access_log: file.access_log.path.clone(),
+            redact: self.redact(&file.access_log.redact)?,
             rate_limit: self.rate_limit(&file.rate_limit)?,
             keys: self.keys,
             text: String::new(),
@@ -833,6 +851,21 @@ impl ConfigValidator<'_> {
             return Err(self.error(key, "burst must be at least 1"));
         }
         Ok(())
+    }
+
+    fn redact(&self, names: &[String]) -> Result<Vec<String>, ConfigError> {
+        for (i, name) in names.iter().enumerate() {
+            if name.is_empty() || name.len() > crate::redact::MAX_NAME {
+                return Err(self.error(
+                    &format!("access_log.redact.{i}"),
+                    format!(
+                        "'{name}': a field name is 1 to {} bytes",
+                        crate::redact::MAX_NAME
+                    ),
+                ));
+            }
+        }
+        Ok(names.to_vec())
     }
 
     fn rate_limit(&self, f: &FileRateLimit) -> Result<RateLimit, ConfigError> {
@@ -1123,6 +1156,12 @@ impl ConfigValidator<'_> {
                     "must be between 0 and 1 (the share of requests logged)",
                 ));
             }
+            if r.access_log_body.0 > MAX_CAPTURE {
+                return Err(self.error(
+                    &key("access_log_body"),
+                    format!("must be at most {MAX_CAPTURE} bytes (64KiB)"),
+                ));
+            }
             routes.push(Route {
                 name: r.name.clone(),
                 host,
@@ -1136,6 +1175,8 @@ impl ConfigValidator<'_> {
                 underscores_in_headers: r.underscores_in_headers,
                 access_log: r.access_log,
                 access_log_sample: r.access_log_sample,
+                access_log_body: r.access_log_body.0 as usize,
+                access_log_headers: r.access_log_headers,
                 rate_limit: match &r.rate_limit {
                     None | Some(FileRouteLimit::On(true)) => RouteLimit::Inherit,
                     Some(FileRouteLimit::On(false)) => RouteLimit::Off,
@@ -1211,7 +1252,7 @@ impl<'de> Deserialize<'de> for Dur {
 
 /// A byte size written as "64KiB", "10MiB", "1GiB" (powers of 1024), "64KB",
 /// "10MB", "1GB" (powers of 1000, as SI means them), "512B" or a plain integer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Size(pub u64);
 
 impl Size {
@@ -1327,6 +1368,26 @@ mod tests {
         let text = format!("{BASE}[[route]]\nname = \"r\"\nprefix = \"/\"\n");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("exactly one of"), "{err}");
+    }
+
+    #[test]
+    fn capture_limits_name_their_keys() {
+        let route = "[[route]]\nname = \"r\"\nprefix = \"/\"\nrespond = { status = 200 }\n";
+        let text = format!("{BASE}{route}access_log_body = \"1MiB\"\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("test.toml:8: `route.access_log_body`:"),
+            "{err}"
+        );
+        assert!(err.contains("at most 65536"), "{err}");
+        let long = "x".repeat(65);
+        let text = format!("{BASE}[access_log]\nredact = [\"ok\", \"{long}\"]\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("test.toml:5: `access_log.redact`:"),
+            "{err}"
+        );
+        assert!(err.contains("1 to 64 bytes"), "{err}");
     }
 
     #[test]

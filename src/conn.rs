@@ -24,6 +24,7 @@ use monoio::io::{
 use monoio::net::TcpStream;
 
 use crate::accesslog::{Entry, ShardLog};
+use crate::capture::Capture;
 use crate::config::{Action, LimitKey, MAX_HEADERS_CAP};
 use crate::error::Reject;
 use crate::http1::body::{BodyReader, Framing};
@@ -89,6 +90,9 @@ pub struct Conn<'s> {
     /// their lengths. Allocated at the first request logged.
     logged: Vec<u8>,
     logged_lens: [usize; 3],
+    /// What the access log keeps of the request and response, on a route
+    /// that asks for it.
+    pub capture: Capture,
 }
 
 /// A request once its head is parsed, reduced to what serving it needs.
@@ -150,6 +154,7 @@ pub async fn serve(shard: &ShardState, mut stream: TcpStream, peer: SocketAddr) 
         rec: Record::new(Instant::now()),
         logged: Vec::new(),
         logged_lens: [0; 3],
+        capture: Capture::default(),
     };
     conn.run().await
 }
@@ -180,6 +185,7 @@ pub async fn resume(shard: &ShardState, mut idle: IdleConn) -> After {
         rec: Record::new(Instant::now()),
         logged: Vec::new(),
         logged_lens: [0; 3],
+        capture: Capture::default(),
     };
     conn.run().await
 }
@@ -302,8 +308,17 @@ impl Conn<'_> {
             }
         };
         self.shard.requests.set(self.shard.requests.get() + 1);
+        self.capture.stop();
         if self.shard.log.is_some() {
             self.keep_for_log(plan.head_len);
+            if let Some(r) = plan.route.map(|i| &snap.config.routes[i])
+                && r.access_log
+                && (r.access_log_body > 0 || r.access_log_headers)
+            {
+                let head = &self.rbuf.get()[..plan.head_len];
+                self.capture
+                    .start(r.access_log_body, r.access_log_headers, head);
+            }
         }
         self.rec.bytes_in = plan.head_len as u64;
         self.rec.route = plan.route;
@@ -574,7 +589,7 @@ impl Conn<'_> {
 
     /// Writes the request that just ended to the access log, if its route
     /// logs (and its sample takes this one).
-    fn log(&self, log: &ShardLog, snap: &Generation) {
+    fn log(&mut self, log: &ShardLog, snap: &Generation) {
         let route = self.rec.route.map(|i| &snap.config.routes[i]);
         if route.is_some_and(|r| !r.access_log) {
             return;
@@ -601,6 +616,7 @@ impl Conn<'_> {
             total_us: self.rec.started.elapsed().as_micros() as u64,
             upstream_us: self.rec.upstream_us,
             retries: self.rec.retries,
+            captured: self.capture.on.then(|| self.capture.render(&snap.redactor)),
         });
     }
 

@@ -26,6 +26,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod capture;
 pub mod config;
 pub mod conn;
 pub mod control;

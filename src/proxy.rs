@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use monoio::io::{OwnedReadHalf, OwnedWriteHalf};
 use monoio::net::TcpStream;
 
+use crate::capture;
 use crate::config::{MAX_HEADERS_CAP, Timeouts};
 use crate::conn::{ClientRead, ClientWrite, Conn, Next, Plan};
 use crate::error::{Reject, UpstreamError};
@@ -182,11 +183,19 @@ pub async fn exchange(
             seen: &seen,
             max_head: snap.config.limits.buffer_size.get(),
             date: shard.date.get(),
+            capture: conn.capture.limit,
         };
-        let Conn { r, w, rbuf, .. } = conn;
+        let Conn {
+            r,
+            w,
+            rbuf,
+            capture,
+            ..
+        } = conn;
+        let (kept_in, kept_out) = (&mut capture.request, &mut capture.response);
         // Without a body the pump is done at its first poll.
-        let pump = pump(r, rbuf, plan, t, &mut up.w, &seen.bytes_in);
-        let relay = relay(&rx, &mut up.r, w, &mut ubuf, wbuf);
+        let pump = pump(r, rbuf, plan, t, &mut up.w, &seen.bytes_in, kept_in);
+        let relay = relay(&rx, &mut up.r, w, &mut ubuf, wbuf, kept_out);
         let (pumped, relayed) = drive(pump, relay, &head_done, plan, t, client_fd).await;
         seen.into_record(&mut conn.rec, asked);
 
@@ -400,13 +409,18 @@ async fn pump(
     t: &Timeouts,
     uw: &mut UpWrite,
     bytes_in: &Cell<u64>,
+    kept: &mut capture::Body,
 ) -> Result<usize, PumpError> {
     let mut reader = BodyReader::new(plan.framing);
     let mut pos = plan.head_len;
     let mut total: u64 = 0;
     loop {
+        let input = &rbuf.get()[pos..];
         let progress = reader
-            .advance(&rbuf.get()[pos..], |r| total += r.len() as u64)
+            .advance(input, |r| {
+                total += r.len() as u64;
+                kept.push(&input[r]);
+            })
             .map_err(|e| PumpError::Invalid(e.0))?;
         bytes_in.set(total);
         if plan.max_body > 0 && total > plan.max_body {
@@ -477,6 +491,8 @@ struct RelayCx<'a> {
     head_done: &'a Cell<bool>,
     max_head: usize,
     date: [u8; crate::date::LEN],
+    /// The most of a text response body the access log keeps; 0: none.
+    capture: usize,
 }
 
 enum Head {
@@ -497,6 +513,8 @@ struct FinalHead {
     close: bool,
     /// Strip the chunk framing: the client speaks HTTP/1.0.
     dechunk: bool,
+    /// The body is text, and captured for the access log.
+    captured: bool,
 }
 
 /// Reads the response head and relays the response to the client. The
@@ -507,6 +525,7 @@ async fn relay(
     cw: &mut ClientWrite,
     ubuf: &mut Lease,
     wbuf: &mut Lease,
+    kept: &mut capture::Body,
 ) -> Result<Relayed, RelayError> {
     let plan = cx.plan;
     let send_limit = cx.t.client_send.0;
@@ -565,7 +584,9 @@ async fn relay(
         reusable,
         close,
         dechunk,
+        captured,
     } = head;
+    kept.start(cx.capture, captured);
 
     let mut reader = BodyReader::new(framing);
     let mut pos = len;
@@ -578,10 +599,12 @@ async fn relay(
         let (progress, out_end) = if dechunk {
             reader
                 .advance_dechunk(&mut buf[pos..])
+                .inspect(|&(_, payload)| kept.push(&buf[pos..pos + payload]))
                 .map(|(p, payload)| (p, pos + payload))
         } else {
+            let input = &buf[pos..];
             reader
-                .advance(&buf[pos..], |_| {})
+                .advance(input, |r| kept.push(&input[r]))
                 .map(|p| (p, pos + p.consumed))
         }
         .map_err(|e| RelayError::Upstream(UpstreamError::Protocol(e.0)))?;
@@ -682,6 +705,7 @@ fn response(cx: &RelayCx<'_>, buf: &[u8], out: &mut Vec<u8>) -> Result<Option<He
         reusable: resp.keep_alive,
         close,
         dechunk,
+        captured: cx.capture > 0 && capture::text_response(resp.headers),
     })))
 }
 

@@ -252,6 +252,8 @@ mod tests {
             underscores_in_headers: false,
             access_log: true,
             access_log_sample: 1.0,
+            access_log_body: 0,
+            access_log_headers: false,
             rate_limit: crate::config::RouteLimit::Inherit,
             line: 1,
         }

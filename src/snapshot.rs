@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::config::{Action, Config, RouteLimit};
 use crate::http1::parse::HeadLimits;
 use crate::ratelimit::{Policy, Shared, bucket_id};
+use crate::redact::{DEFAULT_FIELDS, Redactor};
 use crate::route::RouteTable;
 
 pub struct Snapshot {
@@ -21,6 +22,9 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
     /// Per route: the rate limits it is held to.
     pub limits: Vec<Policy>,
+    /// What captured requests are cleared of: `DEFAULT_FIELDS` and
+    /// `[access_log] redact`.
+    pub redactor: Redactor,
 }
 
 pub struct Direct {
@@ -64,12 +68,19 @@ impl Snapshot {
         }
         warnings.extend(contradictions(&config));
         let limits = limits(&config);
+        let names = DEFAULT_FIELDS
+            .iter()
+            .copied()
+            .chain(config.redact.iter().map(|n| n.as_str()));
+        // The config checked every name's length.
+        let redactor = Redactor::new(names).unwrap_or_default();
         Snapshot {
             config,
             routes,
             direct,
             warnings,
             limits,
+            redactor,
         }
     }
 

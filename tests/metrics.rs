@@ -357,3 +357,102 @@ fn access_log_lines_are_json_per_route_and_sample_and_reopen_follows_a_rename() 
     assert!(child.0.take().unwrap().wait().unwrap().success());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn captured_bodies_and_headers_are_redacted_in_the_access_log() {
+    let origin = Origin::start(|_| {
+        let body = r#"{"ok":true,"session":{"token":"t0ken"},"items":[{"secret":1},{"secret":2}]}"#;
+        Reply::Raw(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    });
+    let dir = std::env::temp_dir().join(format!("ringway-capture-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.log");
+    let text = format!(
+        "[server]\nworkers = 1\npin_cores = false\n\n\
+         [access_log]\npath = \"{}\"\nredact = [\"SSN\"]\n\n\
+         [[listener]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\n\n\
+         [[upstream]]\nname = \"o\"\nendpoints = [\"{}\"]\n\n\
+         [[route]]\nname = \"cap\"\nprefix = \"/cap\"\nupstream = \"o\"\n\
+         access_log_body = 200\naccess_log_headers = true\n\n\
+         [[route]]\nname = \"short\"\nprefix = \"/short\"\nupstream = \"o\"\naccess_log_body = 12\n\n\
+         [[route]]\nname = \"plain\"\nprefix = \"/plain\"\nupstream = \"o\"\n",
+        log.display(),
+        origin.addr
+    );
+    let path = write_config("capture.toml", &text);
+    let (_child, addr) = run(&path);
+
+    // A chunked JSON body in two chunks: the log keeps the payload only.
+    let part1 = r#"{"user":"ann","password":"hunter2","#;
+    let part2 = r#""profile":{"Password":"x","ssn":"123"},"tags":["a"]}"#;
+    let raw = format!(
+        "POST /cap HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+         Authorization: Bearer sekrit\r\nX-Note: kept\r\nTransfer-Encoding: chunked\r\n\r\n\
+         {:x}\r\n{part1}\r\n{:x}\r\n{part2}\r\n0\r\n\r\n",
+        part1.len(),
+        part2.len()
+    );
+    assert_eq!(request(addr, &raw).status, 200);
+    send(
+        addr,
+        1,
+        "POST /cap HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\nContent-Length: 4\r\n\r\n\x01\x02\x03\x04",
+        200,
+    );
+    send(
+        addr,
+        1,
+        "POST /short HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 20\r\n\r\nabcdefghijklmnopqrst",
+        200,
+    );
+    send(addr, 1, "GET /plain HTTP/1.1\r\nHost: t\r\n\r\n", 200);
+
+    let all = lines(&log, 4);
+    let json = all
+        .iter()
+        .find(|l| l["route"] == "cap" && l["request_body"].is_string())
+        .unwrap();
+    let headers = &json["request_headers"];
+    assert_eq!(headers["Authorization"], "[REDACTED]", "{json}");
+    assert_eq!(headers["X-Note"], "kept");
+    assert_eq!(headers["Content-Type"], "application/json");
+    let body: Value = serde_json::from_str(json["request_body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"user": "ann", "password": "[REDACTED]",
+            "profile": {"Password": "[REDACTED]", "ssn": "[REDACTED]"}, "tags": ["a"]}),
+        "nested, any case, configured names; the rest untouched"
+    );
+    let reply: Value = serde_json::from_str(json["response_body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        reply,
+        serde_json::json!({"ok": true, "session": {"token": "[REDACTED]"},
+            "items": [{"secret": "[REDACTED]"}, {"secret": "[REDACTED]"}]}),
+        "repeated fields each redacted"
+    );
+
+    let binary = all
+        .iter()
+        .find(|l| l["route"] == "cap" && !l["request_body"].is_string())
+        .unwrap();
+    assert_eq!(binary["request_body"], Value::Null, "not text: {binary}");
+    assert!(binary["response_body"].is_string());
+
+    let short = all.iter().find(|l| l["route"] == "short").unwrap();
+    assert_eq!(short["request_body"], "abcdefghijkl", "cut at the limit");
+    assert!(short.get("request_headers").is_none());
+    assert_eq!(short["response_body"].as_str().unwrap().len(), 12);
+
+    let plain = all.iter().find(|l| l["route"] == "plain").unwrap();
+    assert!(
+        plain.get("request_body").is_none(),
+        "no capture asked: {plain}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
