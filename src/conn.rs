@@ -32,7 +32,7 @@ use crate::http1::encode::{Forward, request_head};
 use crate::http1::parse::{HeadError, Request, parse_request};
 use crate::io::{Wait, budget, read_more, write_buf};
 use crate::metrics::{self, Record};
-use crate::ratelimit::{self, Limited, Policy, forwarded_client, ip_key};
+use crate::ratelimit::{self, Policy, Spread, Ticket, Verdict, forwarded_client, ip_key};
 use crate::route::Match;
 use crate::slab::Lease;
 use crate::snapshot::Snapshot;
@@ -96,7 +96,6 @@ pub struct Conn<'s> {
 }
 
 /// A request once its head is parsed, reduced to what serving it needs.
-#[derive(Debug, Clone, Copy)]
 pub struct Plan<'s> {
     pub head_len: usize,
     pub framing: Framing,
@@ -112,6 +111,8 @@ pub struct Plan<'s> {
     /// The route matched, if any, and the method (see `metrics::METHODS`).
     pub route: Option<usize>,
     pub method: u8,
+    /// The rate limiter waits on the key's owner shard for a verdict.
+    pub ticket: Option<Ticket>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -284,7 +285,7 @@ impl Conn<'_> {
         // when new bytes end a line or reach a limit, so a head sent a byte at
         // a time costs one parse per line, not one per byte.
         let mut scanned = 0;
-        let plan = loop {
+        let mut plan = loop {
             let buf = self.rbuf.get();
             let worth_parsing = memchr::memchr(b'\n', &buf[scanned..]).is_some()
                 || buf.len() >= limits.max_header_bytes
@@ -308,6 +309,12 @@ impl Conn<'_> {
             }
         };
         self.shard.requests.set(self.shard.requests.get() + 1);
+        if let (Some(ticket), Some(route)) = (plan.ticket.take(), plan.route)
+            && let Err(limited) = self.shard.limiter.settle(ticket, &snap.limits[route]).await
+        {
+            let reject = Reject::TooManyRequests(limited, snap.config.rate_limit.draft_headers);
+            plan.action = Step::Reject { reject, allow: "" };
+        }
         self.capture.stop();
         if self.shard.log.is_some() {
             self.keep_for_log(plan.head_len);
@@ -437,6 +444,7 @@ impl Conn<'_> {
             },
             route: None,
             method: metrics::method_index(req.method),
+            ticket: None,
         };
         out.clear();
         let (route_idx, route) = match snap.routes.find(host, req.path, req.method) {
@@ -456,12 +464,17 @@ impl Conn<'_> {
             }
         };
         let policy = &snap.limits[route_idx];
-        if !policy.is_empty()
-            && let Err(limited) = self.rate_check(snap, policy, &req)
-        {
-            let reject = Reject::TooManyRequests(limited, cfg.rate_limit.draft_headers);
-            plan.action = Step::Reject { reject, allow: "" };
-            return Ok(Some(plan));
+        if !policy.is_empty() {
+            match self.rate_check(snap, policy, &req) {
+                Ok(()) => {}
+                Err(Verdict::Limited(limited)) => {
+                    let reject = Reject::TooManyRequests(limited, cfg.rate_limit.draft_headers);
+                    plan.action = Step::Reject { reject, allow: "" };
+                    return Ok(Some(plan));
+                }
+                // Planned on as if it passed; `request` waits for the verdict.
+                Err(Verdict::Wait(ticket)) => plan.ticket = Some(ticket),
+            }
         }
         if let Some(max) = route.max_body_bytes {
             plan.max_body = max;
@@ -525,7 +538,7 @@ impl Conn<'_> {
     /// Whether the request passes its route's rate limits. The client is
     /// the peer, or with a trusted peer the address `X-Forwarded-For` names,
     /// or a header's value (`rate_limit.key`).
-    fn rate_check(&self, snap: &Snapshot, policy: &Policy, req: &Request) -> Result<(), Limited> {
+    fn rate_check(&self, snap: &Snapshot, policy: &Policy, req: &Request) -> Result<(), Verdict> {
         let rl = &snap.config.rate_limit;
         let header = |name: &str| {
             req.headers
@@ -550,17 +563,15 @@ impl Conn<'_> {
         .and_then(|v| forwarded_client(v, &rl.trusted_proxies));
         let ip = forwarded.unwrap_or(self.peer);
         let mut buf = [0u8; 16];
-        let (key, pinned) = match &rl.key {
-            LimitKey::Header(name) if let Some(v) = header(name) => (v, false),
-            _ => (
-                ip_key(ip, &mut buf),
-                forwarded.is_none() && self.shard.steered,
-            ),
+        let (key, spread) = match &rl.key {
+            LimitKey::Header(name) if let Some(v) = header(name) => (v, Spread::Owned),
+            _ if forwarded.is_some() => (ip_key(ip, &mut buf), Spread::Owned),
+            _ if self.shard.steered => (ip_key(ip, &mut buf), Spread::Pinned),
+            _ => (ip_key(ip, &mut buf), Spread::Even),
         };
-        let parts = if pinned { 1 } else { self.shard.shards };
         self.shard
             .limiter
-            .check(policy, key, parts, ratelimit::nanos(self.rec.started))
+            .check(policy, key, spread, ratelimit::nanos(self.rec.started))
     }
 
     /// Copies what the access log needs from the head before it goes.

@@ -28,6 +28,7 @@ use crate::config::{Config, Steer};
 use crate::exporter::Exporter;
 use crate::handover::Inherited;
 use crate::histlog::HistogramLogs;
+use crate::lease::Mesh;
 use crate::mailbox::{FromShard, Mailbox, ShardStats, ToShard};
 use crate::metrics::{Latency, Metric, Report, Reset, render_prometheus};
 use crate::shard::{self, ShardSpec};
@@ -358,6 +359,7 @@ impl Server {
             None => None,
         };
         let mut shards = Vec::with_capacity(workers);
+        let mesh = (workers > 1).then(|| Mesh::new(workers));
         for (id, listeners) in per_shard.into_iter().enumerate() {
             let mailbox = Mailbox::new();
             let spec = ShardSpec {
@@ -368,6 +370,7 @@ impl Server {
                 mailbox: mailbox.clone(),
                 log: access_log.as_ref().map(LogWriter::shard),
                 steered,
+                mesh: mesh.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("ringway-shard-{id}"))

@@ -38,6 +38,7 @@ pub mod hgrm;
 pub mod histlog;
 pub mod http1;
 pub mod io;
+pub mod lease;
 pub mod mailbox;
 pub mod metrics;
 pub mod notify;

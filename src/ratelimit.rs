@@ -12,10 +12,12 @@
 //!   client's address (or a header's value). With `server.steer =
 //!   "client-ip"` every connection of one address reaches the same shard
 //!   (see `steer`), so the one bucket there is the client's whole limit.
-//!   Otherwise (the kernel's hash, a header key, an address taken from
-//!   `X-Forwarded-For`) a client may reach any shard, and each shard
-//!   enforces `rate / shards` and `burst / shards`: exact when the client's
-//!   requests spread evenly, stricter when they do not.
+//!   With the kernel's hash, an address's connections spread evenly, and
+//!   each shard enforces `rate / shards` and `burst / shards`: exact when
+//!   its requests spread evenly, stricter when they do not. A header's
+//!   value, or an address taken from `X-Forwarded-For`, may come to any
+//!   shard in any share: one shard owns its bucket, and the others lease
+//!   tokens from it (see `lease`), so the limit holds whole.
 //! - **Global** (the whole proxy, or all of a route's traffic): one
 //!   `Shared` bucket for every shard, an atomic `tat`. A shard leases a
 //!   batch of tokens at once (`Lease`), so the atomic is touched once per
@@ -26,6 +28,7 @@ use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -33,6 +36,7 @@ use std::time::{Duration, Instant};
 use ahash::AHashMap;
 
 use crate::config::Rate;
+use crate::lease::{self, Key, MAX_KEY, Mesh, Msg, Remote, Remotes, Taken};
 
 /// Which limit turned a request away (the `X-RateLimit-Scope` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,9 +213,40 @@ struct Bucket {
     hits: u64,
 }
 
-/// The longest key kept: the bucket id, then an address or a header value
-/// (cut at this length).
-const MAX_KEY: usize = 8 + 128;
+/// How a per-client key's requests reach the shards, which decides how
+/// its limit is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spread {
+    /// All to this shard (an address, with client-ip steering): its bucket
+    /// here is the whole limit.
+    Pinned,
+    /// To any shard, evenly (an address, with the kernel's hash): each
+    /// shard keeps `rate / shards` and `burst / shards` of it.
+    Even,
+    /// To any shard, in any share (a header's value, an address from
+    /// `X-Forwarded-For`): one shard owns the bucket, the others lease
+    /// tokens from it (see `lease`).
+    Owned,
+}
+
+/// What a request that did not pass at once is told.
+pub enum Verdict {
+    Limited(Limited),
+    /// Its key's owner was asked for tokens: `Limiter::settle` waits for
+    /// the answer.
+    Wait(Ticket),
+}
+
+/// A request waiting on its key's owner.
+pub struct Ticket {
+    remote: Rc<Remote>,
+    rate: Rate,
+    owner: usize,
+}
+
+/// The most times a request waiting for a lease asks again (its tokens
+/// went to others) before its shard decides alone.
+const MAX_ROUNDS: usize = 4;
 
 /// A shard's rate-limit state: per-client buckets and global leases.
 pub struct Limiter {
@@ -219,9 +254,18 @@ pub struct Limiter {
     max_entries: Cell<usize>,
     idle: Cell<u64>,
     leases: RefCell<AHashMap<usize, Lease>>,
+    /// This shard, how many there are, and the queues to the others.
+    me: usize,
+    shards: usize,
+    mesh: Option<Arc<Mesh>>,
+    /// Leases on keys other shards own.
+    remotes: Remotes,
     /// Requests turned away, by scope (client, route, global).
     pub rejected: [Cell<u64>; 3],
     pub evicted: Cell<u64>,
+    /// Requests of an owned key decided by this shard alone, with its
+    /// share of the limit: the owner's queue was full or it did not answer.
+    pub decided_alone: Cell<u64>,
     /// When a full table was last swept of idle buckets (ns): at most once
     /// a second, so a stream of new keys into a full table costs a sample,
     /// not a pass over the table, per key.
@@ -229,14 +273,20 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    pub fn new(max_entries: usize, idle: Duration) -> Limiter {
+    /// A limiter for shard `me` of `mesh`'s (or the only one, without).
+    pub fn new(max_entries: usize, idle: Duration, me: usize, mesh: Option<Arc<Mesh>>) -> Limiter {
         Limiter {
             table: RefCell::new(AHashMap::with_capacity(1024.min(max_entries))),
             max_entries: Cell::new(max_entries),
             idle: Cell::new(idle.as_nanos() as u64),
             leases: RefCell::new(AHashMap::new()),
+            me,
+            shards: mesh.as_ref().map_or(1, |m| m.shards()),
+            mesh,
+            remotes: Remotes::default(),
             rejected: Default::default(),
             evicted: Cell::new(0),
+            decided_alone: Cell::new(0),
             full_sweep: Cell::new(0),
         }
     }
@@ -248,47 +298,182 @@ impl Limiter {
     }
 
     /// Whether a request may pass `policy`. `client` is the key (an
-    /// address's octets or a header's value); `parts` is how many shards a
-    /// per-client limit is shared out over (1 when steering makes it exact).
+    /// address's octets or a header's value); `spread` says how its
+    /// requests reach the shards. `Verdict::Wait`: ask `settle`.
     pub fn check(
         &self,
         policy: &Policy,
         client: &[u8],
-        parts: u32,
+        spread: Spread,
         now: u64,
-    ) -> Result<(), Limited> {
+    ) -> Result<(), Verdict> {
         if let Some((id, rate)) = policy.per_client {
-            let g = Gcra::new(rate, parts);
-            let mut key = [0u8; MAX_KEY];
-            key[..8].copy_from_slice(&id.to_le_bytes());
-            let len = 8 + client.len().min(MAX_KEY - 8);
-            key[8..len].copy_from_slice(&client[..len - 8]);
-            let key = &key[..len];
-            let mut table = self.table.borrow_mut();
-            let taken = match table.get_mut(key) {
-                Some(b) => {
-                    b.seen = now;
-                    b.hits += 1;
-                    g.take(&mut b.tat, now)
-                }
-                None => {
-                    if table.len() >= self.max_entries.get() {
-                        self.make_room(&mut table, now);
-                    }
-                    let mut b = Bucket {
-                        tat: 0,
-                        seen: now,
-                        hits: 1,
-                    };
-                    let taken = g.take(&mut b.tat, now);
-                    table.insert(key.into(), b);
-                    taken
-                }
+            let mut buf = [0u8; MAX_KEY];
+            let key = bucket_key(id, client, &mut buf);
+            let owner = match spread {
+                Spread::Owned if self.shards > 1 => lease::owner(key, self.shards),
+                _ => self.me,
             };
-            if let Err(wait) = taken {
-                return Err(self.reject(g.limited(Scope::Client, wait)));
+            if owner == self.me {
+                let parts = if spread == Spread::Even {
+                    self.shards
+                } else {
+                    1
+                };
+                self.take_here(key, Gcra::new(rate, parts as u32), now)
+                    .map_err(Verdict::Limited)?;
+            } else {
+                let remote = self
+                    .remotes
+                    .get(key, self.max_entries.get(), self.idle.get(), now);
+                match remote.take(now) {
+                    Taken::Yes => {}
+                    Taken::No(wait) => {
+                        let limited = Gcra::new(rate, 1).limited(Scope::Client, wait);
+                        return Err(Verdict::Limited(self.reject(limited)));
+                    }
+                    Taken::Ask { asking } => {
+                        if asking || self.ask(owner, rate, &remote, now) {
+                            return Err(Verdict::Wait(Ticket {
+                                remote,
+                                rate,
+                                owner,
+                            }));
+                        }
+                        self.alone(key, rate, now).map_err(Verdict::Limited)?;
+                    }
+                }
             }
         }
+        self.draw_all(policy, now).map_err(Verdict::Limited)
+    }
+
+    /// Waits for the owner's answer to a request's ask, then decides it:
+    /// a token of the new lease, a refusal until the owner's bucket has
+    /// one, or, if the owner does not answer in time, this shard's own
+    /// decision with its share of the limit.
+    pub async fn settle(&self, ticket: Ticket, policy: &Policy) -> Result<(), Limited> {
+        let Ticket {
+            remote,
+            rate,
+            owner,
+        } = ticket;
+        for _ in 0..MAX_ROUNDS {
+            let asked_at = remote.asked_at();
+            if asked_at != 0 {
+                remote.answered(asked_at).await;
+            }
+            let now = nanos(Instant::now());
+            match remote.take(now) {
+                Taken::Yes => return self.draw_all(policy, now),
+                Taken::No(wait) => {
+                    let limited = Gcra::new(rate, 1).limited(Scope::Client, wait);
+                    return Err(self.reject(limited));
+                }
+                Taken::Ask { asking: true } => {}
+                // Unanswered in time: the owner is stuck or gone.
+                Taken::Ask { asking: false } if asked_at != 0 && remote.asked_at() == asked_at => {
+                    break;
+                }
+                // Others spent the tokens first.
+                Taken::Ask { asking: false } => {
+                    if !self.ask(owner, rate, &remote, now) {
+                        break;
+                    }
+                }
+            }
+        }
+        let now = nanos(Instant::now());
+        self.alone(&remote.key, rate, now)?;
+        self.draw_all(policy, now)
+    }
+
+    /// The owner's side of an ask: up to `want` tokens of `key`'s bucket,
+    /// or the ns until it has one.
+    pub fn grant(&self, key: &[u8], rate: Rate, want: u32, now: u64) -> (u32, u64) {
+        let g = Gcra::new(rate, 1);
+        self.with_bucket(key, now, |b| {
+            let mut tokens = 0;
+            while tokens < want {
+                match g.take(&mut b.tat, now) {
+                    Ok(_) => tokens += 1,
+                    Err(wait) => {
+                        b.hits += u64::from(tokens);
+                        return (tokens, wait);
+                    }
+                }
+            }
+            b.hits += u64::from(tokens);
+            (tokens, 0)
+        })
+    }
+
+    /// An owner's answer, for the lease on `key`.
+    pub fn granted(&self, key: &[u8], tokens: u32, wait: u64, now: u64) {
+        if let Some(r) = self.remotes.find(key) {
+            r.granted(tokens, wait, now);
+        }
+    }
+
+    /// Asks `owner` for tokens; `false` if its queue is full.
+    fn ask(&self, owner: usize, rate: Rate, remote: &Remote, now: u64) -> bool {
+        let Some(mesh) = &self.mesh else {
+            return false;
+        };
+        let msg = Msg::Ask {
+            key: Key::new(&remote.key),
+            rate,
+            want: lease::want(rate, self.shards),
+        };
+        if !mesh.send(self.me, owner, msg) {
+            return false;
+        }
+        remote.asking(now);
+        true
+    }
+
+    /// Decides a request of a key owned elsewhere with this shard's share
+    /// of its limit, kept in this shard's table.
+    fn alone(&self, key: &[u8], rate: Rate, now: u64) -> Result<(), Limited> {
+        self.decided_alone.set(self.decided_alone.get() + 1);
+        self.take_here(key, Gcra::new(rate, self.shards as u32), now)
+    }
+
+    /// One token of `key`'s bucket in this shard's table.
+    fn take_here(&self, key: &[u8], g: Gcra, now: u64) -> Result<(), Limited> {
+        let taken = self.with_bucket(key, now, |b| {
+            b.hits += 1;
+            g.take(&mut b.tat, now)
+        });
+        match taken {
+            Ok(_) => Ok(()),
+            Err(wait) => Err(self.reject(g.limited(Scope::Client, wait))),
+        }
+    }
+
+    /// Runs `f` on `key`'s bucket, made (room made for it) if new.
+    fn with_bucket<T>(&self, key: &[u8], now: u64, f: impl FnOnce(&mut Bucket) -> T) -> T {
+        let mut table = self.table.borrow_mut();
+        if let Some(b) = table.get_mut(key) {
+            b.seen = now;
+            return f(b);
+        }
+        if table.len() >= self.max_entries.get() {
+            self.make_room(&mut table, now);
+        }
+        let mut b = Bucket {
+            tat: 0,
+            seen: now,
+            hits: 0,
+        };
+        let out = f(&mut b);
+        table.insert(key.into(), b);
+        out
+    }
+
+    /// A token from each shared bucket of `policy`: the route's, then the
+    /// global one.
+    fn draw_all(&self, policy: &Policy, now: u64) -> Result<(), Limited> {
         for (shared, scope) in [
             (&policy.route, Scope::Route),
             (&policy.global, Scope::Global),
@@ -354,6 +539,7 @@ impl Limiter {
         self.evicted
             .set(self.evicted.get() + (before - table.len()) as u64);
         self.leases.borrow_mut().retain(|_, l| l.until.get() >= now);
+        self.remotes.sweep(idle, now);
     }
 
     pub fn entries(&self) -> usize {
@@ -381,6 +567,14 @@ impl Limiter {
         top.sort_by_key(|t| Reverse(t.2));
         top
     }
+}
+
+/// A per-client bucket's key: its id, then the client's key, cut to fit.
+fn bucket_key<'a>(id: u64, client: &[u8], buf: &'a mut [u8; MAX_KEY]) -> &'a [u8] {
+    buf[..8].copy_from_slice(&id.to_le_bytes());
+    let len = 8 + client.len().min(MAX_KEY - 8);
+    buf[8..len].copy_from_slice(&client[..len - 8]);
+    &buf[..len]
 }
 
 /// The id of a route's own per-client buckets: its name's hash, so they
@@ -461,8 +655,8 @@ mod tests {
             2,
         ));
         let shards = [
-            Limiter::new(10, Duration::from_secs(60)),
-            Limiter::new(10, Duration::from_secs(60)),
+            Limiter::new(10, Duration::from_secs(60), 0, None),
+            Limiter::new(10, Duration::from_secs(60), 0, None),
         ];
         let policy = Policy {
             global: Some(shared),
@@ -473,7 +667,7 @@ mod tests {
         for i in 0..20_000u64 {
             let now = SEC + i * SEC / 10_000;
             for s in &shards {
-                if s.check(&policy, b"", 1, now).is_ok() {
+                if s.check(&policy, b"", Spread::Pinned, now).is_ok() {
                     passed += 1;
                 }
             }
@@ -487,7 +681,7 @@ mod tests {
 
     #[test]
     fn the_table_stays_within_its_bound() {
-        let l = Limiter::new(100, Duration::from_secs(60));
+        let l = Limiter::new(100, Duration::from_secs(60), 0, None);
         let policy = Policy {
             per_client: Some((
                 0,
@@ -499,13 +693,18 @@ mod tests {
             ..Policy::default()
         };
         for i in 0..1000u32 {
-            let _ = l.check(&policy, &i.to_le_bytes(), 1, SEC + u64::from(i));
+            let _ = l.check(
+                &policy,
+                &i.to_le_bytes(),
+                Spread::Pinned,
+                SEC + u64::from(i),
+            );
         }
         assert!(l.entries() <= 100);
         assert_eq!(l.evicted.get(), 900);
         // A second request of the newest key is refused: its bucket is kept.
         assert!(
-            l.check(&policy, &999u32.to_le_bytes(), 1, SEC + 1000)
+            l.check(&policy, &999u32.to_le_bytes(), Spread::Pinned, SEC + 1000)
                 .is_err()
         );
         l.sweep(SEC + 61 * SEC);

@@ -21,6 +21,7 @@ use monoio::net::{TcpListener, TcpStream};
 
 use crate::accesslog::ShardLog;
 use crate::conn::{self, After, IdleConn};
+use crate::lease::{Mesh, Msg};
 use crate::mailbox::{FromShard, Mailbox, ShardStats, ToShard};
 use crate::metrics::{self, Report, Reset};
 use crate::snapshot::Snapshot;
@@ -36,6 +37,8 @@ pub struct ShardSpec {
     pub mailbox: Arc<Mailbox>,
     /// Connections are steered to shards by client address.
     pub steered: bool,
+    /// The queues between the shards, for rate-limit leases (none with one shard).
+    pub mesh: Option<Arc<Mesh>>,
 }
 
 type Runtime = monoio::FusionRuntime<
@@ -152,7 +155,11 @@ async fn serve(spec: ShardSpec, driver: String) -> std::io::Result<()> {
         spec.snapshot,
         spec.log,
         spec.steered,
+        spec.mesh.clone(),
     ));
+    if let Some(mesh) = spec.mesh {
+        monoio::spawn(leases(shard.clone(), mesh));
+    }
     monoio::spawn(housekeeping(shard.clone()));
     let mut listeners = Listeners::default();
     for (name, l) in spec.listeners {
@@ -210,6 +217,26 @@ async fn serve(spec: ShardSpec, driver: String) -> std::io::Result<()> {
                     log.flush();
                 }
                 return Ok(());
+            }
+        }
+    }
+}
+
+/// Answers other shards' asks for tokens of the keys this one owns, and
+/// takes their answers to its own (see `lease`).
+async fn leases(shard: Rc<ShardState>, mesh: Arc<Mesh>) {
+    loop {
+        let (from, msg) = mesh.recv(shard.id).await;
+        let now = crate::ratelimit::nanos(Instant::now());
+        match msg {
+            Msg::Ask { key, rate, want } => {
+                let (tokens, wait) = shard.limiter.grant(key.get(), rate, want, now);
+                // A full queue loses the tokens: the asker decides alone
+                // once its wait is up.
+                mesh.send(shard.id, from, Msg::Grant { key, tokens, wait });
+            }
+            Msg::Grant { key, tokens, wait } => {
+                shard.limiter.granted(key.get(), tokens, wait, now);
             }
         }
     }

@@ -19,6 +19,7 @@ use monoio::io::{CancelHandle, Canceller};
 
 use crate::accesslog::ShardLog;
 use crate::date::HttpDate;
+use crate::lease::Mesh;
 use crate::metrics::{Record, RouteMetrics, UNROUTED};
 use crate::ratelimit::Limiter;
 use crate::slab::Slab;
@@ -142,11 +143,12 @@ impl ShardState {
         snapshot: Arc<Snapshot>,
         log: Option<ShardLog>,
         steered: bool,
+        mesh: Option<Arc<Mesh>>,
     ) -> ShardState {
         let limits = snapshot.config.limits;
         let rl = &snapshot.config.rate_limit;
-        let limiter = Limiter::new(rl.max_entries, rl.idle_eviction);
         let shards = snapshot.config.workers() as u32;
+        let limiter = Limiter::new(rl.max_entries, rl.idle_eviction, id, mesh);
         ShardState {
             id,
             current: RefCell::new(Rc::new(Generation::new(snapshot, 0, None))),

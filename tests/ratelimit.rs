@@ -200,10 +200,9 @@ fn a_global_limit_holds_over_all_clients_and_shards() {
 }
 
 #[test]
-fn header_keyed_limits_are_shared_out_over_the_shards() {
-    // A key's requests reach both shards (16 connections, the kernel's
-    // hash); each shard enforces rate / 2 and burst / 2 of it, which adds up
-    // to the limit while both shards see at least half the key's limit.
+fn header_keyed_limits_are_exact_through_owner_leases() {
+    // Four keys, each from 8 connections spread by the kernel's hash over
+    // both shards: each key's bucket is on one shard, the other leases.
     let (rate, burst) = (50.0, 10.0);
     let path = config(
         "header",
@@ -211,17 +210,57 @@ fn header_keyed_limits_are_shared_out_over_the_shards() {
         &format!("key = \"header:X-Api-Key\"\nper_client = {{ rate = {rate}, burst = {burst} }}"),
     );
     let (child, addr) = run(&path);
-    let clients = vec![
-        ([127, 0, 0, 2], "X-Api-Key: alpha\r\n".to_string()),
-        ([127, 0, 0, 3], "X-Api-Key: beta\r\n".to_string()),
-    ];
-    let admitted = load(addr, &clients, 16, rate * 5.0);
+    let clients: Vec<([u8; 4], String)> = ["alpha", "beta", "gamma", "delta"]
+        .iter()
+        .zip(2..)
+        .map(|(k, i)| ([127, 0, 0, i], format!("X-Api-Key: {k}\r\n")))
+        .collect();
+    let admitted = load(addr, &clients, 8, rate * 5.0);
     let expected = rate * SECONDS as f64 + burst;
+    eprintln!("header keys: (admitted, sent) {admitted:?}, {expected} expected each");
     for (i, &(n, _)) in admitted.iter().enumerate() {
         assert!(
             within(n, expected, 0.05),
             "key {i}: {n} admitted, {expected} expected: {admitted:?}"
         );
     }
+    let per_shard = shard_requests("header");
+    assert!(
+        per_shard.iter().all(|&n| n > 0),
+        "both shards served: {per_shard:?}"
+    );
+    drop(child);
+}
+
+#[test]
+fn a_key_split_unevenly_over_the_shards_still_gets_its_whole_limit() {
+    // Steered by address, one key comes 94% through shard 0 (127.0.0.2)
+    // and 6% through shard 1 (127.0.0.3), at 5x its limit in all. Halving
+    // the limit per shard would admit rate/2 on shard 0 and the little
+    // shard 1 sees: 80% of the limit. Leases from the owner admit it whole.
+    let (rate, burst) = (50.0, 10.0);
+    let path = config(
+        "uneven",
+        "client-ip",
+        &format!("key = \"header:X-Api-Key\"\nper_client = {{ rate = {rate}, burst = {burst} }}"),
+    );
+    let (child, addr) = run(&path);
+    let header = "X-Api-Key: one\r\n".to_string();
+    let (heavy, light) = (
+        vec![([127, 0, 0, 2], header.clone())],
+        vec![([127, 0, 0, 3], header)],
+    );
+    let light = std::thread::spawn(move || load(addr, &light, 2, rate * 0.3));
+    let heavy = load(addr, &heavy, 8, rate * 4.7);
+    let light = light.join().unwrap();
+    let total = heavy[0].0 + light[0].0;
+    let expected = rate * SECONDS as f64 + burst;
+    eprintln!("one key, uneven: {total} admitted ({heavy:?} + {light:?}), {expected} expected");
+    assert!(
+        within(total, expected, 0.05),
+        "{total} admitted ({heavy:?} + {light:?}), {expected} expected"
+    );
+    let per_shard = shard_requests("uneven");
+    assert_eq!(per_shard, vec![heavy[0].1, light[0].1]);
     drop(child);
 }
