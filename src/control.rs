@@ -330,7 +330,7 @@ impl Server {
             {
                 log::warn!(
                     "server.steer = \"client-ip\": cannot attach the steering program to listener '{}' ({e}); \
-                     the kernel's hash spreads connections, and per-client limits are shared out over the shards",
+                     the kernel's hash spreads connections, and per-address limits are shared out over the shards",
                     l.name
                 );
                 steered = false;
@@ -391,7 +391,7 @@ impl Server {
                 (Steer::ClientIp, true) =>
                     "client-ip (each client address to one shard; per-client limits exact)",
                 (Steer::ClientIp, false) => "kernel hash (client-ip steering failed; see above)",
-                _ => "kernel hash (per-client limits shared out over the shards)",
+                _ => "kernel hash (per-address limits shared out over the shards)",
             }
         );
         let metrics_path = cfg.metrics.path.clone();
