@@ -318,6 +318,8 @@ pub struct Report {
     pub rate_limited: [u64; 3],
     pub rate_limit_entries: u64,
     pub rate_limit_evicted: u64,
+    /// Requests of a key another shard owns, decided without its lease.
+    pub rate_limit_alone: u64,
 }
 
 /// Which latency histograms a report clears once read.
@@ -405,6 +407,7 @@ impl Report {
         }
         self.rate_limit_entries += other.rate_limit_entries;
         self.rate_limit_evicted += other.rate_limit_evicted;
+        self.rate_limit_alone += other.rate_limit_alone;
     }
 }
 
@@ -586,6 +589,12 @@ impl prometheus_client::collector::Collector for Collect {
             "ringway_rate_limit_evicted",
             "Per-client buckets dropped, idle or to keep the table within max_entries.",
             &[(vec![], r.rate_limit_evicted)],
+        )?;
+        counter(
+            &mut e,
+            "ringway_rate_limit_decided_alone",
+            "Requests of a key another shard owns that their shard decided with its share of the limit: the owner did not answer in time.",
+            &[(vec![], r.rate_limit_alone)],
         )?;
         gauge(
             &mut e,

@@ -278,6 +278,7 @@ fn metrics_report(shard: &ShardState, latency: bool, reset: &Reset) -> Report {
         rate_limited: shard.limiter.rejected.each_ref().map(Cell::get),
         rate_limit_entries: shard.limiter.entries() as u64,
         rate_limit_evicted: shard.limiter.evicted.get(),
+        rate_limit_alone: shard.limiter.decided_alone.get(),
         ..metrics::report(routes, upstreams, latency, reset)
     }
 }
