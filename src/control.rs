@@ -375,9 +375,18 @@ impl Server {
             let thread = std::thread::Builder::new()
                 .name(format!("ringway-shard-{id}"))
                 .spawn(move || {
-                    if let Err(e) = shard::run(spec) {
-                        log::error!("shard {id} stopped: {e}");
-                    }
+                    let run = std::panic::AssertUnwindSafe(|| shard::run(spec));
+                    let why = match std::panic::catch_unwind(run) {
+                        Ok(Ok(())) => return,
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "it panicked".to_string(),
+                    };
+                    // Its listening sockets stay open on the control side
+                    // (kept for reloads and handover), so the kernel would
+                    // go on queueing connections for a shard that is gone:
+                    // the process stops, for its supervisor to restart it.
+                    log::error!("shard {id} failed ({why}); exiting: its connections would go unanswered");
+                    std::process::exit(70);
                 })?;
             shards.push(ShardLink {
                 mailbox,
