@@ -29,6 +29,8 @@ fn route(i: usize, host: Option<String>, prefix: String, methods: Vec<String>) -
         access_log_sample: 1.0,
         access_log_body: 0,
         access_log_headers: false,
+        retry: None,
+        retry_non_idempotent: false,
         rate_limit: ringway::config::RouteLimit::Inherit,
         line: i,
     }

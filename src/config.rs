@@ -233,6 +233,105 @@ pub struct Upstream {
     pub retry: bool,
     /// Passive ejection of failing endpoints; `None`: off.
     pub outlier: Option<Outlier>,
+    /// How many retries the upstream takes; `None`: no bound.
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// `retry_budget`: retries sent to an upstream are held, over the last
+/// two seconds, to `percent` of its requests or `min_per_sec` a second,
+/// whichever is more, so that retries cannot multiply the load of an
+/// upstream that is failing.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryBudget {
+    pub percent: f64,
+    pub min_per_sec: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            percent: 20.0,
+            min_per_sec: 10,
+        }
+    }
+}
+
+/// `retry_budget = false`, or its settings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileBudget {
+    On(bool),
+    Settings(RetryBudget),
+}
+
+/// A route's `retry`: a request that failed in one of the `on` ways is
+/// sent again, to another endpoint where there is one, up to `attempts`
+/// in all.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retry {
+    /// Attempts in all, the first included: 1 to `MAX_ATTEMPTS`.
+    pub attempts: u32,
+    pub on: RetryOn,
+    /// Before the second attempt; doubled before each one after.
+    pub backoff: Duration,
+    /// A response is held up to this many bytes until it is whole, so that
+    /// a failure part-way can still be retried; past it, it is streamed
+    /// and no later attempt is made. 0: streamed at once.
+    pub buffer_limit: usize,
+}
+
+/// The most attempts a route's `retry` may ask for.
+pub const MAX_ATTEMPTS: u32 = 8;
+
+/// What a request is retried on: a bit each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetryOn(pub u8);
+
+impl RetryOn {
+    /// No connection could be made (nothing was sent).
+    pub const CONNECT: RetryOn = RetryOn(1);
+    /// The connection closed or failed before the response was whole.
+    pub const RESET: RetryOn = RetryOn(2);
+    /// No response head within `upstream_response_header`, or a held
+    /// response stalled past `upstream_idle`.
+    pub const TIMEOUT: RetryOn = RetryOn(4);
+    pub const S502: RetryOn = RetryOn(8);
+    pub const S503: RetryOn = RetryOn(16);
+    pub const S504: RetryOn = RetryOn(32);
+
+    const NAMES: [(&'static str, RetryOn); 6] = [
+        ("connect-failure", RetryOn::CONNECT),
+        ("reset", RetryOn::RESET),
+        ("timeout", RetryOn::TIMEOUT),
+        ("502", RetryOn::S502),
+        ("503", RetryOn::S503),
+        ("504", RetryOn::S504),
+    ];
+
+    pub fn has(self, what: RetryOn) -> bool {
+        self.0 & what.0 != 0
+    }
+
+    /// The bit of a status (none for one that cannot be retried on).
+    pub fn of_status(status: u16) -> RetryOn {
+        match status {
+            502 => RetryOn::S502,
+            503 => RetryOn::S503,
+            504 => RetryOn::S504,
+            _ => RetryOn::default(),
+        }
+    }
+
+    /// Whether a response of this status is retried.
+    pub fn status(self, status: u16) -> bool {
+        match status {
+            502 => self.has(RetryOn::S502),
+            503 => self.has(RetryOn::S503),
+            504 => self.has(RetryOn::S504),
+            _ => false,
+        }
+    }
 }
 
 /// `outlier_detection`: an endpoint with `consecutive_failures` failures in
@@ -290,6 +389,10 @@ pub struct Route {
     pub access_log_body: usize,
     /// Capture the request's header fields into the line, redacted.
     pub access_log_headers: bool,
+    /// `None`: the upstream's default (`Upstream::retry`).
+    pub retry: Option<Retry>,
+    /// Retry methods that are not idempotent (POST, PATCH) too.
+    pub retry_non_idempotent: bool,
     pub rate_limit: RouteLimit,
     /// The line of the route's `[[route]]` header.
     pub line: usize,
@@ -376,6 +479,7 @@ struct FileUpstream {
     #[serde(default = "yes")]
     retry: bool,
     outlier_detection: Option<FileOutlier>,
+    retry_budget: Option<FileBudget>,
 }
 
 fn default_max_idle() -> usize {
@@ -419,8 +523,43 @@ struct FileRoute {
     access_log_body: Size,
     #[serde(default)]
     access_log_headers: bool,
+    retry: Option<FileRetry>,
+    #[serde(default)]
+    retry_non_idempotent: bool,
     rate_limit: Option<FileRouteLimit>,
 }
+
+/// A route's `retry` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRetry {
+    #[serde(default = "default_attempts")]
+    attempts: u32,
+    #[serde(default = "default_retry_on")]
+    on: Vec<String>,
+    #[serde(default = "default_backoff")]
+    backoff: Dur,
+    #[serde(default = "default_buffer_limit")]
+    buffer_limit: Size,
+}
+
+fn default_attempts() -> u32 {
+    2
+}
+fn default_retry_on() -> Vec<String> {
+    ["connect-failure", "reset", "502", "503", "504"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_backoff() -> Dur {
+    Dur(Duration::from_millis(25))
+}
+fn default_buffer_limit() -> Size {
+    Size(64 * 1024)
+}
+
+/// The largest `retry.buffer_limit`.
+pub const MAX_RETRY_BUFFER: u64 = 16 << 20;
 
 /// A route's `rate_limit`: `false` (none), or a table of its own limits.
 #[derive(Debug, Deserialize)]
@@ -853,6 +992,36 @@ impl ConfigValidator<'_> {
         Ok(())
     }
 
+    fn retry(&self, i: usize, f: &FileRetry) -> Result<Retry, ConfigError> {
+        let key = |name: &str| format!("route.{i}.retry.{name}");
+        if !(1..=MAX_ATTEMPTS).contains(&f.attempts) {
+            return Err(self.error(
+                &key("attempts"),
+                format!("must be 1 to {MAX_ATTEMPTS} (attempts in all, the first included)"),
+            ));
+        }
+        let mut on = RetryOn::default();
+        for (j, name) in f.on.iter().enumerate() {
+            let Some((_, bit)) = RetryOn::NAMES.iter().find(|(n, _)| n == name) else {
+                let known: Vec<_> = RetryOn::NAMES.iter().map(|(n, _)| *n).collect();
+                return Err(self.error(
+                    &key(&format!("on.{j}")),
+                    format!("'{name}' is none of {}", known.join(", ")),
+                ));
+            };
+            on.0 |= bit.0;
+        }
+        if f.buffer_limit.0 > MAX_RETRY_BUFFER {
+            return Err(self.error(&key("buffer_limit"), "must be at most 16MiB"));
+        }
+        Ok(Retry {
+            attempts: f.attempts,
+            on,
+            backoff: f.backoff.0,
+            buffer_limit: f.buffer_limit.get(),
+        })
+    }
+
     fn redact(&self, names: &[String]) -> Result<Vec<String>, ConfigError> {
         for (i, name) in names.iter().enumerate() {
             if name.is_empty() || name.len() > crate::redact::MAX_NAME {
@@ -1065,6 +1234,19 @@ impl ConfigValidator<'_> {
                         Some(*o)
                     }
                 },
+                retry_budget: match &u.retry_budget {
+                    None | Some(FileBudget::On(true)) => Some(RetryBudget::default()),
+                    Some(FileBudget::On(false)) => None,
+                    Some(FileBudget::Settings(b)) => {
+                        if !(0.0..=100.0).contains(&b.percent) {
+                            return Err(self.error(
+                                &key("retry_budget.percent"),
+                                "must be between 0 and 100 (the share of requests that may be retries)",
+                            ));
+                        }
+                        Some(*b)
+                    }
+                },
             });
         }
         Ok(upstreams)
@@ -1162,6 +1344,10 @@ impl ConfigValidator<'_> {
                     format!("must be at most {MAX_CAPTURE} bytes (64KiB)"),
                 ));
             }
+            let retry = match &r.retry {
+                None => None,
+                Some(f) => Some(self.retry(i, f)?),
+            };
             routes.push(Route {
                 name: r.name.clone(),
                 host,
@@ -1177,6 +1363,8 @@ impl ConfigValidator<'_> {
                 access_log_sample: r.access_log_sample,
                 access_log_body: r.access_log_body.0 as usize,
                 access_log_headers: r.access_log_headers,
+                retry,
+                retry_non_idempotent: r.retry_non_idempotent,
                 rate_limit: match &r.rate_limit {
                     None | Some(FileRouteLimit::On(true)) => RouteLimit::Inherit,
                     Some(FileRouteLimit::On(false)) => RouteLimit::Off,

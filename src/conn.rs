@@ -93,6 +93,9 @@ pub struct Conn<'s> {
     /// What the access log keeps of the request and response, on a route
     /// that asks for it.
     pub capture: Capture,
+    /// Buffers of a response held until it is whole (see `proxy`); empty
+    /// between requests.
+    pub held: Vec<Lease>,
 }
 
 /// A request once its head is parsed, reduced to what serving it needs.
@@ -156,6 +159,7 @@ pub async fn serve(shard: &ShardState, mut stream: TcpStream, peer: SocketAddr) 
         logged: Vec::new(),
         logged_lens: [0; 3],
         capture: Capture::default(),
+        held: Vec::new(),
     };
     conn.run().await
 }
@@ -187,6 +191,7 @@ pub async fn resume(shard: &ShardState, mut idle: IdleConn) -> After {
         logged: Vec::new(),
         logged_lens: [0; 3],
         capture: Capture::default(),
+        held: Vec::new(),
     };
     conn.run().await
 }

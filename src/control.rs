@@ -385,7 +385,9 @@ impl Server {
                     // (kept for reloads and handover), so the kernel would
                     // go on queueing connections for a shard that is gone:
                     // the process stops, for its supervisor to restart it.
-                    log::error!("shard {id} failed ({why}); exiting: its connections would go unanswered");
+                    log::error!(
+                        "shard {id} failed ({why}); exiting: its connections would go unanswered"
+                    );
                     std::process::exit(70);
                 })?;
             shards.push(ShardLink {

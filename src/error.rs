@@ -153,8 +153,10 @@ pub enum UpstreamError {
     Timeout,
     /// The connection closed or failed before any response byte arrived.
     ClosedEarly,
-    /// The response was malformed, or the connection failed mid-response.
+    /// The response was malformed.
     Protocol(&'static str),
+    /// The connection closed or failed after some of the response came.
+    Cut(&'static str),
     /// No connection slot within the queue timeout.
     Saturated,
 }

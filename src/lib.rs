@@ -45,6 +45,7 @@ pub mod notify;
 pub mod proxy;
 pub mod ratelimit;
 pub mod redact;
+pub mod retry;
 pub mod route;
 pub mod shard;
 pub mod slab;

@@ -17,6 +17,7 @@ use std::cell::Cell;
 use std::future::{Future, pending, poll_fn};
 use std::os::fd::{BorrowedFd, RawFd};
 use std::pin::pin;
+use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ use monoio::io::{OwnedReadHalf, OwnedWriteHalf};
 use monoio::net::TcpStream;
 
 use crate::capture;
-use crate::config::{MAX_HEADERS_CAP, Timeouts};
+use crate::config::{MAX_HEADERS_CAP, RetryOn, Timeouts};
 use crate::conn::{ClientRead, ClientWrite, Conn, Next, Plan};
 use crate::error::{Reject, UpstreamError};
 use crate::http1::body::{BodyReader, Framing};
@@ -32,7 +33,8 @@ use crate::http1::encode::{Reply, response_head};
 use crate::http1::parse::{BadResponse, parse_response};
 use crate::io::{Peeked, Wait, budget, peek, read_more, write_buf, write_range};
 use crate::metrics::Record;
-use crate::slab::Lease;
+use crate::retry::Rules;
+use crate::slab::{Lease, Slab};
 use crate::snapshot::Snapshot;
 use crate::state::Generation;
 
@@ -42,9 +44,6 @@ type UpWrite = OwnedWriteHalf<TcpStream>;
 /// How long an upstream may take to answer before the client is watched
 /// for a close: a fast exchange pays nothing for the watch.
 const WATCH_AFTER: Duration = Duration::from_millis(10);
-
-/// The most endpoints one request goes to before it is answered 502.
-const MAX_TRIES: usize = 8;
 
 /// No wait in a tunnel has its own limit: one idle timer covers both ways.
 const FAR: Duration = Duration::from_secs(24 * 3600);
@@ -87,6 +86,8 @@ enum Relayed {
 #[derive(Debug, Clone, Copy)]
 enum RelayError {
     Upstream(UpstreamError),
+    /// A response of a status the route retries on, not sent to the client.
+    Status(u16),
     /// Writing to the client failed.
     Client,
     /// The client closed while the upstream had not answered yet.
@@ -108,70 +109,109 @@ pub async fn exchange(
         return fail(conn, snap, plan, wbuf, Reject::Unavailable, None).await;
     };
     let client_fd = conn.fd;
-    let has_body = plan.framing != Framing::None;
+    let route = plan.route.map(|i| &snap.config.routes[i]);
+    let mut rules = Rules::new(
+        route.and_then(|r| r.retry.as_ref()),
+        pool.retries(),
+        pool.endpoints(),
+    );
+    // Sent again only if the upstream may act on it twice and its body,
+    // if any, came whole with the head: it is still in the read buffer.
+    rules.resendable = (plan.idempotent || route.is_some_and(|r| r.retry_non_idempotent))
+        && body_in_hand(conn.rbuf.get(), plan);
+    // A response read for an attempt that may be retried goes to a buffer
+    // of its own, so the request head in `wbuf` is there to send again.
+    let mut answers = (rules.resendable && rules.attempts > 1 && rules.looks_at_responses())
+        .then(|| shard.slab.lease())
+        .flatten();
     let mut fresh = false;
     conn.rec.upstream = Some(upstream);
-    conn.rec.upstream_addr = Some(pool.addr(endpoint));
     let asked = Instant::now();
+    pool.budget.request(asked);
     conn.rec.proxy_us = Some(micros(asked - conn.rec.started));
-    // Endpoints this request has failed on (a bit per index), and how many
-    // more it may go to: each endpoint once, at most `MAX_TRIES`, and none
-    // once the request's deadline has passed.
+    // Endpoints this request has failed on (a bit per index): a retry goes
+    // to one it has not, where there is one.
     let mut tried = 0u64;
-    let tries_left = Cell::new(pool.endpoints().min(MAX_TRIES) - 1);
-    // Where a request that got no response byte goes next: the same
-    // endpoint on a new connection if a pooled one was stale, else another
-    // endpoint (a failure of this one), if retries are on and one is left.
-    let next_try = |endpoint: usize, stale: bool, tried: &mut u64| -> Option<(usize, bool)> {
-        if stale {
-            return Some((endpoint, true));
-        }
-        pool.failed(endpoint);
-        if !pool.retries()
-            || tries_left.get() == 0
-            || plan.deadline.is_some_and(|d| Instant::now() >= d)
-        {
-            return None;
-        }
-        tries_left.set(tries_left.get() - 1);
-        if endpoint < 64 {
-            *tried |= 1 << endpoint;
-        }
-        pool.pick_besides(*tried).map(|e| (e, false))
-    };
+    let attempt = Cell::new(1);
     loop {
+        // Whether an attempt may follow this one. The budget is asked now,
+        // not after: a response held for a retry the budget then refused
+        // could not be streamed as it came.
+        let more = attempt.get() < rules.attempts
+            && plan.deadline.is_none_or(|d| Instant::now() < d)
+            && pool.retry_budget_allows(shard.shards, asked);
+        // After a failure of `endpoint`, where the next attempt goes, if
+        // one may follow.
+        let retry = |endpoint: usize, tried: &mut u64| -> Option<usize> {
+            pool.failed(endpoint);
+            if !more {
+                if attempt.get() < rules.attempts {
+                    pool.budget_refused();
+                }
+                return None;
+            }
+            pool.spend_retry();
+            if endpoint < 64 {
+                *tried |= 1 << endpoint;
+            }
+            attempt.set(attempt.get() + 1);
+            Some(pool.pick_besides(*tried).unwrap_or(endpoint))
+        };
         conn.rec.upstream_addr = Some(pool.addr(endpoint));
         let (mut up, reused) = match pool.checkout(endpoint, t, fresh, plan.deadline).await {
             Ok(c) => c,
-            // Nothing was sent: another endpoint may take any request.
-            Err(UpstreamError::Connect) => match next_try(endpoint, false, &mut tried) {
-                Some((e, f)) => {
-                    (endpoint, fresh) = (e, f);
-                    conn.rec.retries += 1;
-                    continue;
+            // Nothing was sent: any request may go elsewhere.
+            Err(UpstreamError::Connect) => {
+                match rules
+                    .on
+                    .has(RetryOn::CONNECT)
+                    .then(|| retry(endpoint, &mut tried))
+                {
+                    Some(Some(e)) => {
+                        (endpoint, fresh) = (e, false);
+                        conn.rec.retries += 1;
+                        backoff(&rules, attempt.get(), plan.deadline).await;
+                        continue;
+                    }
+                    _ => {
+                        if !rules.on.has(RetryOn::CONNECT) {
+                            pool.failed(endpoint);
+                        }
+                        return fail(conn, snap, plan, wbuf, Reject::BadGateway, None).await;
+                    }
                 }
-                None => {
-                    return fail(conn, snap, plan, wbuf, Reject::BadGateway, None).await;
-                }
-            },
+            }
             Err(e) => return fail(conn, snap, plan, wbuf, e.reject(), None).await,
         };
-        // Sent again only if the upstream cannot have acted on it.
-        let resendable = plan.idempotent && !has_body;
         let stale = reused && !fresh;
         if write_buf(&mut up.w, wbuf, budget(t.upstream_idle.0, plan.deadline))
             .await
             .is_err()
         {
             pool.discard(up);
-            if resendable && let Some((e, f)) = next_try(endpoint, stale, &mut tried) {
-                (endpoint, fresh) = (e, f);
+            // A pooled connection the upstream had closed: the same
+            // endpoint, on a new one.
+            if stale && rules.resendable {
+                fresh = true;
                 conn.rec.retries += 1;
+                continue;
+            }
+            if rules.resendable
+                && rules.on.has(RetryOn::RESET)
+                && let Some(e) = retry(endpoint, &mut tried)
+            {
+                (endpoint, fresh) = (e, false);
+                conn.rec.retries += 1;
+                backoff(&rules, attempt.get(), plan.deadline).await;
                 continue;
             }
             return fail(conn, snap, plan, wbuf, Reject::BadGateway, None).await;
         }
 
+        // What a failed response may be retried on: only if another
+        // attempt may follow, the request may be sent again, and the head
+        // to send is still at hand.
+        let may_retry = more && rules.resendable;
         let committed = Cell::new(false);
         let head_done = Cell::new(false);
         let seen = Seen::default();
@@ -184,19 +224,74 @@ pub async fn exchange(
             max_head: snap.config.limits.buffer_size.get(),
             date: shard.date.get(),
             capture: conn.capture.limit,
+            retry_on: if may_retry && answers.is_some() {
+                rules.on
+            } else {
+                RetryOn::default()
+            },
+            hold: (may_retry && answers.is_some() && rules.buffer_limit > 0)
+                .then_some(rules.buffer_limit),
+            slab: &shard.slab,
         };
         let Conn {
             r,
             w,
             rbuf,
             capture,
+            held,
             ..
         } = conn;
         let (kept_in, kept_out) = (&mut capture.request, &mut capture.response);
+        let out = match &mut answers {
+            Some(a) => a,
+            None => &mut *wbuf,
+        };
         // Without a body the pump is done at its first poll.
         let pump = pump(r, rbuf, plan, t, &mut up.w, &seen.bytes_in, kept_in);
-        let relay = relay(&rx, &mut up.r, w, &mut ubuf, wbuf, kept_out);
+        let relay = relay(&rx, &mut up.r, w, &mut ubuf, out, held, kept_out);
         let (pumped, relayed) = drive(pump, relay, &head_done, plan, t, client_fd).await;
+        held.clear();
+
+        // Another attempt, for a failure the client has seen nothing of.
+        let head_kept = answers.is_some() || !seen.any_head.get();
+        let why = match relayed {
+            _ if committed.get() || !head_kept => None,
+            Some(Err(RelayError::Status(status))) => Some(RetryOn::of_status(status)),
+            Some(Err(RelayError::Upstream(UpstreamError::ClosedEarly | UpstreamError::Cut(_)))) => {
+                Some(RetryOn::RESET)
+            }
+            Some(Err(RelayError::Upstream(UpstreamError::Timeout))) => Some(RetryOn::TIMEOUT),
+            _ => None,
+        };
+        if let Some(why) = why
+            && !matches!(pumped, Some(Err(e)) if e.ends_exchange())
+        {
+            pool.discard(up);
+            let closed_early = matches!(
+                relayed,
+                Some(Err(RelayError::Upstream(UpstreamError::ClosedEarly)))
+            );
+            if closed_early && stale && rules.resendable {
+                fresh = true;
+                conn.rec.retries += 1;
+                continue;
+            }
+            let next = if rules.resendable && rules.on.has(why) {
+                retry(endpoint, &mut tried)
+            } else {
+                pool.failed(endpoint);
+                None
+            };
+            if let Some(e) = next {
+                (endpoint, fresh) = (e, false);
+                conn.rec.retries += 1;
+                backoff(&rules, attempt.get(), plan.deadline).await;
+                continue;
+            }
+            // Not retried: answered as any other failure.
+            seen.into_record(&mut conn.rec, asked);
+            return finish_failed(conn, snap, plan, wbuf, relayed).await;
+        }
         seen.into_record(&mut conn.rec, asked);
 
         let consumed = match pumped {
@@ -254,25 +349,19 @@ pub async fn exchange(
                 pool.discard(up);
                 return Next::Close;
             }
-            Some(Err(RelayError::Upstream(UpstreamError::ClosedEarly)))
-                if resendable && let Some((e, f)) = next_try(endpoint, stale, &mut tried) =>
-            {
-                pool.discard(up);
-                (endpoint, fresh) = (e, f);
-                conn.rec.retries += 1;
-                continue;
-            }
             Some(Err(RelayError::Upstream(e))) => {
                 pool.discard(up);
-                // A resendable one was counted when its retry was looked for.
-                if e == UpstreamError::ClosedEarly && !stale && !resendable {
-                    pool.failed(endpoint);
-                }
+                pool.failed(endpoint);
                 log::debug!("upstream {} failed: {e:?}", pool.addr(endpoint));
                 if committed.get() {
                     return Next::Close;
                 }
                 return fail(conn, snap, plan, wbuf, e.reject(), consumed).await;
+            }
+            // Only asked for when another attempt may follow, and taken above.
+            Some(Err(RelayError::Status(_))) => {
+                pool.discard(up);
+                return fail(conn, snap, plan, wbuf, Reject::BadGateway, consumed).await;
             }
             Some(Err(RelayError::ClientGone)) => {
                 pool.discard(up);
@@ -285,6 +374,56 @@ pub async fn exchange(
                 return Next::Close;
             }
         }
+    }
+}
+
+/// A failure that could have been retried but is not (no attempt left, the
+/// budget spent, or `on` does not name it): answered as any other.
+async fn finish_failed(
+    conn: &mut Conn<'_>,
+    snap: &Generation,
+    plan: &Plan<'_>,
+    wbuf: &mut Lease,
+    relayed: Option<Result<Relayed, RelayError>>,
+) -> Next {
+    let reject = match relayed {
+        Some(Err(RelayError::Upstream(e))) => {
+            log::debug!("upstream failed: {e:?}");
+            e.reject()
+        }
+        _ => Reject::BadGateway,
+    };
+    // The body, if any, was read whole (it came with the head).
+    let consumed = Some(request_end(conn.rbuf.get(), plan));
+    fail(conn, snap, plan, wbuf, reject, consumed).await
+}
+
+/// Waits before attempt `attempt`, as the route's `retry.backoff` says,
+/// never past the request's deadline.
+async fn backoff(rules: &Rules, attempt: u32, deadline: Option<Instant>) {
+    let wait = budget(rules.backoff(attempt - 1), deadline);
+    if !wait.is_zero() {
+        monoio::time::sleep(wait).await;
+    }
+}
+
+/// Whether the request's body (if any) is all in `rbuf`, after its head.
+fn body_in_hand(rbuf: &[u8], plan: &Plan<'_>) -> bool {
+    match plan.framing {
+        Framing::None => true,
+        Framing::Length(n) => (rbuf.len() - plan.head_len) as u64 >= n,
+        Framing::Chunked | Framing::Close => BodyReader::new(plan.framing)
+            .advance(&rbuf[plan.head_len..], |_| {})
+            .is_ok_and(|p| p.done),
+    }
+}
+
+/// Where a request whose body is all in `rbuf` ends.
+fn request_end(rbuf: &[u8], plan: &Plan<'_>) -> usize {
+    let mut reader = BodyReader::new(plan.framing);
+    match reader.advance(&rbuf[plan.head_len..], |_| {}) {
+        Ok(p) if p.done => plan.head_len + p.consumed,
+        _ => plan.head_len,
     }
 }
 
@@ -451,6 +590,8 @@ struct Seen {
     status: Cell<u16>,
     bytes_in: Cell<u64>,
     bytes_out: Cell<u64>,
+    /// A response head was parsed (into the response buffer).
+    any_head: Cell<bool>,
     /// When the final response head was read, and when it was written.
     head_read: Cell<Option<Instant>>,
     head_sent: Cell<Option<Instant>>,
@@ -493,6 +634,13 @@ struct RelayCx<'a> {
     date: [u8; crate::date::LEN],
     /// The most of a text response body the access log keeps; 0: none.
     capture: usize,
+    /// Statuses answered by another attempt rather than sent: none for
+    /// the last attempt.
+    retry_on: RetryOn,
+    /// Hold the response, up to this many body bytes, until it is whole
+    /// (another attempt may take over a failure till then).
+    hold: Option<usize>,
+    slab: &'a Rc<Slab>,
 }
 
 enum Head {
@@ -525,6 +673,7 @@ async fn relay(
     cw: &mut ClientWrite,
     ubuf: &mut Lease,
     wbuf: &mut Lease,
+    held: &mut Vec<Lease>,
     kept: &mut capture::Body,
 ) -> Result<Relayed, RelayError> {
     let plan = cx.plan;
@@ -532,7 +681,11 @@ async fn relay(
     ubuf.get_mut().clear();
     let mut seen_any = false;
     let head = loop {
-        match response(cx, ubuf.get(), wbuf.get_mut()) {
+        let parsed = response(cx, ubuf.get(), wbuf.get_mut());
+        if let Ok(Some(_)) = parsed {
+            cx.seen.any_head.set(true);
+        }
+        match parsed {
             Err(BadResponse(why)) => {
                 return Err(RelayError::Upstream(UpstreamError::Protocol(why)));
             }
@@ -568,13 +721,16 @@ async fn relay(
             Err(Wait::TimedOut) => return Err(RelayError::Upstream(UpstreamError::Timeout)),
             Err(_) if !seen_any => return Err(RelayError::Upstream(UpstreamError::ClosedEarly)),
             Err(_) => {
-                return Err(RelayError::Upstream(UpstreamError::Protocol(
+                return Err(RelayError::Upstream(UpstreamError::Cut(
                     "upstream closed mid-head",
                 )));
             }
         }
     };
     cx.head_done.set(true);
+    if cx.retry_on.status(head.status) {
+        return Err(RelayError::Status(head.status));
+    }
     cx.seen.head_read.set(Some(Instant::now()));
     cx.seen.status.set(head.status);
     let FinalHead {
@@ -592,6 +748,10 @@ async fn relay(
     let mut pos = len;
     let mut head_pending = true;
     let mut extra = false;
+    // While the response is held: the body bytes held so far, after the
+    // head in `wbuf` and then in `held`. Nothing reaches the client until
+    // the response is whole, or too big to hold.
+    let mut holding = cx.hold.map(|_| 0);
     loop {
         // Run the framing over what arrived; for an HTTP/1.0 client the chunk
         // framing is squeezed out in place, leaving the payload at pos..out_end.
@@ -610,7 +770,24 @@ async fn relay(
         .map_err(|e| RelayError::Upstream(UpstreamError::Protocol(e.0)))?;
         let consumed_end = pos + progress.consumed;
 
-        if head_pending {
+        if let (Some(n), Some(limit)) = (holding, cx.hold) {
+            let body = &ubuf.get()[pos..out_end];
+            let room = limit - n;
+            let took = hold(wbuf, held, cx.slab, &body[..body.len().min(room)]);
+            if took == body.len() {
+                holding = Some(n + took);
+            } else {
+                // Too big to hold: what is held goes out, the rest streams,
+                // and no attempt follows this one.
+                release(cx, cw, wbuf, held).await?;
+                holding = None;
+                head_pending = false;
+                cx.seen.add_out(out_end - pos - took);
+                write_range(cw, ubuf, pos + took..out_end, send_limit)
+                    .await
+                    .map_err(|_| RelayError::Client)?;
+            }
+        } else if head_pending {
             // Small responses go out in one write: head and first body bytes.
             let out = wbuf.get_mut();
             let body = &ubuf.get()[pos..out_end];
@@ -649,16 +826,68 @@ async fn relay(
             Err(Wait::Closed) if framing == Framing::Close => break,
             Err(Wait::TimedOut) => return Err(RelayError::Upstream(UpstreamError::Timeout)),
             Err(_) => {
-                return Err(RelayError::Upstream(UpstreamError::Protocol(
+                return Err(RelayError::Upstream(UpstreamError::Cut(
                     "upstream closed mid-body",
                 )));
             }
         }
     }
+    if holding.is_some() {
+        release(cx, cw, wbuf, held).await?;
+    }
     Ok(Relayed::Done {
         reusable: reusable && !extra,
         close,
     })
+}
+
+/// Keeps `bytes` of a held response: in the spare room of `out` (after the
+/// head), then in buffers leased for it. Returns how many it kept: fewer
+/// when the slab has no buffer to give.
+fn hold(out: &mut Lease, held: &mut Vec<Lease>, slab: &Rc<Slab>, mut bytes: &[u8]) -> usize {
+    let total = bytes.len();
+    let has_room = |b: &Lease| b.get().len() < b.get().capacity();
+    while !bytes.is_empty() {
+        let buf = match held.last_mut() {
+            Some(last) if has_room(last) => last.get_mut(),
+            None if has_room(out) => out.get_mut(),
+            _ => match slab.lease() {
+                Some(lease) => {
+                    held.push(lease);
+                    continue;
+                }
+                None => break,
+            },
+        };
+        let n = bytes.len().min(buf.capacity() - buf.len());
+        buf.extend_from_slice(&bytes[..n]);
+        bytes = &bytes[n..];
+    }
+    total - bytes.len()
+}
+
+/// Sends a held response, head first: from here on it is the client's.
+async fn release(
+    cx: &RelayCx<'_>,
+    cw: &mut ClientWrite,
+    out: &mut Lease,
+    held: &mut Vec<Lease>,
+) -> Result<(), RelayError> {
+    let limit = cx.t.client_send.0;
+    cx.committed.set(true);
+    cx.seen.add_out(out.get().len());
+    write_buf(cw, out, limit)
+        .await
+        .map_err(|_| RelayError::Client)?;
+    cx.seen.head_sent.set(Some(Instant::now()));
+    for lease in held.iter_mut() {
+        cx.seen.add_out(lease.get().len());
+        write_buf(cw, lease, limit)
+            .await
+            .map_err(|_| RelayError::Client)?;
+    }
+    held.clear();
+    Ok(())
 }
 
 /// Parses a response head in `buf` and writes its rewrite into `out`.

@@ -254,6 +254,8 @@ mod tests {
             access_log_sample: 1.0,
             access_log_body: 0,
             access_log_headers: false,
+            retry: None,
+            retry_non_idempotent: false,
             rate_limit: crate::config::RouteLimit::Inherit,
             line: 1,
         }

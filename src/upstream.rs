@@ -23,6 +23,7 @@ use crate::config::{Timeouts, Upstream};
 use crate::error::UpstreamError;
 use crate::io::{Peeked, peek};
 use crate::metrics::{UpstreamMetrics, bump};
+use crate::retry::Budget;
 
 pub struct UpstreamConn {
     pub r: OwnedReadHalf<TcpStream>,
@@ -67,6 +68,9 @@ pub struct UpstreamPool {
     cfg: Upstream,
     /// Kept across reloads with the upstream's name.
     pub metrics: Rc<UpstreamMetrics>,
+    /// This shard's count of retries against `cfg.retry_budget`, kept
+    /// across reloads with the upstream's name.
+    pub budget: Rc<Budget>,
     /// Shared with the pools of other generations of the same upstream
     /// that have the same endpoint: its connections outlive a reload.
     endpoints: Vec<Rc<Endpoint>>,
@@ -84,6 +88,7 @@ impl UpstreamPool {
                 || Rc::new(UpstreamMetrics::new(&cfg.name)),
                 |p| p.metrics.clone(),
             ),
+            budget: previous.map_or_else(Default::default, |p| p.budget.clone()),
             endpoints: cfg
                 .endpoints
                 .iter()
@@ -160,6 +165,23 @@ impl UpstreamPool {
 
     pub fn retries(&self) -> bool {
         self.cfg.retry
+    }
+
+    /// Whether the retry budget has room for one more retry now.
+    pub fn retry_budget_allows(&self, shards: u32, now: Instant) -> bool {
+        self.cfg
+            .retry_budget
+            .is_none_or(|limit| self.budget.allows(&limit, shards, now))
+    }
+
+    /// A retry is sent.
+    pub fn spend_retry(&self) {
+        self.budget.spend();
+    }
+
+    /// A retry was wanted that the budget did not allow.
+    pub fn budget_refused(&self) {
+        self.budget.refused.set(self.budget.refused.get() + 1);
     }
 
     /// An exchange with `endpoint` failed: a connect error, a reset or
