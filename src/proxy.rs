@@ -5,8 +5,11 @@
 //! timeout starts once the body is sent. A 101 turns the connection into a
 //! two-way tunnel.
 //!
-//! An idempotent request without a body that finds its reused connection
-//! closed before any response byte is sent again, once, on a new one.
+//! A request may be sent again (see `retry`): to another endpoint after a
+//! failure the route's `retry` names, and to the same one on a new
+//! connection when a reused one was found closed. An attempt that another
+//! may follow has its response held (up to `buffer_limit`) until it is
+//! whole, so the client sees one response and never half of a failed one.
 //!
 //! A response is committed before its first byte is written to the client;
 //! from then on a failure closes the connection, never writes an error. A
