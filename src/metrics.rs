@@ -238,6 +238,8 @@ pub struct UpstreamMetrics {
     pub reuses: Cell<u64>,
     pub failures: Cell<u64>,
     pub retries: Cell<u64>,
+    /// Retries wanted that the retry budget did not allow.
+    pub retries_refused: Cell<u64>,
     pub ejections: Cell<u64>,
     latency: RefCell<Latency>,
 }
@@ -250,6 +252,7 @@ impl UpstreamMetrics {
             reuses: Cell::new(0),
             failures: Cell::new(0),
             retries: Cell::new(0),
+            retries_refused: Cell::new(0),
             ejections: Cell::new(0),
             latency: RefCell::new(Latency::new()),
         }
@@ -268,6 +271,7 @@ impl UpstreamMetrics {
             reuses: self.reuses.get(),
             failures: self.failures.get(),
             retries: self.retries.get(),
+            retries_refused: self.retries_refused.get(),
             ejections: self.ejections.get(),
             latency: latency.then(|| l.clone()),
         };
@@ -299,6 +303,7 @@ pub struct UpstreamReport {
     pub reuses: u64,
     pub failures: u64,
     pub retries: u64,
+    pub retries_refused: u64,
     pub ejections: u64,
     pub latency: Option<Latency>,
 }
@@ -390,6 +395,7 @@ impl Report {
                     m.reuses += u.reuses;
                     m.failures += u.failures;
                     m.retries += u.retries;
+                    m.retries_refused += u.retries_refused;
                     m.ejections += u.ejections;
                     merge_latency(&mut m.latency, &u.latency);
                 }
@@ -549,6 +555,12 @@ impl prometheus_client::collector::Collector for Collect {
             "ringway_upstream_retries",
             "Requests sent again, to another endpoint or on a new connection.",
             &per_upstream(|x| x.retries),
+        )?;
+        counter(
+            &mut e,
+            "ringway_upstream_retries_refused",
+            "Retries the upstream's retry budget did not allow.",
+            &per_upstream(|x| x.retries_refused),
         )?;
         counter(
             &mut e,

@@ -31,8 +31,6 @@ pub struct Budget {
     /// Requests and retries this second, and the one before.
     requests: [Cell<u64>; 2],
     retries: [Cell<u64>; 2],
-    /// Retries refused by the budget (for /metrics).
-    pub refused: Cell<u64>,
 }
 
 impl Budget {
@@ -42,7 +40,6 @@ impl Budget {
             second: Cell::new(0),
             requests: Default::default(),
             retries: Default::default(),
-            refused: Cell::new(0),
         }
     }
 

@@ -181,7 +181,7 @@ impl UpstreamPool {
 
     /// A retry was wanted that the budget did not allow.
     pub fn budget_refused(&self) {
-        self.budget.refused.set(self.budget.refused.get() + 1);
+        bump(&self.metrics.retries_refused);
     }
 
     /// An exchange with `endpoint` failed: a connect error, a reset or
