@@ -10,7 +10,9 @@
 # A variant is a list of environment assignments for the proxy; RW names
 # the ringway binary (default target/release/ringway), CONF one of the
 # configs below (default plain): plain, ratelimit (a per-client and a
-# global limit that never trigger), accesslog (every request logged). One shard, pinned by
+# global limit that never trigger), accesslog (every request logged),
+# retry (the route retries 5xx and resets, its responses held until whole,
+# none ever failing). One shard, pinned by
 # taskset to CPU 1; ringway-origin and ringway-load (closed loop, one
 # thread) on CPU 0. Prints the proxy's own CPU time (all its threads, from
 # /proc/PID/task/*/schedstat) divided by the requests ringway-load completed.
@@ -48,6 +50,10 @@ EOF
 cat "$work/ab.toml" - >"$work/ab-accesslog.toml" <<EOF
 [access_log]
 path = "$work/access.log"
+EOF
+# Retries on and never triggered: every response held until whole.
+cat "$work/ab.toml" - >"$work/ab-retry.toml" <<EOF
+retry = { attempts = 3 }
 EOF
 taskset -c 0 $bin/ringway-origin --listen 127.0.0.1:19001 --threads 1 >/dev/null 2>&1 &
 origin=$!
