@@ -144,9 +144,13 @@ pub async fn exchange(
             && plan.deadline.is_none_or(|d| Instant::now() < d)
             && pool.retry_budget_allows(shard.shards, asked);
         // After a failure of `endpoint`, where the next attempt goes, if
-        // one may follow.
-        let retry = |endpoint: usize, tried: &mut u64| -> Option<usize> {
+        // the route retries `why` and another attempt may follow. Only a
+        // connect failure is retried for a request that may not be sent twice.
+        let retry = |why: RetryOn, endpoint: usize, tried: &mut u64| -> Option<usize> {
             pool.failed(endpoint);
+            if !rules.on.has(why) || (why != RetryOn::CONNECT && !rules.resendable) {
+                return None;
+            }
             if !more {
                 if attempt.get() < rules.attempts {
                     pool.budget_refused();
@@ -165,24 +169,13 @@ pub async fn exchange(
             Ok(c) => c,
             // Nothing was sent: any request may go elsewhere.
             Err(UpstreamError::Connect) => {
-                match rules
-                    .on
-                    .has(RetryOn::CONNECT)
-                    .then(|| retry(endpoint, &mut tried))
-                {
-                    Some(Some(e)) => {
-                        (endpoint, fresh) = (e, false);
-                        conn.rec.retries += 1;
-                        backoff(&rules, attempt.get(), plan.deadline).await;
-                        continue;
-                    }
-                    _ => {
-                        if !rules.on.has(RetryOn::CONNECT) {
-                            pool.failed(endpoint);
-                        }
-                        return fail(conn, snap, plan, wbuf, Reject::BadGateway, None).await;
-                    }
+                if let Some(e) = retry(RetryOn::CONNECT, endpoint, &mut tried) {
+                    (endpoint, fresh) = (e, false);
+                    conn.rec.retries += 1;
+                    backoff(&rules, attempt.get(), plan.deadline).await;
+                    continue;
                 }
+                return fail(conn, snap, plan, wbuf, Reject::BadGateway, None).await;
             }
             Err(e) => return fail(conn, snap, plan, wbuf, e.reject(), None).await,
         };
@@ -199,10 +192,7 @@ pub async fn exchange(
                 conn.rec.retries += 1;
                 continue;
             }
-            if rules.resendable
-                && rules.on.has(RetryOn::RESET)
-                && let Some(e) = retry(endpoint, &mut tried)
-            {
+            if let Some(e) = retry(RetryOn::RESET, endpoint, &mut tried) {
                 (endpoint, fresh) = (e, false);
                 conn.rec.retries += 1;
                 backoff(&rules, attempt.get(), plan.deadline).await;
@@ -279,13 +269,7 @@ pub async fn exchange(
                 conn.rec.retries += 1;
                 continue;
             }
-            let next = if rules.resendable && rules.on.has(why) {
-                retry(endpoint, &mut tried)
-            } else {
-                pool.failed(endpoint);
-                None
-            };
-            if let Some(e) = next {
+            if let Some(e) = retry(why, endpoint, &mut tried) {
                 (endpoint, fresh) = (e, false);
                 conn.rec.retries += 1;
                 backoff(&rules, attempt.get(), plan.deadline).await;
