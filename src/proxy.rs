@@ -277,7 +277,11 @@ pub async fn exchange(
             }
             // Not retried: answered as any other failure.
             seen.into_record(&mut conn.rec, asked);
-            return finish_failed(conn, snap, plan, wbuf, relayed).await;
+            let consumed = match pumped {
+                Some(Ok(end)) => Some(end),
+                _ => None,
+            };
+            return finish_failed(conn, snap, plan, wbuf, relayed, consumed).await;
         }
         seen.into_record(&mut conn.rec, asked);
 
@@ -372,6 +376,7 @@ async fn finish_failed(
     plan: &Plan<'_>,
     wbuf: &mut Lease,
     relayed: Option<Result<Relayed, RelayError>>,
+    consumed: Option<usize>,
 ) -> Next {
     let reject = match relayed {
         Some(Err(RelayError::Upstream(e))) => {
@@ -380,8 +385,6 @@ async fn finish_failed(
         }
         _ => Reject::BadGateway,
     };
-    // The body, if any, was read whole (it came with the head).
-    let consumed = Some(request_end(conn.rbuf.get(), plan));
     fail(conn, snap, plan, wbuf, reject, consumed).await
 }
 
@@ -402,15 +405,6 @@ fn body_in_hand(rbuf: &[u8], plan: &Plan<'_>) -> bool {
         Framing::Chunked | Framing::Close => BodyReader::new(plan.framing)
             .advance(&rbuf[plan.head_len..], |_| {})
             .is_ok_and(|p| p.done),
-    }
-}
-
-/// Where a request whose body is all in `rbuf` ends.
-fn request_end(rbuf: &[u8], plan: &Plan<'_>) -> usize {
-    let mut reader = BodyReader::new(plan.framing);
-    match reader.advance(&rbuf[plan.head_len..], |_| {}) {
-        Ok(p) if p.done => plan.head_len + p.consumed,
-        _ => plan.head_len,
     }
 }
 
