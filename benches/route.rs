@@ -28,6 +28,7 @@ fn route(i: usize, host: Option<String>, prefix: String, methods: Vec<String>) -
         access_log: true,
         access_log_sample: 1.0,
         rate_limit: ringway::config::RouteLimit::Inherit,
+        policy: Default::default(),
         line: i,
     }
 }

@@ -253,6 +253,7 @@ mod tests {
             access_log: true,
             access_log_sample: 1.0,
             rate_limit: crate::config::RouteLimit::Inherit,
+            policy: Default::default(),
             line: 1,
         }
     }

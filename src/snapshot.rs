@@ -21,11 +21,114 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
     /// Per route: the rate limits it is held to.
     pub limits: Vec<Policy>,
+    /// `[endpoints]`, answered before routing.
+    pub builtin: Builtin,
 }
 
 pub struct Direct {
     pub head: Box<[u8]>,
     pub body: Box<[u8]>,
+}
+
+impl Direct {
+    fn new(status: u16, content_type: &str, body: &str) -> Direct {
+        let mut head = String::new();
+        let _ = write!(
+            head,
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+            status,
+            crate::http1::encode::reason(status),
+            content_type,
+            body.len()
+        );
+        Direct {
+            head: head.into_bytes().into(),
+            body: body.as_bytes().into(),
+        }
+    }
+
+    /// Writes the head up to its last field: the caller may add fields,
+    /// then calls `finish`.
+    pub fn start(&self, out: &mut Vec<u8>, date: &[u8], connection: &[u8]) {
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(b"Date: ");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(connection);
+    }
+
+    /// Ends the head and adds the body (none for HEAD).
+    pub fn finish(&self, out: &mut Vec<u8>, head_method: bool) {
+        out.extend_from_slice(b"\r\n");
+        if !head_method {
+            out.extend_from_slice(&self.body);
+        }
+    }
+}
+
+/// The built-in endpoints, their answers serialised at load: health
+/// (liveness) and readiness. Not routes: no rate limit, no metrics, no
+/// access log, so a load balancer's checks are not counted as traffic.
+#[derive(Default)]
+pub struct Builtin {
+    health: Option<(Box<str>, Direct)>,
+    ready: Option<(Box<str>, Direct, Direct)>,
+}
+
+/// What a GET or HEAD to a built-in path is answered.
+pub enum BuiltinPath {
+    Health,
+    Ready,
+}
+
+impl Builtin {
+    fn compile(config: &Config) -> Builtin {
+        let json = "application/json";
+        let e = &config.endpoints;
+        Builtin {
+            health: e.health.as_ref().map(|p| {
+                (
+                    p.as_str().into(),
+                    Direct::new(200, json, r#"{"status":"ok"}"#),
+                )
+            }),
+            ready: e.ready.as_ref().map(|p| {
+                let ready = Direct::new(200, json, r#"{"status":"ready"}"#);
+                let not = r#"{"error":"an upstream has no endpoint in rotation","status":503}"#;
+                (p.as_str().into(), ready, Direct::new(503, json, not))
+            }),
+        }
+    }
+
+    /// Which built-in endpoint a request asks for, if any: GET or HEAD on
+    /// its exact path, any host.
+    pub fn find(&self, method: &str, path: &str) -> Option<BuiltinPath> {
+        if self.health.is_none() && self.ready.is_none() {
+            return None;
+        }
+        if method != "GET" && method != "HEAD" {
+            return None;
+        }
+        if self.health.as_ref().is_some_and(|(p, _)| **p == *path) {
+            return Some(BuiltinPath::Health);
+        }
+        if self.ready.as_ref().is_some_and(|(p, ..)| **p == *path) {
+            return Some(BuiltinPath::Ready);
+        }
+        None
+    }
+
+    /// The answer to `which`; `ready` says whether every upstream has an
+    /// endpoint in rotation.
+    pub fn answer(&self, which: BuiltinPath, ready: bool) -> Option<&Direct> {
+        match which {
+            BuiltinPath::Health => self.health.as_ref().map(|(_, d)| d),
+            BuiltinPath::Ready => self
+                .ready
+                .as_ref()
+                .map(|(_, r, n)| if ready { r } else { n }),
+        }
+    }
 }
 
 impl Snapshot {
@@ -36,21 +139,9 @@ impl Snapshot {
             .iter()
             .map(|r| match &r.action {
                 Action::Respond(resp) => {
-                    let mut head = String::new();
-                    let _ = write!(
-                        head,
-                        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-                        resp.status,
-                        crate::http1::encode::reason(resp.status),
-                        resp.content_type,
-                        resp.body.len()
-                    );
-                    Some(Direct {
-                        head: head.into_bytes().into(),
-                        body: resp.body.as_bytes().into(),
-                    })
+                    Some(Direct::new(resp.status, &resp.content_type, &resp.body))
                 }
-                Action::Proxy(_) => None,
+                Action::Proxy(_) | Action::Redirect(_) => None,
             })
             .collect();
         for (i, u) in config.upstreams.iter().enumerate() {
@@ -64,12 +155,14 @@ impl Snapshot {
         }
         warnings.extend(contradictions(&config));
         let limits = limits(&config);
+        let builtin = Builtin::compile(&config);
         Snapshot {
             config,
             routes,
             direct,
             warnings,
             limits,
+            builtin,
         }
     }
 
@@ -111,6 +204,7 @@ impl Snapshot {
                     format!("upstream {} [{}]", up.name, eps.join(", "))
                 }
                 Action::Respond(resp) => format!("respond {}", resp.status),
+                Action::Redirect(r) => format!("redirect {}", r.status),
             };
             let methods = if r.methods.is_empty() {
                 "*".to_string()
@@ -211,20 +305,24 @@ fn contradictions(cfg: &Config) -> Vec<String> {
                     ));
                 }
             }
-            Action::Respond(_) => {
+            Action::Respond(_) | Action::Redirect(_) => {
+                let written = |name: &str| cfg.keys.written(&key(name)).is_some();
                 let proxy_only = [
                     ("timeout", r.timeout.is_some()),
                     ("strip_prefix", r.strip_prefix),
                     ("set_host", r.set_host.is_some()),
                     ("underscores_in_headers", r.underscores_in_headers),
+                    ("rewrite_prefix", written("rewrite_prefix")),
+                    ("request_headers", written("request_headers")),
+                    ("response_headers", written("response_headers")),
                 ];
                 for (name, set) in proxy_only {
                     if set {
                         out.push(cfg.warning(
                             &key(name),
                             format!(
-                                "route '{}' answers by itself (`respond`): `{name}` applies only \
-                                 to proxied requests and has no effect here",
+                                "route '{}' answers by itself (`respond` or `redirect`): `{name}` \
+                                 applies only to proxied requests and has no effect here",
                                 r.name
                             ),
                         ));

@@ -1,0 +1,1043 @@
+//! Per-request gateway policies of a route: request IDs, CORS, header
+//! rules, a prefix rewrite and redirects.
+//!
+//! Everything here is compiled at config load (`RoutePolicy::compile`,
+//! `Redirect::compile`): templates are split into literal and variable
+//! parts, header names lower-cased, the static CORS lines pre-serialised.
+//! On the request path a policy only scans the head once for the fields it
+//! needs (`RoutePolicy::tag`), keeps what the response still needs in a
+//! small `Copy` value on the stack (`Tags`), and writes header lines into
+//! the head buffer being built. No lock, no allocation, no shared state: a
+//! request ID comes from a per-thread (so per-shard) generator.
+//!
+//! A route without policies has `RoutePolicy::default()`: every step is
+//! one test of an empty field.
+#![forbid(unsafe_code)]
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::IpAddr;
+
+use httparse::Header;
+use serde::Deserialize;
+
+/// The longest request ID taken from a trusted client; a generated one is
+/// a UUID of 36 characters.
+pub const MAX_REQUEST_ID: usize = 64;
+
+/// The header a request ID goes in when the config names none.
+pub const DEFAULT_REQUEST_ID_HEADER: &str = "X-Request-Id";
+
+// ---- the file as written ----
+
+/// `request_id`: `true`, `false`, or its settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum FileRequestIdSwitch {
+    On(bool),
+    Settings(FileRequestId),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileRequestId {
+    pub header: String,
+    pub trust_incoming: bool,
+}
+
+impl Default for FileRequestId {
+    fn default() -> Self {
+        FileRequestId {
+            header: DEFAULT_REQUEST_ID_HEADER.into(),
+            trust_incoming: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCors {
+    pub origins: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<String>,
+    #[serde(default)]
+    pub expose: Vec<String>,
+    #[serde(default)]
+    pub credentials: bool,
+    /// Seconds, as `Access-Control-Max-Age` says it.
+    pub max_age: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileHeaderRules {
+    pub add: BTreeMap<String, String>,
+    pub set: BTreeMap<String, String>,
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRewrite {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRedirect {
+    pub status: u16,
+    pub location: String,
+}
+
+/// A route's policy keys as the file writes them.
+#[derive(Debug, Clone, Default)]
+pub struct FilePolicy<'a> {
+    pub request_id: Option<&'a FileRequestId>,
+    pub cors: Option<&'a FileCors>,
+    pub request_headers: Option<&'a FileHeaderRules>,
+    pub response_headers: Option<&'a FileHeaderRules>,
+    pub rewrite_prefix: Option<&'a FileRewrite>,
+}
+
+/// A policy key that is wrong: `key` is relative to the route
+/// (`cors.origins.1`), `reason` says what to write instead.
+#[derive(Debug)]
+pub struct PolicyError {
+    pub key: String,
+    pub reason: String,
+}
+
+fn error(key: impl Into<String>, reason: impl Into<String>) -> PolicyError {
+    PolicyError {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+// ---- compiled ----
+
+/// A route's policies, compiled. `Default` is none at all.
+#[derive(Debug, Clone, Default)]
+pub struct RoutePolicy {
+    request_id: Option<RequestId>,
+    cors: Option<Cors>,
+    request_rules: HeaderRules,
+    response_rules: HeaderRules,
+    rewrite: Option<Rewrite>,
+    /// Lower-case names of the request fields not forwarded: those the
+    /// rules remove or set, and the request ID's (ours replaces it).
+    request_drops: Box<[Box<str>]>,
+    /// The same for the upstream's response: the rules', the request
+    /// ID's, and the CORS fields the route answers itself.
+    response_drops: Box<[Box<str>]>,
+}
+
+#[derive(Debug, Clone)]
+struct RequestId {
+    /// As written, for the lines we send.
+    header: Box<str>,
+    trust_incoming: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Cors {
+    /// Empty with `any`.
+    origins: Box<[Box<str>]>,
+    any: bool,
+    /// After `Access-Control-Allow-Origin` on a preflight answer: methods,
+    /// headers, max age, credentials.
+    preflight: Box<[u8]>,
+    /// After it on any other response: credentials, exposed headers.
+    actual: Box<[u8]>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct HeaderRules {
+    set: Box<[(Box<str>, Template)]>,
+    add: Box<[(Box<str>, Template)]>,
+}
+
+#[derive(Debug, Clone)]
+struct Rewrite {
+    from: Box<str>,
+    to: Box<str>,
+}
+
+/// A header value or a location, split at load into literal text and the
+/// variables filled in per request.
+#[derive(Debug, Clone)]
+pub struct Template {
+    parts: Box<[Part]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Var {
+    ClientIp,
+    RequestId,
+    Host,
+    Path,
+    Query,
+}
+
+#[derive(Debug, Clone)]
+enum Part {
+    Text(Box<str>),
+    Var(Var),
+}
+
+/// What a template's variables stand for in one request. `route` needs no
+/// slot: it is written into the template's text at load.
+#[derive(Debug, Clone, Copy)]
+pub struct Vars<'a> {
+    pub client_ip: IpAddr,
+    pub request_id: &'a [u8],
+    pub host: &'a str,
+    pub path: &'a str,
+    /// With its `?`, or empty.
+    pub query: &'a str,
+}
+
+/// `redirect = { status, location }`: the route's answer.
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    pub status: u16,
+    location: Template,
+}
+
+/// What a request's policies decided from its head, kept for its response
+/// (the head itself may be gone by then): the request ID and which allowed
+/// origin asked. Small and `Copy`, it lives in the request's plan.
+#[derive(Debug, Clone, Copy)]
+pub struct Tags {
+    id: [u8; MAX_REQUEST_ID],
+    id_len: u8,
+    /// The index of the allowed origin the request came from; `ANY` for `*`.
+    origin: Option<u16>,
+    pub client: IpAddr,
+}
+
+const ANY: u16 = u16::MAX;
+
+impl Tags {
+    pub fn new(client: IpAddr) -> Tags {
+        Tags {
+            id: [0; MAX_REQUEST_ID],
+            id_len: 0,
+            origin: None,
+            client,
+        }
+    }
+
+    /// The request ID given to the request, if its route gives one.
+    pub fn request_id(&self) -> Option<&[u8]> {
+        (self.id_len > 0).then(|| &self.id[..usize::from(self.id_len)])
+    }
+
+    fn vars(&self) -> Vars<'_> {
+        Vars {
+            client_ip: self.client,
+            request_id: self.request_id().unwrap_or_default(),
+            host: "",
+            path: "",
+            query: "",
+        }
+    }
+}
+
+/// Fields only the proxy writes on a request: a rule may not touch them.
+const REQUEST_OWNED: [&str; 13] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "http2-settings",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "via",
+];
+
+/// The same for a response.
+const RESPONSE_OWNED: [&str; 10] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "date",
+    "via",
+];
+
+/// The CORS fields of a response; with `cors` on a route, the upstream's
+/// are dropped and ours sent.
+const CORS_FIELDS: [&str; 6] = [
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-expose-headers",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-max-age",
+];
+
+impl RoutePolicy {
+    /// Compiles a route's policies. `route` is its name, written into
+    /// templates for `${route}`.
+    pub fn compile(file: &FilePolicy<'_>, route: &str) -> Result<RoutePolicy, PolicyError> {
+        let request_id = match file.request_id {
+            None => None,
+            Some(r) => {
+                if !is_token(&r.header) {
+                    return Err(error(
+                        "request_id.header",
+                        format!("'{}' is not a header name", r.header),
+                    ));
+                }
+                Some(RequestId {
+                    header: r.header.as_str().into(),
+                    trust_incoming: r.trust_incoming,
+                })
+            }
+        };
+        let id_name = request_id.as_ref().map(|r| r.header.to_ascii_lowercase());
+        let cors = file.cors.map(Cors::compile).transpose()?;
+        let vars = [Var::ClientIp, Var::RequestId, Var::Host];
+        let env = RuleEnv {
+            route,
+            request_id: request_id.is_some(),
+            id_name: id_name.as_deref(),
+        };
+        let request_rules = match file.request_headers {
+            None => HeaderRules::default(),
+            Some(f) => HeaderRules::compile(f, "request_headers", &REQUEST_OWNED, &vars, &env)?,
+        };
+        // A response is written once the request's head is gone: its host is
+        // not kept for it.
+        let vars = [Var::ClientIp, Var::RequestId];
+        let response_rules = match file.response_headers {
+            None => HeaderRules::default(),
+            Some(f) => HeaderRules::compile(f, "response_headers", &RESPONSE_OWNED, &vars, &env)?,
+        };
+        let mut request_drops = dropped_names(file.request_headers);
+        let mut response_drops = dropped_names(file.response_headers);
+        if let Some(name) = &id_name {
+            request_drops.push(name.as_str().into());
+            response_drops.push(name.as_str().into());
+        }
+        if cors.is_some() {
+            response_drops.extend(CORS_FIELDS.iter().map(|&n| n.into()));
+        }
+        let rewrite = file.rewrite_prefix.map(Rewrite::compile).transpose()?;
+        Ok(RoutePolicy {
+            request_id,
+            cors,
+            request_rules,
+            response_rules,
+            rewrite,
+            request_drops: request_drops.into(),
+            response_drops: response_drops.into(),
+        })
+    }
+
+    /// Whether the route has no policy at all.
+    pub fn is_empty(&self) -> bool {
+        self.request_id.is_none()
+            && self.cors.is_none()
+            && self.rewrite.is_none()
+            && self.request_rules.is_empty()
+            && self.response_rules.is_empty()
+    }
+
+    /// Whether anything is done to the upstream's response head.
+    pub fn touches_response(&self) -> bool {
+        self.request_id.is_some() || self.cors.is_some() || !self.response_rules.is_empty()
+    }
+
+    pub fn has_request_id(&self) -> bool {
+        self.request_id.is_some()
+    }
+
+    /// Reads what the policies need from the request head: its request ID
+    /// (kept only from a trusted client, and only if it is short visible
+    /// ASCII; else a new one) and the allowed origin it names.
+    pub fn tag(&self, headers: &[Header<'_>], tags: &mut Tags) {
+        if self.request_id.is_none() && self.cors.is_none() {
+            return;
+        }
+        let mut incoming = None;
+        for h in headers {
+            if let Some(cors) = &self.cors
+                && h.name.eq_ignore_ascii_case("origin")
+            {
+                tags.origin = cors.allows(h.value);
+            }
+            if let Some(rid) = &self.request_id
+                && rid.trust_incoming
+                && incoming.is_none()
+                && h.name.eq_ignore_ascii_case(&rid.header)
+                && valid_request_id(h.value)
+            {
+                incoming = Some(h.value);
+            }
+        }
+        if self.request_id.is_some() {
+            let len = match incoming {
+                Some(v) => {
+                    tags.id[..v.len()].copy_from_slice(v);
+                    v.len()
+                }
+                None => {
+                    let mut uuid = [0u8; 36];
+                    new_uuid(&mut uuid);
+                    tags.id[..36].copy_from_slice(&uuid);
+                    36
+                }
+            };
+            tags.id_len = len as u8;
+        }
+    }
+
+    /// Whether this is a CORS preflight the route answers itself: OPTIONS
+    /// with `Access-Control-Request-Method`.
+    pub fn is_preflight(&self, method: &str, headers: &[Header<'_>]) -> bool {
+        self.cors.is_some()
+            && method == "OPTIONS"
+            && headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("access-control-request-method"))
+    }
+
+    /// The target sent upstream, as `(lead, rest)`, when `rewrite_prefix`
+    /// applies to it; `None` leaves it to `strip_prefix`.
+    pub fn rewrite<'a>(&'a self, target: &'a str) -> Option<(&'a str, &'a str)> {
+        self.rewrite.as_ref().map(|r| r.apply(target))
+    }
+
+    /// Request fields the upstream does not get (lower-case).
+    pub fn request_drops(&self) -> &[Box<str>] {
+        &self.request_drops
+    }
+
+    /// Response fields the client does not get (lower-case).
+    pub fn response_drops(&self) -> &[Box<str>] {
+        &self.response_drops
+    }
+
+    /// The lines added to the request sent upstream: its ID, then the
+    /// rules' `set` and `add`.
+    pub fn request_lines(&self, out: &mut Vec<u8>, tags: &Tags, vars: &Vars<'_>) {
+        if let (Some(rid), Some(id)) = (&self.request_id, tags.request_id()) {
+            line(out, &rid.header, id);
+        }
+        self.request_rules.write(out, vars);
+    }
+
+    /// The lines added to the upstream's final response: its request ID,
+    /// CORS, then the rules' `set` and `add`.
+    pub fn response_lines(&self, out: &mut Vec<u8>, tags: &Tags) {
+        self.answer_lines(out, tags);
+        self.response_rules.write(out, &tags.vars());
+    }
+
+    /// The lines of any answer on this route, the proxy's own included:
+    /// the request ID and CORS.
+    pub fn answer_lines(&self, out: &mut Vec<u8>, tags: &Tags) {
+        if let (Some(rid), Some(id)) = (&self.request_id, tags.request_id()) {
+            line(out, &rid.header, id);
+        }
+        if let Some(cors) = &self.cors {
+            if let Some(i) = tags.origin {
+                cors.allow_origin(out, i);
+                out.extend_from_slice(&cors.actual);
+            }
+            out.extend_from_slice(b"Vary: Origin\r\n");
+        }
+    }
+
+    /// The whole answer to a preflight, 204 and no body. An origin not
+    /// allowed gets no CORS fields, which the browser takes as a refusal.
+    pub fn write_preflight(&self, out: &mut Vec<u8>, tags: &Tags, date: &[u8], connection: &[u8]) {
+        let Some(cors) = &self.cors else { return };
+        out.extend_from_slice(b"HTTP/1.1 204 No Content\r\n");
+        line(out, "Date", date);
+        if let Some(i) = tags.origin {
+            cors.allow_origin(out, i);
+            out.extend_from_slice(&cors.preflight);
+        }
+        out.extend_from_slice(
+            b"Vary: Origin, Access-Control-Request-Method, Access-Control-Request-Headers\r\n",
+        );
+        if let (Some(rid), Some(id)) = (&self.request_id, tags.request_id()) {
+            line(out, &rid.header, id);
+        }
+        out.extend_from_slice(connection);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// What a route's header rules may refer to, besides their own keys.
+struct RuleEnv<'a> {
+    route: &'a str,
+    request_id: bool,
+    /// The request ID's header, lower-case: the rules leave it alone.
+    id_name: Option<&'a str>,
+}
+
+fn dropped_names(rules: Option<&FileHeaderRules>) -> Vec<Box<str>> {
+    let Some(r) = rules else { return Vec::new() };
+    let names = r.remove.iter().chain(r.set.keys());
+    let mut out: Vec<Box<str>> = names.map(|n| n.to_ascii_lowercase().into()).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+impl HeaderRules {
+    fn compile(
+        f: &FileHeaderRules,
+        table: &str,
+        owned: &[&str],
+        vars: &[Var],
+        env: &RuleEnv<'_>,
+    ) -> Result<HeaderRules, PolicyError> {
+        let check_name = |key: String, name: &str| {
+            let lower = name.to_ascii_lowercase();
+            if !is_token(name) {
+                return Err(error(key, format!("'{name}' is not a header name")));
+            }
+            if owned.contains(&lower.as_str()) {
+                return Err(error(
+                    key,
+                    format!("{name} is written by the proxy itself; a rule cannot change it"),
+                ));
+            }
+            if env.id_name == Some(lower.as_str()) {
+                return Err(error(
+                    key,
+                    format!("{name} carries the route's request_id; the rule would fight it"),
+                ));
+            }
+            Ok(())
+        };
+        for (j, name) in f.remove.iter().enumerate() {
+            check_name(format!("{table}.remove.{j}"), name)?;
+        }
+        let compiled = |which: &str, map: &BTreeMap<String, String>| {
+            let mut out = Vec::new();
+            for (name, value) in map {
+                let key = format!("{table}.{which}.{name}");
+                check_name(key.clone(), name)?;
+                let t = Template::compile(value, env.route, vars)
+                    .map_err(|reason| error(key.clone(), reason))?;
+                if t.uses(Var::RequestId) && !env.request_id {
+                    return Err(error(
+                        key,
+                        "${request_id} needs request_id on this route (or a [request_id] table)",
+                    ));
+                }
+                out.push((name.as_str().into(), t));
+            }
+            Ok::<_, PolicyError>(out.into_boxed_slice())
+        };
+        Ok(HeaderRules {
+            set: compiled("set", &f.set)?,
+            add: compiled("add", &f.add)?,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty()
+    }
+
+    fn write(&self, out: &mut Vec<u8>, vars: &Vars<'_>) {
+        for (name, value) in self.set.iter().chain(self.add.iter()) {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            value.render(out, vars);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+impl Cors {
+    fn compile(f: &FileCors) -> Result<Cors, PolicyError> {
+        if f.origins.is_empty() {
+            return Err(error(
+                "cors.origins",
+                "needs at least one origin (\"https://app.example.com\") or \"*\"",
+            ));
+        }
+        let any = f.origins.iter().any(|o| o == "*");
+        if any && f.origins.len() > 1 {
+            return Err(error(
+                "cors.origins",
+                "\"*\" allows every origin: list it alone, or list origins without it",
+            ));
+        }
+        if any && f.credentials {
+            return Err(error(
+                "cors.credentials",
+                "cannot be true with origins = [\"*\"] (browsers refuse credentials with a \
+                 wildcard origin): list the origins that may send credentials",
+            ));
+        }
+        for (j, o) in f.origins.iter().enumerate() {
+            if !any && !valid_origin(o) {
+                return Err(error(
+                    format!("cors.origins.{j}"),
+                    format!("'{o}' is not an origin: write scheme://host[:port], no path"),
+                ));
+            }
+        }
+        for (which, list) in [
+            ("methods", &f.methods),
+            ("headers", &f.headers),
+            ("expose", &f.expose),
+        ] {
+            for (j, v) in list.iter().enumerate() {
+                if !(is_token(v) || v == "*") {
+                    return Err(error(
+                        format!("cors.{which}.{j}"),
+                        format!("'{v}' is not a method or header name"),
+                    ));
+                }
+            }
+        }
+        let mut preflight = Vec::new();
+        let methods = match f.methods.is_empty() {
+            true => "GET, HEAD, POST".to_string(),
+            false => f.methods.join(", "),
+        };
+        line(
+            &mut preflight,
+            "Access-Control-Allow-Methods",
+            methods.as_bytes(),
+        );
+        if !f.headers.is_empty() {
+            line(
+                &mut preflight,
+                "Access-Control-Allow-Headers",
+                f.headers.join(", ").as_bytes(),
+            );
+        }
+        if let Some(age) = f.max_age {
+            line(
+                &mut preflight,
+                "Access-Control-Max-Age",
+                age.to_string().as_bytes(),
+            );
+        }
+        let mut actual = Vec::new();
+        if f.credentials {
+            line(&mut preflight, "Access-Control-Allow-Credentials", b"true");
+            line(&mut actual, "Access-Control-Allow-Credentials", b"true");
+        }
+        if !f.expose.is_empty() {
+            line(
+                &mut actual,
+                "Access-Control-Expose-Headers",
+                f.expose.join(", ").as_bytes(),
+            );
+        }
+        let origins = match any {
+            true => Box::default(),
+            false => f.origins.iter().map(|o| o.as_str().into()).collect(),
+        };
+        Ok(Cors {
+            origins,
+            any,
+            preflight: preflight.into(),
+            actual: actual.into(),
+        })
+    }
+
+    fn allows(&self, origin: &[u8]) -> Option<u16> {
+        if self.any {
+            return Some(ANY);
+        }
+        let i = self
+            .origins
+            .iter()
+            .position(|o| o.as_bytes().eq_ignore_ascii_case(origin))?;
+        u16::try_from(i).ok().filter(|&i| i != ANY)
+    }
+
+    fn allow_origin(&self, out: &mut Vec<u8>, i: u16) {
+        let origin = match self.origins.get(usize::from(i)) {
+            Some(o) if i != ANY => o.as_bytes(),
+            _ => b"*",
+        };
+        line(out, "Access-Control-Allow-Origin", origin);
+    }
+}
+
+impl Rewrite {
+    fn compile(f: &FileRewrite) -> Result<Rewrite, PolicyError> {
+        for (which, p) in [("from", &f.from), ("to", &f.to)] {
+            if !p.starts_with('/') || !p.bytes().all(is_path_byte) {
+                return Err(error(
+                    format!("rewrite_prefix.{which}"),
+                    format!("'{p}' must be a path starting with '/', without '?', '#' or spaces"),
+                ));
+            }
+        }
+        let from = f.from.trim_end_matches('/');
+        Ok(Rewrite {
+            from: from.into(),
+            to: f.to.as_str().into(),
+        })
+    }
+
+    /// `from` is matched on a segment boundary: `/api` rewrites `/api`,
+    /// `/api/x` and `/api?q`, never `/apix`.
+    fn apply<'a>(&'a self, target: &'a str) -> (&'a str, &'a str) {
+        let rest = match target.strip_prefix(&*self.from) {
+            Some(rest) if rest.is_empty() || rest.starts_with(['/', '?']) => rest,
+            _ => return ("", target),
+        };
+        let to = &*self.to;
+        if rest.starts_with('/') {
+            return (to.strip_suffix('/').unwrap_or(to), rest);
+        }
+        (to, rest)
+    }
+}
+
+impl Template {
+    /// Splits `text` at `${name}`; `route` is written in for `${route}`;
+    /// `allowed` lists the other variables this place may use.
+    fn compile(text: &str, route: &str, allowed: &[Var]) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            lit.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("'{text}': a '${{' without its '}}'"))?;
+            let name = &after[..end];
+            let var = match name {
+                "route" => {
+                    if !route.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                        return Err("${route}: the route's name is not printable ASCII".into());
+                    }
+                    lit.push_str(route);
+                    None
+                }
+                "client_ip" => Some(Var::ClientIp),
+                "request_id" => Some(Var::RequestId),
+                "host" => Some(Var::Host),
+                "path" => Some(Var::Path),
+                "query" => Some(Var::Query),
+                _ => {
+                    return Err(format!(
+                        "'{text}': unknown variable ${{{name}}} (known: {})",
+                        var_names(allowed)
+                    ));
+                }
+            };
+            if let Some(v) = var {
+                if !allowed.contains(&v) {
+                    return Err(format!(
+                        "'{text}': ${{{name}}} is not available here (here: {})",
+                        var_names(allowed)
+                    ));
+                }
+                if !lit.is_empty() {
+                    parts.push(Part::Text(std::mem::take(&mut lit).into()));
+                }
+                parts.push(Part::Var(v));
+            }
+            rest = &after[end + 1..];
+        }
+        lit.push_str(rest);
+        if lit.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+            return Err(format!(
+                "'{}': control characters cannot go in a header",
+                text.escape_debug()
+            ));
+        }
+        if !lit.is_empty() {
+            parts.push(Part::Text(lit.into()));
+        }
+        Ok(Template {
+            parts: parts.into(),
+        })
+    }
+
+    fn uses(&self, var: Var) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Var(v) if *v == var))
+    }
+
+    fn is_literal_without(&self, bytes: &[u8]) -> bool {
+        self.parts.iter().all(|p| match p {
+            Part::Text(t) => !t.bytes().any(|b| bytes.contains(&b)),
+            Part::Var(_) => true,
+        })
+    }
+
+    pub fn render(&self, out: &mut Vec<u8>, vars: &Vars<'_>) {
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.extend_from_slice(t.as_bytes()),
+                Part::Var(Var::ClientIp) => {
+                    let _ = write!(out, "{}", vars.client_ip);
+                }
+                Part::Var(Var::RequestId) => out.extend_from_slice(vars.request_id),
+                Part::Var(Var::Host) => out.extend_from_slice(vars.host.as_bytes()),
+                Part::Var(Var::Path) => out.extend_from_slice(vars.path.as_bytes()),
+                Part::Var(Var::Query) => out.extend_from_slice(vars.query.as_bytes()),
+            }
+        }
+    }
+}
+
+fn var_names(vars: &[Var]) -> String {
+    let mut names = vec!["${route}"];
+    names.extend(vars.iter().map(|v| match v {
+        Var::ClientIp => "${client_ip}",
+        Var::RequestId => "${request_id}",
+        Var::Host => "${host}",
+        Var::Path => "${path}",
+        Var::Query => "${query}",
+    }));
+    names.join(", ")
+}
+
+impl Redirect {
+    pub fn compile(f: &FileRedirect, route: &str) -> Result<Redirect, PolicyError> {
+        if ![301, 302, 303, 307, 308].contains(&f.status) {
+            return Err(error(
+                "redirect.status",
+                format!(
+                    "{} is not a redirect: use 301, 302, 303, 307 or 308",
+                    f.status
+                ),
+            ));
+        }
+        let vars = [Var::Path, Var::Query, Var::Host];
+        let location = Template::compile(&f.location, route, &vars)
+            .map_err(|reason| error("redirect.location", reason))?;
+        if f.location.is_empty() || !location.is_literal_without(b" ") {
+            return Err(error(
+                "redirect.location",
+                "must be a URL or a path, without spaces",
+            ));
+        }
+        Ok(Redirect {
+            status: f.status,
+            location,
+        })
+    }
+
+    /// The whole answer, head only (`Content-Length: 0`), the route's
+    /// request ID and CORS lines included.
+    pub fn write(
+        &self,
+        out: &mut Vec<u8>,
+        vars: &Vars<'_>,
+        policy: &RoutePolicy,
+        tags: &Tags,
+        date: &[u8],
+        connection: &[u8],
+    ) {
+        let reason = crate::http1::encode::reason(self.status);
+        let _ = write!(out, "HTTP/1.1 {} {reason}\r\nLocation: ", self.status);
+        self.location.render(out, vars);
+        out.extend_from_slice(b"\r\nContent-Length: 0\r\n");
+        line(out, "Date", date);
+        policy.answer_lines(out, tags);
+        out.extend_from_slice(connection);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// RFC 9110 §5.6.2 `token`: what a field name is made of.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn is_path_byte(b: u8) -> bool {
+    b.is_ascii_graphic() && !matches!(b, b'?' | b'#')
+}
+
+/// `scheme://host[:port]`, as a browser sends it in `Origin`.
+fn valid_origin(o: &str) -> bool {
+    let Some((scheme, rest)) = o.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        && !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+}
+
+/// A request ID taken from a client: 1 to `MAX_REQUEST_ID` visible ASCII
+/// characters, so it is safe in a header and a log line.
+fn valid_request_id(v: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&v.len()) && v.iter().all(|b| b.is_ascii_graphic())
+}
+
+thread_local! {
+    /// The state of this thread's request ID generator. Each shard is a
+    /// thread, so this is per shard: no lock and no shared cache line.
+    static RNG: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The next 64 bits of this thread's wyrand generator, seeded on first use
+/// from the clock, the process and the thread. Not cryptographic: an ID
+/// names a request, it guards nothing.
+fn next_random() -> u64 {
+    RNG.with(|state| {
+        let mut s = state.get();
+        if s == 0 {
+            s = seed(state as *const Cell<u64> as usize as u64);
+        }
+        s = s.wrapping_add(0xa076_1d64_78bd_642f);
+        state.set(s);
+        let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    })
+}
+
+fn seed(thread: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mixed = now ^ thread.rotate_left(29) ^ u64::from(std::process::id()).rotate_left(47);
+    // Never 0, which means "not seeded".
+    mixed | 1
+}
+
+/// Writes a random (version 4) UUID, `xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`.
+pub fn new_uuid(out: &mut [u8; 36]) {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&next_random().to_le_bytes());
+    bytes[8..].copy_from_slice(&next_random().to_le_bytes());
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pos = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[pos] = b'-';
+            pos += 1;
+        }
+        out[pos] = HEX[usize::from(b >> 4)];
+        out[pos + 1] = HEX[usize::from(b & 0xf)];
+        pos += 2;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_are_version_4_and_differ() {
+        let (mut a, mut b) = ([0u8; 36], [0u8; 36]);
+        new_uuid(&mut a);
+        new_uuid(&mut b);
+        assert_ne!(a, b);
+        let s = std::str::from_utf8(&a).unwrap();
+        let groups: Vec<usize> = s.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{s}");
+        assert_eq!(&s[14..15], "4", "{s}");
+        assert!("89ab".contains(&s[19..20]), "{s}");
+    }
+
+    #[test]
+    fn templates_split_and_render() {
+        let vars = [Var::ClientIp, Var::RequestId, Var::Host];
+        let t =
+            Template::compile("r=${route};ip=${client_ip};id=${request_id}", "api", &vars).unwrap();
+        let mut out = Vec::new();
+        let v = Vars {
+            client_ip: "10.0.0.1".parse().unwrap(),
+            request_id: b"abc",
+            host: "h",
+            path: "",
+            query: "",
+        };
+        t.render(&mut out, &v);
+        assert_eq!(out, b"r=api;ip=10.0.0.1;id=abc");
+        assert!(
+            Template::compile("${nope}", "r", &vars)
+                .unwrap_err()
+                .contains("unknown variable")
+        );
+        assert!(
+            Template::compile("${path}", "r", &vars)
+                .unwrap_err()
+                .contains("not available")
+        );
+        assert!(Template::compile("${host", "r", &vars).is_err());
+        assert!(Template::compile("a\r\nb", "r", &vars).is_err());
+    }
+
+    #[test]
+    fn rewrite_on_segment_boundary() {
+        let r = |from: &str, to: &str| {
+            Rewrite::compile(&FileRewrite {
+                from: from.into(),
+                to: to.into(),
+            })
+            .unwrap()
+        };
+        let join = |(a, b): (&str, &str)| format!("{a}{b}");
+        assert_eq!(join(r("/api", "/v2").apply("/api/x?q")), "/v2/x?q");
+        assert_eq!(join(r("/api", "/v2/").apply("/api/x")), "/v2/x");
+        assert_eq!(join(r("/api/", "/").apply("/api/x")), "/x");
+        assert_eq!(join(r("/api", "/").apply("/api")), "/");
+        assert_eq!(join(r("/api", "/v2").apply("/api?q")), "/v2?q");
+        assert_eq!(join(r("/api", "/v2").apply("/apix")), "/apix");
+    }
+
+    #[test]
+    fn request_ids_from_clients_are_bounded_visible_ascii() {
+        assert!(valid_request_id(b"abc-123"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"a b"));
+        assert!(!valid_request_id(&[b'a'; MAX_REQUEST_ID + 1]));
+        assert!(!valid_request_id("\u{e9}".as_bytes()));
+    }
+
+    #[test]
+    fn cors_wildcard_with_credentials_is_refused() {
+        let f = FileCors {
+            origins: vec!["*".into()],
+            methods: vec![],
+            headers: vec![],
+            expose: vec![],
+            credentials: true,
+            max_age: None,
+        };
+        assert_eq!(Cors::compile(&f).unwrap_err().key, "cors.credentials");
+    }
+}
