@@ -279,16 +279,9 @@ const RESPONSE_OWNED: [&str; 10] = [
     "via",
 ];
 
-/// The CORS fields of a response; with `cors` on a route, the upstream's
-/// are dropped and ours sent.
-const CORS_FIELDS: [&str; 6] = [
-    "access-control-allow-origin",
-    "access-control-allow-credentials",
-    "access-control-expose-headers",
-    "access-control-allow-methods",
-    "access-control-allow-headers",
-    "access-control-max-age",
-];
+/// The CORS fields of a response, as a prefix (see `encode::response_fields`):
+/// with `cors` on a route, the upstream's are dropped and ours sent.
+const CORS_FIELDS: &str = "access-control-*";
 
 impl RoutePolicy {
     /// Compiles a route's policies. `route` is its name, written into
@@ -335,7 +328,7 @@ impl RoutePolicy {
             response_drops.push(name.as_str().into());
         }
         if cors.is_some() {
-            response_drops.extend(CORS_FIELDS.iter().map(|&n| n.into()));
+            response_drops.push(CORS_FIELDS.into());
         }
         let rewrite = file.rewrite_prefix.map(Rewrite::compile).transpose()?;
         Ok(RoutePolicy {
@@ -530,12 +523,32 @@ impl HeaderRules {
             Ok(())
         };
         for (j, name) in f.remove.iter().enumerate() {
-            check_name(format!("{table}.remove.{j}"), name)?;
+            // `X-Internal-*` removes every field whose name starts so.
+            let key = format!("{table}.remove.{j}");
+            let stem = name
+                .strip_suffix('*')
+                .filter(|s| !s.is_empty())
+                .unwrap_or(name);
+            if stem.contains('*') {
+                return Err(error(key, format!("'{name}': '*' may only end a name")));
+            }
+            let lower = stem.to_ascii_lowercase();
+            let covers = |n: &str| stem.len() < name.len() && n.starts_with(&lower);
+            if let Some(n) = owned.iter().copied().chain(env.id_name).find(|n| covers(n)) {
+                return Err(error(
+                    key,
+                    format!("'{name}' would remove {n}, which the proxy writes itself"),
+                ));
+            }
+            check_name(key, stem)?;
         }
         let compiled = |which: &str, map: &BTreeMap<String, String>| {
             let mut out = Vec::new();
             for (name, value) in map {
                 let key = format!("{table}.{which}.{name}");
+                if name.contains('*') {
+                    return Err(error(key, format!("'{name}' is not a header name")));
+                }
                 check_name(key.clone(), name)?;
                 let t = Template::compile(value, env.route, vars)
                     .map_err(|reason| error(key.clone(), reason))?;

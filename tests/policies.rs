@@ -247,19 +247,20 @@ fn header_rules_add_set_and_remove_with_substitutions() {
     });
     let route = "request_id = true\n\
         request_headers = { set = { X-Client = \"${client_ip}\", X-Gw = \"${route}@${host}\" }, \
-        add = { X-Trace = \"id=${request_id}\" }, remove = [\"Cookie\", \"X-Debug\"] }\n\
+        add = { X-Trace = \"id=${request_id}\" }, remove = [\"Cookie\", \"X-Debug-*\"] }\n\
         response_headers = { set = { Cache-Control = \"no-store\" }, remove = [\"Server\", \"X-Powered-By\"], \
         add = { X-Served-By = \"${route} for ${client_ip}\" } }\n";
     let proxy = gateway(origin.addr, "", route);
     let resp = request(
         proxy.addr(),
-        "GET /p HTTP/1.1\r\nHost: shop.example\r\nCookie: s=1\r\nX-Debug: 1\r\nX-Client: forged\r\n\
+        "GET /p HTTP/1.1\r\nHost: shop.example\r\nCookie: s=1\r\nX-Debug-A: 1\r\nx-debug-b: 2\r\nX-Client: forged\r\n\
          Accept: */*\r\n\r\n",
     );
     assert_eq!(resp.status, 200);
     let s = &origin.seen()[0];
     assert_eq!(s.header("cookie"), None, "{}", s.head);
-    assert_eq!(s.header("x-debug"), None);
+    assert_eq!(s.header("x-debug-a"), None);
+    assert_eq!(s.header("x-debug-b"), None);
     assert_eq!(s.header_count("x-client"), 1);
     assert_eq!(s.header("x-client"), Some("127.0.0.1"));
     assert_eq!(s.header("x-gw"), Some("api@shop.example"));
@@ -427,6 +428,11 @@ fn bad_policy_config_names_file_line_and_key() {
             "written by the proxy itself",
         ),
         (
+            format!("{route}request_headers = {{ remove = [\"Content-*\"] }}\n"),
+            "p.toml:8: `route.request_headers.remove`:",
+            "would remove content-length",
+        ),
+        (
             format!("{route}request_headers = {{ add = {{ X-Id = \"${{request_id}}\" }} }}\n"),
             "p.toml:8: `route.request_headers.add.X-Id`:",
             "needs request_id",
@@ -490,4 +496,40 @@ fn a_reload_applies_changed_policies() {
         Some("https://app.example.com")
     );
     assert!(is_uuid_v4(resp.header("x-request-id").unwrap()));
+}
+
+#[test]
+fn the_access_log_has_the_request_id_the_route_gave() {
+    let origin = Origin::start(|_| ok("x"));
+    let log = std::env::temp_dir().join(format!("ringway-policies-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let proxy = gateway(
+        origin.addr,
+        &format!(
+            "[access_log]\npath = \"{}\"\n[endpoints]\nhealth = \"/health\"\n",
+            log.display()
+        ),
+        "request_id = true\n",
+    );
+    assert_eq!(get(proxy.addr(), "/health").status, 200);
+    let resp = request(
+        proxy.addr(),
+        "GET /p HTTP/1.1\r\nHost: h\r\nX-Request-Id: forged\r\n\r\n",
+    );
+    let id = resp.header("x-request-id").unwrap().to_string();
+    // The shard hands its lines to the writer once a second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if !text.is_empty() {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing logged");
+        std::thread::yield_now();
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "the health check is not logged: {text}");
+    let line: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(line["request_id"], id.as_str(), "{text}");
+    let _ = std::fs::remove_file(&log);
 }

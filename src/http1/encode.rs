@@ -151,9 +151,16 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Whether `name` is one of `remove` (lower-case names).
+/// Whether `name` is one of `remove` (lower-case names); one that ends in
+/// `*` stands for every name it starts (`access-control-*`).
 fn removed(remove: &[Box<str>], name: &str) -> bool {
-    remove.iter().any(|r| r.eq_ignore_ascii_case(name))
+    remove.iter().any(|r| match r.strip_suffix('*') {
+        Some(prefix) => name
+            .as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|n| n.eq_ignore_ascii_case(prefix.as_bytes())),
+        None => r.eq_ignore_ascii_case(name),
+    })
 }
 
 /// The `Connection` line of a response ringway writes itself: `close`, or
@@ -399,6 +406,32 @@ mod tests {
         };
         response_head(&mut out, &resp, reply);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn named_fields_and_prefixes_are_removed() {
+        let mut h = [httparse::EMPTY_HEADER; 8];
+        let raw = "HTTP/1.1 200 OK\r\nServer: x\r\nAccess-Control-Allow-Origin: *\r\n\
+                   access-control-max-age: 5\r\nX-Keep: 1\r\n\r\n";
+        let resp = parse_response(raw.as_bytes(), &mut h, false, 1000)
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        let reply = Reply {
+            close: false,
+            keep_alive_1_0: false,
+            dechunk: false,
+            date: b"Mon, 23 Nov 2026 12:00:00 GMT",
+        };
+        let remove: [Box<str>; 2] = ["server".into(), "access-control-*".into()];
+        response_fields(&mut out, &resp, reply, &remove);
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("X-Keep: 1\r\n"), "{out}");
+        assert!(!out.contains("Server") && !out.to_ascii_lowercase().contains("access-control"));
+        assert!(
+            !out.ends_with("\r\n\r\n"),
+            "the caller ends the head: {out}"
+        );
     }
 
     #[test]
