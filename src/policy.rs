@@ -351,6 +351,29 @@ impl RoutePolicy {
             && self.response_rules.is_empty()
     }
 
+    /// The policies a route has, for `ringway check`: "" or " [request_id, cors]".
+    pub fn describe(&self) -> String {
+        // The request ID's own name is among the drops.
+        let own_drops = usize::from(self.request_id.is_some());
+        let request_rules = !self.request_rules.is_empty() || self.request_drops.len() > own_drops;
+        let names = [
+            ("request_id", self.request_id.is_some()),
+            ("cors", self.cors.is_some()),
+            ("request_headers", request_rules),
+            ("response_headers", !self.response_rules.is_empty()),
+            ("rewrite_prefix", self.rewrite.is_some()),
+        ];
+        let on: Vec<&str> = names
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(n, _)| *n)
+            .collect();
+        match on.is_empty() {
+            true => String::new(),
+            false => format!(" [{}]", on.join(", ")),
+        }
+    }
+
     /// Whether anything is done to the upstream's response head.
     pub fn touches_response(&self) -> bool {
         self.request_id.is_some() || self.cors.is_some() || !self.response_rules.is_empty()

@@ -213,7 +213,7 @@ impl Snapshot {
             };
             let _ = writeln!(
                 out,
-                "route {:<16} host {:<20} prefix {:<20} methods {:<12} -> {}{}",
+                "route {:<16} host {:<20} prefix {:<20} methods {:<12} -> {}{}{}",
                 r.name,
                 r.host.as_deref().unwrap_or("*"),
                 r.prefix,
@@ -223,7 +223,8 @@ impl Snapshot {
                     " (strip prefix)"
                 } else {
                     ""
-                }
+                },
+                r.policy.describe()
             );
         }
         out
