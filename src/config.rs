@@ -1238,7 +1238,14 @@ impl ConfigValidator<'_> {
             response_headers: r.response_headers.as_ref(),
             rewrite_prefix: r.rewrite_prefix.as_ref(),
         };
-        RoutePolicy::compile(&file, &r.name).map_err(|e| self.policy_error(i, e))
+        let inherited = !matches!(r.request_id, Some(FileRequestIdSwitch::Settings(_)));
+        RoutePolicy::compile(&file, &r.name).map_err(|e| {
+            // A `[request_id]` the route inherits is wrong where it is written.
+            if inherited && e.key.starts_with("request_id.") {
+                return self.error(&e.key, e.reason);
+            }
+            self.policy_error(i, e)
+        })
     }
 
     fn policy_error(&self, route: usize, e: PolicyError) -> ConfigError {

@@ -346,7 +346,13 @@ impl Conn<'_> {
             Step::Proxy { upstream, endpoint } => {
                 crate::proxy::exchange(self, snap, &plan, &mut wbuf, upstream, endpoint).await
             }
-            Step::Builtin { close } => self.answer(snap, &mut wbuf, close).await,
+            // Answered above, before anything was counted.
+            Step::Builtin { close } => {
+                if !close {
+                    self.rbuf.get_mut().drain(..plan.head_len);
+                }
+                self.answer(snap, &mut wbuf, close).await
+            }
         }
     }
 

@@ -296,6 +296,20 @@ impl RoutePolicy {
                         format!("'{}' is not a header name", r.header),
                     ));
                 }
+                // The ID replaces the field both ways: never one that frames
+                // or routes the message.
+                let lower = r.header.to_ascii_lowercase();
+                if REQUEST_OWNED.contains(&lower.as_str())
+                    || RESPONSE_OWNED.contains(&lower.as_str())
+                {
+                    return Err(error(
+                        "request_id.header",
+                        format!(
+                            "{} is written by the proxy itself: name another header",
+                            r.header
+                        ),
+                    ));
+                }
                 Some(RequestId {
                     header: r.header.as_str().into(),
                     trust_incoming: r.trust_incoming,

@@ -428,6 +428,11 @@ fn bad_policy_config_names_file_line_and_key() {
             "written by the proxy itself",
         ),
         (
+            format!("{route}request_id = {{ header = \"Content-Length\" }}\n"),
+            "p.toml:8: `route.request_id.header`:",
+            "written by the proxy itself",
+        ),
+        (
             format!("{route}request_headers = {{ remove = [\"Content-*\"] }}\n"),
             "p.toml:8: `route.request_headers.remove`:",
             "would remove content-length",
@@ -447,6 +452,11 @@ fn bad_policy_config_names_file_line_and_key() {
                 .to_string(),
             "p.toml:7: `route.redirect.status`:",
             "not a redirect",
+        ),
+        (
+            format!("[request_id]\nheader = \"X Id\"\n{route}"),
+            "p.toml:5: `request_id.header`:",
+            "not a header name",
         ),
         (
             "[endpoints]\nhealth = \"health\"\n".to_string(),
