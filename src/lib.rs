@@ -6,6 +6,7 @@
 //! - `snapshot` a `Config` compiled into what the shards read: routes, direct responses
 //! - `route`    host → longest prefix on a segment boundary → method
 //! - `policy`   per-route request IDs, CORS, header rules, prefix rewrite, redirects
+//!   (`template`: values with `${variables}`; `requestid`: UUIDs from a per-shard generator)
 //! - `http1`    sans-IO HTTP/1.1: `parse` heads, `body` framing, `encode` rewritten heads
 //! - `control`  the control thread: binds listeners, starts and stops the shards, reloads
 //! - `admin`    the admin socket's protocol (one JSON line each way), for `ringway ctl`
@@ -45,11 +46,13 @@ pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod redact;
+pub mod requestid;
 pub mod route;
 pub mod shard;
 pub mod slab;
 pub mod snapshot;
 pub mod state;
+pub mod template;
 pub mod upstream;
 
 pub use config::Config;

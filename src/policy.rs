@@ -14,7 +14,6 @@
 //! one test of an empty field.
 #![forbid(unsafe_code)]
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
@@ -22,9 +21,10 @@ use std::net::IpAddr;
 use httparse::Header;
 use serde::Deserialize;
 
-/// The longest request ID taken from a trusted client; a generated one is
-/// a UUID of 36 characters.
-pub const MAX_REQUEST_ID: usize = 64;
+pub use crate::requestid::MAX_REQUEST_ID;
+use crate::requestid::{new_uuid, valid_request_id};
+pub use crate::template::Vars;
+use crate::template::{Template, Var};
 
 /// The header a request ID goes in when the config names none.
 pub const DEFAULT_REQUEST_ID_HEADER: &str = "X-Request-Id";
@@ -165,40 +165,6 @@ struct HeaderRules {
 struct Rewrite {
     from: Box<str>,
     to: Box<str>,
-}
-
-/// A header value or a location, split at load into literal text and the
-/// variables filled in per request.
-#[derive(Debug, Clone)]
-pub struct Template {
-    parts: Box<[Part]>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Var {
-    ClientIp,
-    RequestId,
-    Host,
-    Path,
-    Query,
-}
-
-#[derive(Debug, Clone)]
-enum Part {
-    Text(Box<str>),
-    Var(Var),
-}
-
-/// What a template's variables stand for in one request. `route` needs no
-/// slot: it is written into the template's text at load.
-#[derive(Debug, Clone, Copy)]
-pub struct Vars<'a> {
-    pub client_ip: IpAddr,
-    pub request_id: &'a [u8],
-    pub host: &'a str,
-    pub path: &'a str,
-    /// With its `?`, or empty.
-    pub query: &'a str,
 }
 
 /// `redirect = { status, location }`: the route's answer.
@@ -763,110 +729,6 @@ impl Rewrite {
     }
 }
 
-impl Template {
-    /// Splits `text` at `${name}`; `route` is written in for `${route}`;
-    /// `allowed` lists the other variables this place may use.
-    fn compile(text: &str, route: &str, allowed: &[Var]) -> Result<Template, String> {
-        let mut parts = Vec::new();
-        let mut lit = String::new();
-        let mut rest = text;
-        while let Some(start) = rest.find("${") {
-            lit.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let end = after
-                .find('}')
-                .ok_or_else(|| format!("'{text}': a '${{' without its '}}'"))?;
-            let name = &after[..end];
-            let var = match name {
-                "route" => {
-                    if !route.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-                        return Err("${route}: the route's name is not printable ASCII".into());
-                    }
-                    lit.push_str(route);
-                    None
-                }
-                "client_ip" => Some(Var::ClientIp),
-                "request_id" => Some(Var::RequestId),
-                "host" => Some(Var::Host),
-                "path" => Some(Var::Path),
-                "query" => Some(Var::Query),
-                _ => {
-                    return Err(format!(
-                        "'{text}': unknown variable ${{{name}}} (known: {})",
-                        var_names(allowed)
-                    ));
-                }
-            };
-            if let Some(v) = var {
-                if !allowed.contains(&v) {
-                    return Err(format!(
-                        "'{text}': ${{{name}}} is not available here (here: {})",
-                        var_names(allowed)
-                    ));
-                }
-                if !lit.is_empty() {
-                    parts.push(Part::Text(std::mem::take(&mut lit).into()));
-                }
-                parts.push(Part::Var(v));
-            }
-            rest = &after[end + 1..];
-        }
-        lit.push_str(rest);
-        if lit.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
-            return Err(format!(
-                "'{}': control characters cannot go in a header",
-                text.escape_debug()
-            ));
-        }
-        if !lit.is_empty() {
-            parts.push(Part::Text(lit.into()));
-        }
-        Ok(Template {
-            parts: parts.into(),
-        })
-    }
-
-    fn uses(&self, var: Var) -> bool {
-        self.parts
-            .iter()
-            .any(|p| matches!(p, Part::Var(v) if *v == var))
-    }
-
-    fn is_literal_without(&self, bytes: &[u8]) -> bool {
-        self.parts.iter().all(|p| match p {
-            Part::Text(t) => !t.bytes().any(|b| bytes.contains(&b)),
-            Part::Var(_) => true,
-        })
-    }
-
-    pub fn render(&self, out: &mut Vec<u8>, vars: &Vars<'_>) {
-        for part in &self.parts {
-            match part {
-                Part::Text(t) => out.extend_from_slice(t.as_bytes()),
-                Part::Var(Var::ClientIp) => {
-                    let _ = write!(out, "{}", vars.client_ip);
-                }
-                Part::Var(Var::RequestId) => out.extend_from_slice(vars.request_id),
-                Part::Var(Var::Host) => out.extend_from_slice(vars.host.as_bytes()),
-                Part::Var(Var::Path) => out.extend_from_slice(vars.path.as_bytes()),
-                Part::Var(Var::Query) => out.extend_from_slice(vars.query.as_bytes()),
-            }
-        }
-    }
-}
-
-fn var_names(vars: &[Var]) -> String {
-    let mut names = vec!["${route}"];
-    names.extend(vars.iter().map(|v| match v {
-        Var::ClientIp => "${client_ip}",
-        Var::RequestId => "${request_id}",
-        Var::Host => "${host}",
-        Var::Path => "${path}",
-        Var::Query => "${query}",
-    }));
-    names.join(", ")
-}
-
 impl Redirect {
     pub fn compile(f: &FileRedirect, route: &str) -> Result<Redirect, PolicyError> {
         if ![301, 302, 303, 307, 308].contains(&f.status) {
@@ -948,108 +810,9 @@ fn valid_origin(o: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
 }
 
-/// A request ID taken from a client: 1 to `MAX_REQUEST_ID` visible ASCII
-/// characters, so it is safe in a header and a log line.
-fn valid_request_id(v: &[u8]) -> bool {
-    (1..=MAX_REQUEST_ID).contains(&v.len()) && v.iter().all(|b| b.is_ascii_graphic())
-}
-
-thread_local! {
-    /// The state of this thread's request ID generator. Each shard is a
-    /// thread, so this is per shard: no lock and no shared cache line.
-    static RNG: Cell<u64> = const { Cell::new(0) };
-}
-
-/// The next 64 bits of this thread's wyrand generator, seeded on first use
-/// from the clock, the process and the thread. Not cryptographic: an ID
-/// names a request, it guards nothing.
-fn next_random() -> u64 {
-    RNG.with(|state| {
-        let mut s = state.get();
-        if s == 0 {
-            s = seed(state as *const Cell<u64> as usize as u64);
-        }
-        s = s.wrapping_add(0xa076_1d64_78bd_642f);
-        state.set(s);
-        let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
-        ((t >> 64) as u64) ^ (t as u64)
-    })
-}
-
-fn seed(thread: u64) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let mixed = now ^ thread.rotate_left(29) ^ u64::from(std::process::id()).rotate_left(47);
-    // Never 0, which means "not seeded".
-    mixed | 1
-}
-
-/// Writes a random (version 4) UUID, `xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`.
-pub fn new_uuid(out: &mut [u8; 36]) {
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&next_random().to_le_bytes());
-    bytes[8..].copy_from_slice(&next_random().to_le_bytes());
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut pos = 0;
-    for (i, b) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out[pos] = b'-';
-            pos += 1;
-        }
-        out[pos] = HEX[usize::from(b >> 4)];
-        out[pos + 1] = HEX[usize::from(b & 0xf)];
-        pos += 2;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn uuids_are_version_4_and_differ() {
-        let (mut a, mut b) = ([0u8; 36], [0u8; 36]);
-        new_uuid(&mut a);
-        new_uuid(&mut b);
-        assert_ne!(a, b);
-        let s = std::str::from_utf8(&a).unwrap();
-        let groups: Vec<usize> = s.split('-').map(str::len).collect();
-        assert_eq!(groups, [8, 4, 4, 4, 12], "{s}");
-        assert_eq!(&s[14..15], "4", "{s}");
-        assert!("89ab".contains(&s[19..20]), "{s}");
-    }
-
-    #[test]
-    fn templates_split_and_render() {
-        let vars = [Var::ClientIp, Var::RequestId, Var::Host];
-        let t =
-            Template::compile("r=${route};ip=${client_ip};id=${request_id}", "api", &vars).unwrap();
-        let mut out = Vec::new();
-        let v = Vars {
-            client_ip: "10.0.0.1".parse().unwrap(),
-            request_id: b"abc",
-            host: "h",
-            path: "",
-            query: "",
-        };
-        t.render(&mut out, &v);
-        assert_eq!(out, b"r=api;ip=10.0.0.1;id=abc");
-        assert!(
-            Template::compile("${nope}", "r", &vars)
-                .unwrap_err()
-                .contains("unknown variable")
-        );
-        assert!(
-            Template::compile("${path}", "r", &vars)
-                .unwrap_err()
-                .contains("not available")
-        );
-        assert!(Template::compile("${host", "r", &vars).is_err());
-        assert!(Template::compile("a\r\nb", "r", &vars).is_err());
-    }
 
     #[test]
     fn rewrite_on_segment_boundary() {
@@ -1067,15 +830,6 @@ mod tests {
         assert_eq!(join(r("/api", "/").apply("/api")), "/");
         assert_eq!(join(r("/api", "/v2").apply("/api?q")), "/v2?q");
         assert_eq!(join(r("/api", "/v2").apply("/apix")), "/apix");
-    }
-
-    #[test]
-    fn request_ids_from_clients_are_bounded_visible_ascii() {
-        assert!(valid_request_id(b"abc-123"));
-        assert!(!valid_request_id(b""));
-        assert!(!valid_request_id(b"a b"));
-        assert!(!valid_request_id(&[b'a'; MAX_REQUEST_ID + 1]));
-        assert!(!valid_request_id("\u{e9}".as_bytes()));
     }
 
     #[test]
