@@ -253,35 +253,7 @@ impl RoutePolicy {
     /// Compiles a route's policies. `route` is its name, written into
     /// templates for `${route}`.
     pub fn compile(file: &FilePolicy<'_>, route: &str) -> Result<RoutePolicy, PolicyError> {
-        let request_id = match file.request_id {
-            None => None,
-            Some(r) => {
-                if !is_token(&r.header) {
-                    return Err(error(
-                        "request_id.header",
-                        format!("'{}' is not a header name", r.header),
-                    ));
-                }
-                // The ID replaces the field both ways: never one that frames
-                // or routes the message.
-                let lower = r.header.to_ascii_lowercase();
-                if REQUEST_OWNED.contains(&lower.as_str())
-                    || RESPONSE_OWNED.contains(&lower.as_str())
-                {
-                    return Err(error(
-                        "request_id.header",
-                        format!(
-                            "{} is written by the proxy itself: name another header",
-                            r.header
-                        ),
-                    ));
-                }
-                Some(RequestId {
-                    header: r.header.as_str().into(),
-                    trust_incoming: r.trust_incoming,
-                })
-            }
-        };
+        let request_id = file.request_id.map(RequestId::compile).transpose()?;
         let id_name = request_id.as_ref().map(|r| r.header.to_ascii_lowercase());
         let cors = file.cors.map(Cors::compile).transpose()?;
         let vars = [Var::ClientIp, Var::RequestId, Var::Host];
@@ -357,10 +329,6 @@ impl RoutePolicy {
     /// Whether anything is done to the upstream's response head.
     pub fn touches_response(&self) -> bool {
         self.request_id.is_some() || self.cors.is_some() || !self.response_rules.is_empty()
-    }
-
-    pub fn has_request_id(&self) -> bool {
-        self.request_id.is_some()
     }
 
     /// Reads what the policies need from the request head: its request ID
@@ -478,6 +446,33 @@ impl RoutePolicy {
         }
         out.extend_from_slice(connection);
         out.extend_from_slice(b"\r\n");
+    }
+}
+
+impl RequestId {
+    fn compile(r: &FileRequestId) -> Result<RequestId, PolicyError> {
+        if !is_token(&r.header) {
+            return Err(error(
+                "request_id.header",
+                format!("'{}' is not a header name", r.header),
+            ));
+        }
+        // The ID replaces the field both ways: never one that frames or
+        // routes the message.
+        let lower = r.header.to_ascii_lowercase();
+        if REQUEST_OWNED.contains(&lower.as_str()) || RESPONSE_OWNED.contains(&lower.as_str()) {
+            return Err(error(
+                "request_id.header",
+                format!(
+                    "{} is written by the proxy itself: name another header",
+                    r.header
+                ),
+            ));
+        }
+        Ok(RequestId {
+            header: r.header.as_str().into(),
+            trust_incoming: r.trust_incoming,
+        })
     }
 }
 

@@ -122,9 +122,7 @@ impl Template {
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.extend_from_slice(t.as_bytes()),
-                Part::Var(Var::ClientIp) => {
-                    let _ = write!(out, "{}", vars.client_ip);
-                }
+                Part::Var(Var::ClientIp) => write_ip(out, vars.client_ip),
                 Part::Var(Var::RequestId) => out.extend_from_slice(vars.request_id),
                 Part::Var(Var::Host) => out.extend_from_slice(vars.host.as_bytes()),
                 Part::Var(Var::Path) => out.extend_from_slice(vars.path.as_bytes()),
@@ -146,9 +144,47 @@ fn var_names(vars: &[Var]) -> String {
     names.join(", ")
 }
 
+/// Writes an address as `Display` would. IPv4 digit by digit: the
+/// formatting machinery costs several times more, on every request of a
+/// route whose rules name `${client_ip}`.
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    let IpAddr::V4(v4) = ip else {
+        let _ = write!(out, "{ip}");
+        return;
+    };
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        if octet >= 100 {
+            out.push(b'0' + octet / 100);
+        }
+        if octet >= 10 {
+            out.push(b'0' + octet / 10 % 10);
+        }
+        out.push(b'0' + octet % 10);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.9.100",
+            "255.255.255.255",
+            "192.168.1.20",
+            "::1",
+            "fd00::7",
+        ] {
+            let mut out = Vec::new();
+            write_ip(&mut out, ip.parse().unwrap());
+            assert_eq!(out, ip.as_bytes());
+        }
+    }
 
     #[test]
     fn templates_split_and_render() {
