@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 use crate::policy::{
     FileCors, FileHeaderRules, FilePolicy, FileRedirect, FileRequestId, FileRequestIdSwitch,
     FileRewrite, PolicyError, Redirect, RoutePolicy,
 };
-use toml::de::{DeTable, DeValue};
 
 /// A config file that could not be loaded.
 #[derive(Debug, thiserror::Error)]
