@@ -493,6 +493,13 @@ mod tests {
                 .all(|w| w.contains("route 'home' answers by itself")),
             "{w:#?}"
         );
+        // A redirect sends nothing upstream either.
+        warns_once(
+            "[[route]]\nname = \"old\"\nprefix = \"/\"\nredirect = { status = 301, location = \"/new\" }\n\
+             request_headers = { remove = [\"Cookie\"] }\n",
+            "w.toml:8: `route.request_headers`:",
+            "route 'old' answers by itself (`respond` or `redirect`)",
+        );
         // Their defaults say nothing.
         let quiet = "[[route]]\nname = \"home\"\nprefix = \"/\"\nrespond = { status = 200 }\n\
                      strip_prefix = false\nunderscores_in_headers = false\n";
