@@ -543,3 +543,34 @@ fn the_access_log_has_the_request_id_the_route_gave() {
     assert_eq!(line["request_id"], id.as_str(), "{text}");
     let _ = std::fs::remove_file(&log);
 }
+
+#[test]
+fn bodies_and_pipelining_pass_through_a_route_with_every_policy() {
+    let origin = Origin::start(|s| ok(&format!("got {}", s.body_len)));
+    let route = "request_id = true\n\
+        cors = { origins = [\"https://app.example.com\"] }\n\
+        request_headers = { set = { X-A = \"${client_ip}\" }, remove = [\"X-Drop-*\"] }\n\
+        response_headers = { add = { X-B = \"${request_id}\" } }\n\
+        rewrite_prefix = { from = \"/\", to = \"/in/\" }\n";
+    let proxy = gateway(origin.addr, "", route);
+    let mut c = Client::connect(proxy.addr());
+    c.send(
+        b"POST /a HTTP/1.1\r\nHost: h\r\nOrigin: https://app.example.com\r\nX-Drop-Me: 1\r\n\
+          Content-Length: 5\r\n\r\nhelloPOST /b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3\r\nabc\r\n0\r\n\r\nGET /c HTTP/1.1\r\nHost: h\r\n\r\n",
+    );
+    let bodies: Vec<String> = (0..3).map(|_| c.read(false).unwrap().text()).collect();
+    assert_eq!(bodies, ["got 5", "got 3", "got 0"]);
+    let seen = origin.seen();
+    let targets: Vec<&str> = seen.iter().map(|s| s.target.as_str()).collect();
+    assert_eq!(targets, ["/in/a", "/in/b", "/in/c"]);
+    assert_eq!(seen[0].raw_body, b"hello");
+    assert_eq!(seen[1].raw_body, b"3\r\nabc\r\n0\r\n\r\n");
+    assert!(seen.iter().all(|s| s.header("x-drop-me").is_none()));
+    assert!(seen.iter().all(|s| s.header("x-a") == Some("127.0.0.1")));
+    assert_eq!(
+        origin.connections(),
+        1,
+        "one upstream connection, kept alive"
+    );
+}
