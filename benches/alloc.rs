@@ -18,6 +18,10 @@ use counting::{ALLOCS, BYTES};
 
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nhello, world\n";
 const REQUEST: &[u8] = b"GET /api/items?id=7 HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: alloc-bench\r\nAccept: */*\r\n\r\n";
+/// To the route with every policy on, from an allowed origin.
+const POLICY_REQUEST: &[u8] =
+    b"GET /gw/items?id=7 HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: alloc-bench\r\n\
+Accept: */*\r\nOrigin: https://app.example.com\r\nCookie: s=1\r\n\r\n";
 
 /// A keep-alive origin answering every request head with RESPONSE; no allocation per request.
 fn origin() -> SocketAddr {
@@ -50,10 +54,10 @@ fn origin() -> SocketAddr {
 }
 
 /// Sends `n` requests one after another on one connection.
-fn drive(s: &mut TcpStream, n: u64) {
+fn drive(s: &mut TcpStream, request: &[u8], n: u64) {
     let mut buf = [0u8; 4096];
     for _ in 0..n {
-        s.write_all(REQUEST).unwrap();
+        s.write_all(request).unwrap();
         let mut got = 0;
         // Responses are small: read until the body's last byte arrives.
         while !buf[..got].ends_with(b"world\n") {
@@ -65,7 +69,7 @@ fn drive(s: &mut TcpStream, n: u64) {
 }
 
 /// Returns the warm allocations per request.
-fn measure(label: &str, addr: SocketAddr, warm_up: u64, n: u64) -> f64 {
+fn measure(label: &str, addr: SocketAddr, request: &[u8], warm_up: u64, n: u64) -> f64 {
     // A new connection and its first request: this is where allocation is
     // expected (a task, buffers warming up), and shows the counter counts.
     let (a0, b0) = (
@@ -73,7 +77,7 @@ fn measure(label: &str, addr: SocketAddr, warm_up: u64, n: u64) -> f64 {
         BYTES.load(Ordering::Relaxed),
     );
     let mut s = TcpStream::connect(addr).unwrap();
-    drive(&mut s, 1);
+    drive(&mut s, request, 1);
     let (a1, b1) = (
         ALLOCS.load(Ordering::Relaxed),
         BYTES.load(Ordering::Relaxed),
@@ -84,12 +88,12 @@ fn measure(label: &str, addr: SocketAddr, warm_up: u64, n: u64) -> f64 {
         b1 - b0
     );
     s.set_nodelay(true).unwrap();
-    drive(&mut s, warm_up);
+    drive(&mut s, request, warm_up);
     let (a0, b0) = (
         ALLOCS.load(Ordering::Relaxed),
         BYTES.load(Ordering::Relaxed),
     );
-    drive(&mut s, n);
+    drive(&mut s, request, n);
     let (a1, b1) = (
         ALLOCS.load(Ordering::Relaxed),
         BYTES.load(Ordering::Relaxed),
@@ -117,11 +121,16 @@ fn main() {
         (2_000, 2_000)
     };
     let origin = origin();
-    let baseline = measure("baseline (client -> origin)", origin, warm_up, n);
+    let baseline = measure("baseline (client -> origin)", origin, REQUEST, warm_up, n);
     let config = format!(
         "[server]\nworkers = 1\npin_cores = false\n[[listener]]\nname = \"m\"\nbind = \"127.0.0.1:0\"\n\
          [[upstream]]\nname = \"o\"\nendpoints = [\"{origin}\"]\n\
          [[route]]\nname = \"api\"\nprefix = \"/api\"\nupstream = \"o\"\n\
+         [[route]]\nname = \"gw\"\nprefix = \"/gw\"\nupstream = \"o\"\nrequest_id = true\n\
+         cors = {{ origins = [\"https://app.example.com\"], credentials = true }}\n\
+         request_headers = {{ set = {{ X-Client = \"${{client_ip}}\" }}, remove = [\"Cookie\"] }}\n\
+         response_headers = {{ add = {{ X-Route = \"${{route}}\" }} }}\n\
+         rewrite_prefix = {{ from = \"/gw\", to = \"/api\" }}\n\
          [[route]]\nname = \"direct\"\nprefix = \"/\"\nrespond = {{ status = 200, body = \"hello, world\\n\" }}\n"
     );
     let config = ringway::Config::parse(Path::new("bench.toml"), &config).unwrap();
@@ -129,6 +138,14 @@ fn main() {
     let proxied = measure(
         "proxied (client -> ringway -> origin)",
         server.addr(),
+        REQUEST,
+        warm_up,
+        n,
+    );
+    let policies = measure(
+        "proxied, id + cors + rules + rewrite",
+        server.addr(),
+        POLICY_REQUEST,
         warm_up,
         n,
     );
@@ -136,7 +153,8 @@ fn main() {
     // Amortised growth of a table may show as a rare allocation; one per
     // hundred requests would be a per-request allocation on some path.
     assert!(
-        baseline == 0.0 && proxied < 0.01,
-        "the warm request path allocates: {proxied} per request (baseline {baseline})"
+        baseline == 0.0 && proxied < 0.01 && policies < 0.01,
+        "the warm request path allocates: {proxied} per request, {policies} with policies \
+         (baseline {baseline})"
     );
 }

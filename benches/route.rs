@@ -32,6 +32,7 @@ fn route(i: usize, host: Option<String>, prefix: String, methods: Vec<String>) -
         retry: None,
         retry_non_idempotent: false,
         rate_limit: ringway::config::RouteLimit::Inherit,
+        policy: Default::default(),
         line: i,
     }
 }

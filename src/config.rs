@@ -16,6 +16,11 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::policy::{
+    FileCors, FileHeaderRules, FilePolicy, FileRedirect, FileRequestId, FileRequestIdSwitch,
+    FileRewrite, PolicyError, Redirect, RoutePolicy,
+};
+
 /// A config file that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -53,6 +58,8 @@ pub struct Config {
     /// requests besides `redact::DEFAULT_FIELDS`.
     pub redact: Vec<String>,
     pub rate_limit: RateLimit,
+    /// `[endpoints]`: the built-in health and readiness paths.
+    pub endpoints: Endpoints,
     /// Where each key is written, to place warnings.
     pub keys: KeyLines,
     /// The file as it was read: what `ringway ctl config` shows.
@@ -100,6 +107,17 @@ impl Default for Server {
             steer: Steer::Kernel,
         }
     }
+}
+
+/// `[endpoints]`: paths the proxy answers itself, before routing, on
+/// every host; each is off unless given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Endpoints {
+    /// Liveness: 200 while the shard serves.
+    pub health: Option<String>,
+    /// Readiness: 200 when every upstream has an endpoint not ejected, else 503.
+    pub ready: Option<String>,
 }
 
 /// `[metrics]`: where the Prometheus endpoint is served.
@@ -394,6 +412,8 @@ pub struct Route {
     /// Retry methods that are not idempotent (POST, PATCH) too.
     pub retry_non_idempotent: bool,
     pub rate_limit: RouteLimit,
+    /// Request ID, CORS, header rules, prefix rewrite; compiled.
+    pub policy: RoutePolicy,
     /// The line of the route's `[[route]]` header.
     pub line: usize,
 }
@@ -403,6 +423,7 @@ pub enum Action {
     /// Index into `Config::upstreams`.
     Proxy(usize),
     Respond(Respond),
+    Redirect(Redirect),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -442,6 +463,10 @@ struct FileConfig {
     access_log: FileAccessLog,
     #[serde(default)]
     rate_limit: FileRateLimit,
+    /// Every route's request ID, unless a route says otherwise.
+    request_id: Option<FileRequestId>,
+    #[serde(default)]
+    endpoints: Endpoints,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -527,6 +552,12 @@ struct FileRoute {
     #[serde(default)]
     retry_non_idempotent: bool,
     rate_limit: Option<FileRouteLimit>,
+    request_id: Option<FileRequestIdSwitch>,
+    cors: Option<FileCors>,
+    request_headers: Option<FileHeaderRules>,
+    response_headers: Option<FileHeaderRules>,
+    rewrite_prefix: Option<FileRewrite>,
+    redirect: Option<FileRedirect>,
 }
 
 /// A route's `retry` as written.
@@ -881,7 +912,8 @@ impl ConfigValidator<'_> {
         self.check_timeouts(&file.timeouts)?;
         let listeners = self.listeners(&file.listener)?;
         let upstreams = self.upstreams(&file.upstream)?;
-        let routes = self.routes(&file.route, &upstreams)?;
+        let routes = self.routes(&file.route, &upstreams, file.request_id.as_ref())?;
+        let endpoints = self.endpoints(&file.endpoints)?;
         let metrics = self.metrics(&file.metrics)?;
         Ok(Config {
             path: self.path.to_path_buf(),
@@ -895,6 +927,7 @@ impl ConfigValidator<'_> {
             access_log: file.access_log.path.clone(),
             redact: self.redact(&file.access_log.redact)?,
             rate_limit: self.rate_limit(&file.rate_limit)?,
+            endpoints,
             keys: self.keys,
             text: String::new(),
         })
@@ -1256,6 +1289,7 @@ impl ConfigValidator<'_> {
         &self,
         file: &[FileRoute],
         upstreams: &[Upstream],
+        request_id: Option<&FileRequestId>,
     ) -> Result<Vec<Route>, ConfigError> {
         let mut routes: Vec<Route> = Vec::new();
         for (i, r) in file.iter().enumerate() {
@@ -1291,8 +1325,8 @@ impl ConfigValidator<'_> {
                 }
                 methods.push(m.clone());
             }
-            let action = match (&r.upstream, &r.respond) {
-                (Some(name), None) => {
+            let action = match (&r.upstream, &r.respond, &r.redirect) {
+                (Some(name), None, None) => {
                     let idx = upstreams
                         .iter()
                         .position(|u| &u.name == name)
@@ -1308,7 +1342,7 @@ impl ConfigValidator<'_> {
                         })?;
                     Action::Proxy(idx)
                 }
-                (None, Some(resp)) => {
+                (None, Some(resp), None) => {
                     if !(200..=599).contains(&resp.status) {
                         return Err(self.error(&key("respond.status"), "must be 200..=599"));
                     }
@@ -1317,16 +1351,20 @@ impl ConfigValidator<'_> {
                     }
                     Action::Respond(resp.clone())
                 }
+                (None, None, Some(redirect)) => Action::Redirect(
+                    Redirect::compile(redirect, &r.name).map_err(|e| self.policy_error(i, e))?,
+                ),
                 _ => {
                     return Err(self.error(
                         &format!("route.{i}"),
                         format!(
-                            "route '{}' needs exactly one of `upstream` or `respond`",
+                            "route '{}' needs exactly one of `upstream`, `respond` or `redirect`",
                             r.name
                         ),
                     ));
                 }
             };
+            let policy = self.route_policy(i, r, request_id)?;
             if let Some(h) = &r.set_host
                 && h.bytes().any(|b| b.is_ascii_control() || b == b' ')
             {
@@ -1380,10 +1418,84 @@ impl ConfigValidator<'_> {
                         }
                     }
                 },
+                policy,
                 line: self.keys.line(&format!("route.{i}")),
             });
         }
         Ok(routes)
+    }
+
+    /// A route's policies: its own keys, and `[request_id]` unless it
+    /// sets `request_id` itself.
+    fn route_policy(
+        &self,
+        i: usize,
+        r: &FileRoute,
+        global_id: Option<&FileRequestId>,
+    ) -> Result<RoutePolicy, ConfigError> {
+        let default_id = FileRequestId::default();
+        let request_id = match &r.request_id {
+            None => global_id,
+            Some(FileRequestIdSwitch::On(false)) => None,
+            Some(FileRequestIdSwitch::On(true)) => Some(global_id.unwrap_or(&default_id)),
+            Some(FileRequestIdSwitch::Settings(own)) => Some(own),
+        };
+        if r.strip_prefix && r.rewrite_prefix.is_some() {
+            return Err(self.error(
+                self.keys.first_written(&[
+                    &format!("route.{i}.rewrite_prefix"),
+                    &format!("route.{i}.strip_prefix"),
+                ]),
+                "use strip_prefix or rewrite_prefix, not both (rewrite_prefix = { from = PREFIX, to = \"/\" } strips)",
+            ));
+        }
+        // A preflight is an OPTIONS request: a route that lists its methods
+        // must let it in, or it is answered 405 before CORS sees it.
+        if r.cors.is_some() && !r.methods.is_empty() && !r.methods.iter().any(|m| m == "OPTIONS") {
+            return Err(self.error(
+                &format!("route.{i}.methods"),
+                format!(
+                    "route '{}' has cors: add \"OPTIONS\" to its methods, so that preflight requests reach it",
+                    r.name
+                ),
+            ));
+        }
+        let file = FilePolicy {
+            request_id,
+            cors: r.cors.as_ref(),
+            request_headers: r.request_headers.as_ref(),
+            response_headers: r.response_headers.as_ref(),
+            rewrite_prefix: r.rewrite_prefix.as_ref(),
+        };
+        let inherited = !matches!(r.request_id, Some(FileRequestIdSwitch::Settings(_)));
+        RoutePolicy::compile(&file, &r.name).map_err(|e| {
+            // A `[request_id]` the route inherits is wrong where it is written.
+            if inherited && e.key.starts_with("request_id.") {
+                return self.error(&e.key, e.reason);
+            }
+            self.policy_error(i, e)
+        })
+    }
+
+    fn policy_error(&self, route: usize, e: PolicyError) -> ConfigError {
+        self.error(&format!("route.{route}.{}", e.key), e.reason)
+    }
+
+    fn endpoints(&self, e: &Endpoints) -> Result<Endpoints, ConfigError> {
+        for (which, path) in [("health", &e.health), ("ready", &e.ready)] {
+            if let Some(p) = path
+                && (!p.starts_with('/') || p.contains(['?', '#', ' ']))
+            {
+                return Err(self.error(
+                    &format!("endpoints.{which}"),
+                    "must be a path starting with '/', without '?', '#' or spaces",
+                ));
+            }
+        }
+        if e.health.is_some() && e.health == e.ready {
+            return Err(self.error("endpoints.ready", "must differ from endpoints.health"));
+        }
+        Ok(e.clone())
     }
 }
 

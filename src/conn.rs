@@ -28,10 +28,11 @@ use crate::capture::Capture;
 use crate::config::{Action, LimitKey, MAX_HEADERS_CAP};
 use crate::error::Reject;
 use crate::http1::body::{BodyReader, Framing};
-use crate::http1::encode::{Forward, request_head};
+use crate::http1::encode::{Forward, connection_line, request_fields};
 use crate::http1::parse::{HeadError, Request, parse_request};
 use crate::io::{Wait, budget, read_more, write_buf};
 use crate::metrics::{self, Record};
+use crate::policy::{RoutePolicy, Tags, Vars};
 use crate::ratelimit::{self, Policy, Spread, Ticket, Verdict, forwarded_client, ip_key};
 use crate::route::Match;
 use crate::slab::Lease;
@@ -116,6 +117,10 @@ pub struct Plan<'s> {
     pub method: u8,
     /// The rate limiter waits on the key's owner shard for a verdict.
     pub ticket: Option<Ticket>,
+    /// The route's policies when they change the response, and what they
+    /// took from the request for it.
+    pub policy: Option<&'s RoutePolicy>,
+    pub tags: Tags,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -133,6 +138,11 @@ pub enum Step<'s> {
     Proxy {
         upstream: usize,
         endpoint: usize,
+    },
+    /// A built-in endpoint (`[endpoints]`): the response is in the write
+    /// buffer; it is not traffic, so neither counted nor logged.
+    Builtin {
+        close: bool,
     },
 }
 
@@ -313,6 +323,12 @@ impl Conn<'_> {
                 Err(_) => return Next::Close,
             }
         };
+        if let Step::Builtin { close } = plan.action {
+            if !close {
+                self.rbuf.get_mut().drain(..plan.head_len);
+            }
+            return self.answer(snap, &mut wbuf, close).await;
+        }
         self.shard.requests.set(self.shard.requests.get() + 1);
         if let (Some(ticket), Some(route)) = (plan.ticket.take(), plan.route)
             && let Err(limited) = self.shard.limiter.settle(ticket, &snap.limits[route]).await
@@ -330,6 +346,9 @@ impl Conn<'_> {
                 let head = &self.rbuf.get()[..plan.head_len];
                 self.capture
                     .start(r.access_log_body, r.access_log_headers, head);
+            }
+            if let Some(id) = plan.tags.request_id() {
+                self.log_request_id(id);
             }
         }
         self.rec.bytes_in = plan.head_len as u64;
@@ -353,6 +372,13 @@ impl Conn<'_> {
             }
             Step::Proxy { upstream, endpoint } => {
                 crate::proxy::exchange(self, snap, &plan, &mut wbuf, upstream, endpoint).await
+            }
+            // Answered above, before anything was counted.
+            Step::Builtin { close } => {
+                if !close {
+                    self.rbuf.get_mut().drain(..plan.head_len);
+                }
+                self.answer(snap, &mut wbuf, close).await
             }
         }
     }
@@ -450,8 +476,22 @@ impl Conn<'_> {
             route: None,
             method: metrics::method_index(req.method),
             ticket: None,
+            policy: None,
+            tags: Tags::new(self.peer),
         };
         out.clear();
+        if let Some(which) = snap.builtin.find(req.method, req.path) {
+            let now = Instant::now();
+            let ready = snap.pools.iter().all(|p| p.ready(now));
+            if let Some(d) = snap.builtin.answer(which, ready) {
+                let close = !plan.keep_alive || plan.framing != Framing::None;
+                let date = self.shard.date.get();
+                d.start(out, &date, connection_line(close, plan.minor_version));
+                d.finish(out, plan.head_method);
+                plan.action = Step::Builtin { close };
+                return Ok(Some(plan));
+            }
+        }
         let (route_idx, route) = match snap.routes.find(host, req.path, req.method) {
             Match::Route(i) => {
                 plan.route = Some(i);
@@ -492,27 +532,42 @@ impl Conn<'_> {
             plan.action = Step::Reject { reject, allow: "" };
             return Ok(Some(plan));
         }
+        let policy = &route.policy;
+        policy.tag(req.headers, &mut plan.tags);
+        // Answered here whatever the route does: a preflight never goes upstream.
+        let close = !plan.keep_alive || plan.framing != Framing::None;
+        let connection = connection_line(close, plan.minor_version);
+        if policy.is_preflight(req.method, req.headers) {
+            policy.write_preflight(out, &plan.tags, &self.shard.date.get(), connection);
+            plan.action = Step::Answer { close, status: 204 };
+            return Ok(Some(plan));
+        }
         match route.action {
             Action::Respond(ref resp) => {
-                let close = !plan.keep_alive || plan.framing != Framing::None;
                 if let Some(d) = &snap.direct[route_idx] {
-                    out.extend_from_slice(&d.head);
-                    out.extend_from_slice(b"Date: ");
-                    out.extend_from_slice(&self.shard.date.get());
-                    out.extend_from_slice(b"\r\n");
-                    if close {
-                        out.extend_from_slice(b"Connection: close\r\n");
-                    } else if plan.minor_version == 0 {
-                        out.extend_from_slice(b"Connection: keep-alive\r\n");
-                    }
-                    out.extend_from_slice(b"\r\n");
-                    if !plan.head_method {
-                        out.extend_from_slice(&d.body);
-                    }
+                    d.start(out, &self.shard.date.get(), connection);
+                    policy.answer_lines(out, &plan.tags);
+                    d.finish(out, plan.head_method);
                 }
                 plan.action = Step::Answer {
                     close,
                     status: resp.status,
+                };
+                Ok(Some(plan))
+            }
+            Action::Redirect(ref redirect) => {
+                let vars = Vars {
+                    client_ip: self.peer,
+                    request_id: plan.tags.request_id().unwrap_or_default(),
+                    host: req.host,
+                    path: req.path,
+                    query: req.target.find('?').map_or("", |i| &req.target[i..]),
+                };
+                let date = self.shard.date.get();
+                redirect.write(out, &vars, policy, &plan.tags, &date, connection);
+                plan.action = Step::Answer {
+                    close,
+                    status: redirect.status,
                 };
                 Ok(Some(plan))
             }
@@ -521,8 +576,9 @@ impl Conn<'_> {
                 let endpoint = pool.pick();
                 let mut fallback = [0u8; 64];
                 let fallback_host = addr_text(pool.addr(endpoint), &mut fallback);
-                let (lead, target) =
-                    strip(req.target, route.strip_prefix.then_some(&*route.prefix));
+                let (lead, target) = policy.rewrite(req.target).unwrap_or_else(|| {
+                    strip(req.target, route.strip_prefix.then_some(&*route.prefix))
+                });
                 let fwd = Forward {
                     client_ip: self.peer,
                     target_lead: lead,
@@ -531,7 +587,19 @@ impl Conn<'_> {
                     fallback_host,
                     underscores: route.underscores_in_headers,
                 };
-                request_head(out, &req, &fwd);
+                request_fields(out, &req, &fwd, policy.request_drops());
+                if !policy.is_empty() {
+                    let vars = Vars {
+                        client_ip: self.peer,
+                        request_id: plan.tags.request_id().unwrap_or_default(),
+                        host: req.host,
+                        path: req.path,
+                        query: "",
+                    };
+                    policy.request_lines(out, &plan.tags, &vars);
+                }
+                out.extend_from_slice(b"\r\n");
+                plan.policy = policy.touches_response().then_some(policy);
                 let total = route.timeout.unwrap_or(cfg.timeouts.request_total.0);
                 plan.deadline = (!total.is_zero()).then(|| Instant::now() + total);
                 plan.action = Step::Proxy { upstream, endpoint };
@@ -601,6 +669,15 @@ impl Conn<'_> {
             self.logged.extend_from_slice(part);
         }
         self.logged_lens = [method.len(), target.len(), id.len()];
+    }
+
+    /// Logs `id` as the request's ID: the one its route gave it (generated,
+    /// or the client's when trusted), not what the client sent.
+    fn log_request_id(&mut self, id: &[u8]) {
+        let [m, t, _] = self.logged_lens;
+        self.logged.truncate(m + t);
+        self.logged.extend_from_slice(id);
+        self.logged_lens[2] = id.len();
     }
 
     /// Writes the request that just ended to the access log, if its route

@@ -5,6 +5,8 @@
 //! - `config`   the TOML file → a validated `Config` (errors name file, line, key)
 //! - `snapshot` a `Config` compiled into what the shards read: routes, direct responses
 //! - `route`    host → longest prefix on a segment boundary → method
+//! - `policy`   per-route request IDs, CORS, header rules, prefix rewrite, redirects
+//!   (`template`: values with `${variables}`; `requestid`: UUIDs from a per-shard generator)
 //! - `http1`    sans-IO HTTP/1.1: `parse` heads, `body` framing, `encode` rewritten heads
 //! - `control`  the control thread: binds listeners, starts and stops the shards, reloads
 //! - `admin`    the admin socket's protocol (one JSON line each way), for `ringway ctl`
@@ -42,15 +44,18 @@ pub mod lease;
 pub mod mailbox;
 pub mod metrics;
 pub mod notify;
+pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod redact;
+pub mod requestid;
 pub mod retry;
 pub mod route;
 pub mod shard;
 pub mod slab;
 pub mod snapshot;
 pub mod state;
+pub mod template;
 pub mod upstream;
 
 pub use config::Config;

@@ -32,7 +32,7 @@ use crate::config::{MAX_HEADERS_CAP, RetryOn, Timeouts};
 use crate::conn::{ClientRead, ClientWrite, Conn, Next, Plan};
 use crate::error::{Reject, UpstreamError};
 use crate::http1::body::{BodyReader, Framing};
-use crate::http1::encode::{Reply, response_head};
+use crate::http1::encode::{Reply, response_fields, response_head};
 use crate::http1::parse::{BadResponse, parse_response};
 use crate::io::{Peeked, Wait, budget, peek, read_more, write_buf, write_range};
 use crate::metrics::Record;
@@ -907,7 +907,14 @@ fn response(cx: &RelayCx<'_>, buf: &[u8], out: &mut Vec<u8>) -> Result<Option<He
         dechunk,
         date: &cx.date,
     };
-    response_head(out, &resp, reply);
+    match plan.policy {
+        None => response_head(out, &resp, reply),
+        Some(policy) => {
+            response_fields(out, &resp, reply, policy.response_drops());
+            policy.response_lines(out, &plan.tags);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
     Ok(Some(Head::Final(FinalHead {
         len: resp.head_len,
         status: resp.status,

@@ -257,6 +257,7 @@ mod tests {
             retry: None,
             retry_non_idempotent: false,
             rate_limit: crate::config::RouteLimit::Inherit,
+            policy: Default::default(),
             line: 1,
         }
     }

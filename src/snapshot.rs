@@ -25,11 +25,114 @@ pub struct Snapshot {
     /// What captured requests are cleared of: `DEFAULT_FIELDS` and
     /// `[access_log] redact`.
     pub redactor: Redactor,
+    /// `[endpoints]`, answered before routing.
+    pub builtin: Builtin,
 }
 
 pub struct Direct {
     pub head: Box<[u8]>,
     pub body: Box<[u8]>,
+}
+
+impl Direct {
+    fn new(status: u16, content_type: &str, body: &str) -> Direct {
+        let mut head = String::new();
+        let _ = write!(
+            head,
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+            status,
+            crate::http1::encode::reason(status),
+            content_type,
+            body.len()
+        );
+        Direct {
+            head: head.into_bytes().into(),
+            body: body.as_bytes().into(),
+        }
+    }
+
+    /// Writes the head up to its last field: the caller may add fields,
+    /// then calls `finish`.
+    pub fn start(&self, out: &mut Vec<u8>, date: &[u8], connection: &[u8]) {
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(b"Date: ");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(connection);
+    }
+
+    /// Ends the head and adds the body (none for HEAD).
+    pub fn finish(&self, out: &mut Vec<u8>, head_method: bool) {
+        out.extend_from_slice(b"\r\n");
+        if !head_method {
+            out.extend_from_slice(&self.body);
+        }
+    }
+}
+
+/// The built-in endpoints, their answers serialised at load: health
+/// (liveness) and readiness. Not routes: no rate limit, no metrics, no
+/// access log, so a load balancer's checks are not counted as traffic.
+#[derive(Default)]
+pub struct Builtin {
+    health: Option<(Box<str>, Direct)>,
+    ready: Option<(Box<str>, Direct, Direct)>,
+}
+
+/// What a GET or HEAD to a built-in path is answered.
+pub enum BuiltinPath {
+    Health,
+    Ready,
+}
+
+impl Builtin {
+    fn compile(config: &Config) -> Builtin {
+        let json = "application/json";
+        let e = &config.endpoints;
+        Builtin {
+            health: e.health.as_ref().map(|p| {
+                (
+                    p.as_str().into(),
+                    Direct::new(200, json, r#"{"status":"ok"}"#),
+                )
+            }),
+            ready: e.ready.as_ref().map(|p| {
+                let ready = Direct::new(200, json, r#"{"status":"ready"}"#);
+                let not = r#"{"error":"an upstream has no endpoint in rotation","status":503}"#;
+                (p.as_str().into(), ready, Direct::new(503, json, not))
+            }),
+        }
+    }
+
+    /// Which built-in endpoint a request asks for, if any: GET or HEAD on
+    /// its exact path, any host.
+    pub fn find(&self, method: &str, path: &str) -> Option<BuiltinPath> {
+        if self.health.is_none() && self.ready.is_none() {
+            return None;
+        }
+        if method != "GET" && method != "HEAD" {
+            return None;
+        }
+        if self.health.as_ref().is_some_and(|(p, _)| **p == *path) {
+            return Some(BuiltinPath::Health);
+        }
+        if self.ready.as_ref().is_some_and(|(p, ..)| **p == *path) {
+            return Some(BuiltinPath::Ready);
+        }
+        None
+    }
+
+    /// The answer to `which`; `ready` says whether every upstream has an
+    /// endpoint in rotation.
+    pub fn answer(&self, which: BuiltinPath, ready: bool) -> Option<&Direct> {
+        match which {
+            BuiltinPath::Health => self.health.as_ref().map(|(_, d)| d),
+            BuiltinPath::Ready => self
+                .ready
+                .as_ref()
+                .map(|(_, r, n)| if ready { r } else { n }),
+        }
+    }
 }
 
 impl Snapshot {
@@ -40,21 +143,9 @@ impl Snapshot {
             .iter()
             .map(|r| match &r.action {
                 Action::Respond(resp) => {
-                    let mut head = String::new();
-                    let _ = write!(
-                        head,
-                        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-                        resp.status,
-                        crate::http1::encode::reason(resp.status),
-                        resp.content_type,
-                        resp.body.len()
-                    );
-                    Some(Direct {
-                        head: head.into_bytes().into(),
-                        body: resp.body.as_bytes().into(),
-                    })
+                    Some(Direct::new(resp.status, &resp.content_type, &resp.body))
                 }
-                Action::Proxy(_) => None,
+                Action::Proxy(_) | Action::Redirect(_) => None,
             })
             .collect();
         for (i, u) in config.upstreams.iter().enumerate() {
@@ -74,6 +165,7 @@ impl Snapshot {
             .chain(config.redact.iter().map(|n| n.as_str()));
         // The config checked every name's length.
         let redactor = Redactor::new(names).unwrap_or_default();
+        let builtin = Builtin::compile(&config);
         Snapshot {
             config,
             routes,
@@ -81,6 +173,7 @@ impl Snapshot {
             warnings,
             limits,
             redactor,
+            builtin,
         }
     }
 
@@ -122,6 +215,7 @@ impl Snapshot {
                     format!("upstream {} [{}]", up.name, eps.join(", "))
                 }
                 Action::Respond(resp) => format!("respond {}", resp.status),
+                Action::Redirect(r) => format!("redirect {}", r.status),
             };
             let methods = if r.methods.is_empty() {
                 "*".to_string()
@@ -130,7 +224,7 @@ impl Snapshot {
             };
             let _ = writeln!(
                 out,
-                "route {:<16} host {:<20} prefix {:<20} methods {:<12} -> {}{}",
+                "route {:<16} host {:<20} prefix {:<20} methods {:<12} -> {}{}{}",
                 r.name,
                 r.host.as_deref().unwrap_or("*"),
                 r.prefix,
@@ -140,7 +234,8 @@ impl Snapshot {
                     " (strip prefix)"
                 } else {
                     ""
-                }
+                },
+                r.policy.describe()
             );
         }
         out
@@ -222,20 +317,24 @@ fn contradictions(cfg: &Config) -> Vec<String> {
                     ));
                 }
             }
-            Action::Respond(_) => {
+            Action::Respond(_) | Action::Redirect(_) => {
+                let written = |name: &str| cfg.keys.written(&key(name)).is_some();
                 let proxy_only = [
                     ("timeout", r.timeout.is_some()),
                     ("strip_prefix", r.strip_prefix),
                     ("set_host", r.set_host.is_some()),
                     ("underscores_in_headers", r.underscores_in_headers),
+                    ("rewrite_prefix", written("rewrite_prefix")),
+                    ("request_headers", written("request_headers")),
+                    ("response_headers", written("response_headers")),
                 ];
                 for (name, set) in proxy_only {
                     if set {
                         out.push(cfg.warning(
                             &key(name),
                             format!(
-                                "route '{}' answers by itself (`respond`): `{name}` applies only \
-                                 to proxied requests and has no effect here",
+                                "route '{}' answers by itself (`respond` or `redirect`): `{name}` \
+                                 applies only to proxied requests and has no effect here",
                                 r.name
                             ),
                         ));
@@ -404,6 +503,13 @@ mod tests {
             w.iter()
                 .all(|w| w.contains("route 'home' answers by itself")),
             "{w:#?}"
+        );
+        // A redirect sends nothing upstream either.
+        warns_once(
+            "[[route]]\nname = \"old\"\nprefix = \"/\"\nredirect = { status = 301, location = \"/new\" }\n\
+             request_headers = { remove = [\"Cookie\"] }\n",
+            "w.toml:8: `route.request_headers`:",
+            "route 'old' answers by itself (`respond` or `redirect`)",
         );
         // Their defaults say nothing.
         let quiet = "[[route]]\nname = \"home\"\nprefix = \"/\"\nrespond = { status = 200 }\n\

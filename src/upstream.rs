@@ -163,6 +163,15 @@ impl UpstreamPool {
         self.endpoints.len()
     }
 
+    /// Whether some endpoint is in the rotation (not ejected at `now`):
+    /// what `[endpoints] ready` reports, from this shard's view, without
+    /// dialling anything.
+    pub fn ready(&self, now: Instant) -> bool {
+        self.endpoints
+            .iter()
+            .any(|e| e.ejected_until.get().is_none_or(|until| now >= until))
+    }
+
     pub fn retries(&self) -> bool {
         self.cfg.retry
     }

@@ -32,7 +32,7 @@ pub struct Forward<'a> {
     pub client_ip: IpAddr,
     /// The request target to send is `target_lead` then `target`; it differs
     /// from the client's when a prefix is stripped ("/" + "?q" for "/api?q").
-    pub target_lead: &'static str,
+    pub target_lead: &'a str,
     pub target: &'a str,
     /// Replaces the Host header when the route says so.
     pub set_host: Option<&'a str>,
@@ -151,7 +151,41 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Whether `name` is one of `remove` (lower-case names); one that ends in
+/// `*` stands for every name it starts (`access-control-*`).
+fn removed(remove: &[Box<str>], name: &str) -> bool {
+    remove.iter().any(|r| match r.strip_suffix('*') {
+        Some(prefix) => name
+            .as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|n| n.eq_ignore_ascii_case(prefix.as_bytes())),
+        None => r.eq_ignore_ascii_case(name),
+    })
+}
+
+/// The `Connection` line of a response ringway writes itself: `close`, or
+/// `keep-alive` for an HTTP/1.0 client that keeps the connection.
+pub fn connection_line(close: bool, minor_version: u8) -> &'static [u8] {
+    match (close, minor_version) {
+        (true, _) => b"Connection: close\r\n",
+        (false, 0) => b"Connection: keep-alive\r\n",
+        _ => b"",
+    }
+}
+
 pub fn request_head(out: &mut Vec<u8>, req: &Request<'_, '_>, fwd: &Forward<'_>) {
+    request_fields(out, req, fwd, &[]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The request head without its final empty line, so a route's policy
+/// can add fields; `remove` names fields (lower-case) not forwarded.
+pub fn request_fields(
+    out: &mut Vec<u8>,
+    req: &Request<'_, '_>,
+    fwd: &Forward<'_>,
+    remove: &[Box<str>],
+) {
     let named = Named::of(req.headers);
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
@@ -176,6 +210,7 @@ pub fn request_head(out: &mut Vec<u8>, req: &Request<'_, '_>, fwd: &Forward<'_>)
         if named.drops(name)
             || name.eq_ignore_ascii_case("x-forwarded-proto")
             || !underscore_passes(name, fwd.underscores)
+            || removed(remove, name)
         {
             continue;
         }
@@ -216,7 +251,6 @@ pub fn request_head(out: &mut Vec<u8>, req: &Request<'_, '_>, fwd: &Forward<'_>)
     if req.upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// How the response head is adjusted for the client.
@@ -234,6 +268,18 @@ pub struct Reply<'a> {
 }
 
 pub fn response_head(out: &mut Vec<u8>, resp: &Response<'_, '_>, reply: Reply<'_>) {
+    response_fields(out, resp, reply, &[]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The response head without its final empty line, so a route's policy
+/// can add fields; `remove` names fields (lower-case) not passed on.
+pub fn response_fields(
+    out: &mut Vec<u8>,
+    resp: &Response<'_, '_>,
+    reply: Reply<'_>,
+    remove: &[Box<str>],
+) {
     let named = Named::of(resp.headers);
     let switching = resp.status == 101;
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, resp.reason);
@@ -247,7 +293,10 @@ pub fn response_head(out: &mut Vec<u8>, resp: &Response<'_, '_>, reply: Reply<'_
             }
             continue;
         }
-        if named.drops(name) || (reply.dechunk && name.eq_ignore_ascii_case("transfer-encoding")) {
+        if named.drops(name)
+            || (reply.dechunk && name.eq_ignore_ascii_case("transfer-encoding"))
+            || removed(remove, name)
+        {
             continue;
         }
         date_seen |= name.eq_ignore_ascii_case("date");
@@ -268,7 +317,6 @@ pub fn response_head(out: &mut Vec<u8>, resp: &Response<'_, '_>, reply: Reply<'_
     } else if reply.keep_alive_1_0 {
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -358,6 +406,32 @@ mod tests {
         };
         response_head(&mut out, &resp, reply);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn named_fields_and_prefixes_are_removed() {
+        let mut h = [httparse::EMPTY_HEADER; 8];
+        let raw = "HTTP/1.1 200 OK\r\nServer: x\r\nAccess-Control-Allow-Origin: *\r\n\
+                   access-control-max-age: 5\r\nX-Keep: 1\r\n\r\n";
+        let resp = parse_response(raw.as_bytes(), &mut h, false, 1000)
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        let reply = Reply {
+            close: false,
+            keep_alive_1_0: false,
+            dechunk: false,
+            date: b"Mon, 23 Nov 2026 12:00:00 GMT",
+        };
+        let remove: [Box<str>; 2] = ["server".into(), "access-control-*".into()];
+        response_fields(&mut out, &resp, reply, &remove);
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("X-Keep: 1\r\n"), "{out}");
+        assert!(!out.contains("Server") && !out.to_ascii_lowercase().contains("access-control"));
+        assert!(
+            !out.ends_with("\r\n\r\n"),
+            "the caller ends the head: {out}"
+        );
     }
 
     #[test]
