@@ -13,7 +13,8 @@
 //! - `state`    what a shard owns (slab, counters, the `Generation` of config and pools)
 //! - `conn`     one client connection: read head, route, answer or proxy, keep alive
 //! - `proxy`    one proxied request: body pump ‖ response relay, retry, upgrade tunnel
-//! - `upstream` per-shard, per-endpoint keep-alive pools
+//! - `upstream` per-shard, per-endpoint keep-alive pools, ejection, `max_concurrent`
+//! - `balance`  how a shard picks an endpoint: round-robin, least-conn, p2c, hashing
 //! - `slab`     the shard's bounded buffer pool
 //! - `io`       bounded reads and writes on leased buffers
 //! - `error`    what failed, and the response that says so
@@ -26,6 +27,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod balance;
 pub mod config;
 pub mod conn;
 pub mod control;

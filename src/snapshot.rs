@@ -107,7 +107,8 @@ impl Snapshot {
             let target = match &r.action {
                 Action::Proxy(u) => {
                     let up = &self.config.upstreams[*u];
-                    let eps: Vec<String> = up.endpoints.iter().map(|e| e.to_string()).collect();
+                    let eps: Vec<String> =
+                        up.endpoints.iter().map(|e| e.addr.to_string()).collect();
                     format!("upstream {} [{}]", up.name, eps.join(", "))
                 }
                 Action::Respond(resp) => format!("respond {}", resp.status),

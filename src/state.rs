@@ -5,8 +5,8 @@
 //! A `Generation` is one loaded config as this shard runs it: the compiled
 //! snapshot and the upstream pools built for it. A reload makes a new one;
 //! what must outlive a reload moves across in `Generation::new` (today the
-//! endpoints of upstreams, with their open and idle connections; health and
-//! rate-limit state belong there too).
+//! endpoints of upstreams, with their open and idle connections, failure
+//! counts and ejections).
 
 use std::cell::{Cell, RefCell};
 use std::ops::Deref;
@@ -50,7 +50,7 @@ impl Generation {
             .map(|cfg| {
                 let old =
                     previous.and_then(|p| p.pools.iter().find(|pool| pool.name() == cfg.name));
-                UpstreamPool::new(cfg, old)
+                UpstreamPool::new(cfg, old, snapshot.config.workers())
             })
             .collect();
         let names = snapshot.config.routes.iter().map(|r| r.name.as_str());
