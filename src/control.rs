@@ -27,6 +27,7 @@ use crate::admin::{AdminServer, AdminSocket};
 use crate::config::{Config, Steer};
 use crate::exporter::Exporter;
 use crate::handover::Inherited;
+use crate::health::{EndpointHealth, HealthChecker};
 use crate::histlog::HistogramLogs;
 use crate::mailbox::{FromShard, Mailbox, ShardStats, ToShard};
 use crate::metrics::{Latency, Metric, Report, Reset, render_prometheus};
@@ -53,6 +54,9 @@ pub enum Command {
     /// started with `--upgrade` does once the old one is gone.
     OpenEndpoints,
     Histograms(HistogramQuery),
+    /// Health checks' verdicts, from the checker thread (never from the
+    /// admin socket): sent on to every shard.
+    Health(Vec<EndpointHealth>),
 }
 
 /// Which latency histogram `ringway ctl histograms` asks for, and how.
@@ -395,7 +399,12 @@ impl Server {
         let (tx, rx) = mpsc::channel();
         let handle = ControlHandle(tx);
         let addrs = listeners.iter().map(|b| (b.name.clone(), b.addr)).collect();
+        let verdicts = handle.clone();
+        let health = HealthChecker::start(&snapshot.config.upstreams, move |v| {
+            verdicts.tell(Command::Health(v));
+        })?;
         let mut control = Control {
+            health: Some(health),
             stamp: FileStamp::read(&snapshot.config.path),
             snapshot,
             generation: 0,
@@ -520,6 +529,8 @@ struct Control {
     exporter: Option<Exporter>,
     histogram_logs: Option<HistogramLogs>,
     access_log: Option<LogWriter>,
+    /// The active health checks' thread (`health`).
+    health: Option<HealthChecker>,
 }
 
 /// How long the control thread waits for every shard to answer.
@@ -610,6 +621,15 @@ impl Control {
     fn handle(&mut self, command: Command) -> Reply {
         match command {
             Command::Status => Ok(self.status()),
+            Command::Health(verdicts) => {
+                let verdicts: Arc<[EndpointHealth]> = verdicts.into();
+                for (i, s) in self.shards.iter().enumerate() {
+                    if let Err(e) = send(&s.mailbox, ToShard::Health(verdicts.clone())) {
+                        log::error!("health checks: shard {i}: {e}");
+                    }
+                }
+                Ok(json!({}))
+            }
             Command::Reload => self.reload(),
             Command::Config => Ok(json!({
                 "file": self.snapshot.config.path.display().to_string(),
@@ -1014,6 +1034,11 @@ impl Control {
         late.extend(unsent);
         self.generation = generation;
         self.snapshot = snapshot.clone();
+        // After the shards have the new pools: the checker sends every
+        // endpoint's state, which lands behind the reload in each mailbox.
+        if let Some(h) = &self.health {
+            h.reconfigure(&snapshot.config.upstreams);
+        }
         self.listeners.retain(|b| !removed.contains(&b.name));
         for b in &added {
             log::info!(
@@ -1138,6 +1163,9 @@ impl Control {
 
     /// Drains every shard within the drain timeout and joins them.
     fn stop(&mut self) {
+        if let Some(h) = self.health.take() {
+            h.stop();
+        }
         self.close_listeners();
         let limit = self.snapshot.config.server.drain_timeout.0;
         for s in &self.shards {

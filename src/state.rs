@@ -6,7 +6,7 @@
 //! snapshot and the upstream pools built for it. A reload makes a new one;
 //! what must outlive a reload moves across in `Generation::new` (today the
 //! endpoints of upstreams, with their open and idle connections, failure
-//! counts and ejections).
+//! counts, ejections and health).
 
 use std::cell::{Cell, RefCell};
 use std::ops::Deref;
@@ -19,6 +19,7 @@ use monoio::io::{CancelHandle, Canceller};
 
 use crate::accesslog::ShardLog;
 use crate::date::HttpDate;
+use crate::health::EndpointHealth;
 use crate::metrics::{Record, RouteMetrics, UNROUTED};
 use crate::ratelimit::Limiter;
 use crate::slab::Slab;
@@ -67,6 +68,16 @@ impl Generation {
             number,
             pools,
             route_metrics,
+        }
+    }
+
+    /// Health checks' verdicts (see `health`): an endpoint marked down is
+    /// picked by no pool of this generation or an older one (they share it).
+    pub fn set_health(&self, verdicts: &[EndpointHealth]) {
+        for v in verdicts {
+            if let Some(pool) = self.pools.iter().find(|p| p.name() == v.upstream) {
+                pool.set_health(v.addr, v.healthy);
+            }
         }
     }
 
