@@ -111,16 +111,18 @@ impl Balancer {
         None
     }
 
-    /// The usable endpoint with the fewest in flight per unit of weight;
-    /// ties go to each in turn.
+    /// The usable endpoint with the fewest in flight per unit of weight.
+    /// The search starts at the next endpoint of the weighted rotation, so
+    /// ties (an idle upstream: all at 0) go by weight, in turn.
     fn least_loaded(
         &self,
         usable: impl Fn(usize) -> bool,
         load: impl Fn(usize) -> usize,
     ) -> Option<usize> {
         let n = self.weights.len();
-        let start = self.next.get() % n;
-        self.next.set((start + 1) % n);
+        let pos = self.next.get() % self.cycle.len();
+        self.next.set((pos + 1) % self.cycle.len());
+        let start = self.cycle[pos] as usize;
         let mut best: Option<(usize, usize)> = None;
         for step in 0..n {
             let i = (start + step) % n;
@@ -135,24 +137,22 @@ impl Balancer {
         best.map(|(i, _)| i)
     }
 
-    /// Power of two choices: two endpoints drawn at random, each as likely
-    /// as its weight; the one with fewer in flight per weight. Near
-    /// least-conn's balance without looking at every endpoint, and no herd
-    /// on the one that looks idle. If a draw is not usable, least-conn.
+    /// Power of two choices: two different endpoints drawn at random,
+    /// each as likely as its weight; the one with fewer in flight per
+    /// weight. Near least-conn's balance without looking at every endpoint,
+    /// and no herd on the one that looks idle. A first draw that is not
+    /// usable falls back to least-conn; a second one, to the first.
     fn two_choices(
         &self,
         usable: impl Fn(usize) -> bool,
         load: impl Fn(usize) -> usize,
     ) -> Option<usize> {
-        if self.weights.len() == 1 {
-            return usable(0).then_some(0);
-        }
         let a = self.draw();
-        // Two different ones; a few draws nearly always find one (not with
-        // one endpoint far heavier than the rest: then least-conn).
-        let b = (0..4).map(|_| self.draw()).find(|&b| b != a);
-        let Some(b) = b.filter(|&b| usable(a) && usable(b)) else {
+        if !usable(a) {
             return self.least_loaded(usable, load);
+        }
+        let Some(b) = self.draw_besides(a).filter(|&b| usable(b)) else {
+            return Some(a);
         };
         let (la, lb) = (load(a), load(b));
         Some(if self.lighter(b, lb, a, la) { b } else { a })
@@ -175,6 +175,21 @@ impl Balancer {
 
     /// An endpoint at random, each as likely as its weight.
     fn draw(&self) -> usize {
+        self.cycle[self.random_position()] as usize
+    }
+
+    /// An endpoint other than `a` at random: from a random place in the
+    /// rotation, the first that is not `a` (`None` if there is no other).
+    fn draw_besides(&self, a: usize) -> Option<usize> {
+        let n = self.cycle.len();
+        let start = self.random_position();
+        (0..n)
+            .map(|k| self.cycle[(start + k) % n] as usize)
+            .find(|&i| i != a)
+    }
+
+    /// A random index into the rotation.
+    fn random_position(&self) -> usize {
         // xorshift64*: a few instructions, and this shard's alone.
         let mut x = self.rng.get();
         x ^= x >> 12;
@@ -182,8 +197,7 @@ impl Balancer {
         x ^= x >> 27;
         self.rng.set(x);
         let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        let pos = ((r >> 32) * self.cycle.len() as u64) >> 32;
-        self.cycle[pos as usize] as usize
+        (((r >> 32) * self.cycle.len() as u64) >> 32) as usize
     }
 }
 
@@ -315,12 +329,12 @@ mod tests {
         // 3/2 per weight on the third is above 1/1 on the second.
         assert_eq!(b.pick(&key(0), |_| true, |i| load[i]), Some(1));
         assert_eq!(b.pick(&key(0), |i| i != 1, |i| load[i]), Some(2));
-        // Ties take turns.
-        let picks: Vec<_> = (0..3).map(|_| b.pick(&key(0), |_| true, |_| 0)).collect();
-        assert_eq!(
-            picks.iter().collect::<std::collections::HashSet<_>>().len(),
-            3
-        );
+        // Ties go by weight, in turn.
+        let mut count = [0; 3];
+        for _ in 0..400 {
+            count[b.pick(&key(0), |_| true, |_| 0).unwrap()] += 1;
+        }
+        assert_eq!(count, [100, 100, 200]);
     }
 
     #[test]
