@@ -133,6 +133,27 @@ fn main() {
         n,
     );
     server.shutdown();
+    // Every balance, over two endpoints and under a max_concurrent cap.
+    // `origin` is the address from here on: the function is `self::origin`.
+    let second = self::origin();
+    let mut balanced = 0.0f64;
+    for balance in ["round-robin", "least-conn", "p2c", "hash-header:User-Agent"] {
+        let config = format!(
+            "[server]\nworkers = 1\npin_cores = false\n[[listener]]\nname = \"m\"\nbind = \"127.0.0.1:0\"\n\
+             [[upstream]]\nname = \"o\"\nendpoints = [\"{origin}\", {{ addr = \"{second}\", weight = 2 }}]\n\
+             balance = \"{balance}\"\nmax_concurrent = 1000\n\
+             [[route]]\nname = \"api\"\nprefix = \"/api\"\nupstream = \"o\"\n"
+        );
+        let config = ringway::Config::parse(Path::new("bench.toml"), &config).unwrap();
+        let server = ringway::Server::start(config).unwrap();
+        let label = format!("proxied, balance {balance}");
+        balanced = balanced.max(measure(&label, server.addr(), warm_up, n));
+        server.shutdown();
+    }
+    assert!(
+        balanced < 0.01,
+        "a balance allocates on the warm request path: {balanced} per request"
+    );
     // Amortised growth of a table may show as a rare allocation; one per
     // hundred requests would be a per-request allocation on some path.
     assert!(
