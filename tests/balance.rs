@@ -242,6 +242,48 @@ fn a_health_check_takes_an_endpoint_out_and_back() {
 }
 
 #[test]
+fn health_survives_a_reload_and_goes_with_the_health_check() {
+    let (down, last_b) = (Arc::new(AtomicBool::new(true)), Arc::new(Mutex::new(None)));
+    let a = flaky("a", Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(None)));
+    let b = flaky("b", down.clone(), last_b.clone());
+    let c = Origin::start(|_| ok("c"));
+    let check = "outlier_detection = false\n\
+         health_check = { path = \"/healthz\", interval = \"200ms\", timeout = \"100ms\", \
+         unhealthy_after = 2, healthy_after = 2 }";
+    let path = write_config(
+        "health-reload.toml",
+        &config(2, &[quoted(a.addr), quoted(b.addr)], check),
+    );
+    let proxy = Server::start(Config::load(&path).unwrap()).unwrap();
+    let addr = proxy.addr();
+    // b is down from the start: out after two probes.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut in_a_row = 0;
+    while in_a_row < 20 {
+        in_a_row = if get(addr, "/").text() == "a" { in_a_row + 1 } else { 0 };
+        assert!(Instant::now() < deadline, "b is never taken out");
+    }
+    let last = *last_b.lock().unwrap();
+
+    // A reload that adds c keeps b down in the new pools at once.
+    let eps = [quoted(a.addr), quoted(b.addr), quoted(c.addr)];
+    std::fs::write(&path, config(2, &eps, check)).unwrap();
+    proxy.ask(Command::Reload).expect("reload");
+    let bodies: Vec<String> = (0..60).map(|_| get(addr, "/").text()).collect();
+    assert!(bodies.contains(&"c".to_string()), "{bodies:?}");
+    assert!(!bodies.contains(&"b".to_string()), "b was asked after the reload");
+    assert_eq!(*last_b.lock().unwrap(), last);
+
+    // Without the health check, nothing keeps b out.
+    std::fs::write(&path, config(2, &eps, "outlier_detection = false")).unwrap();
+    proxy.ask(Command::Reload).expect("reload");
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while get(addr, "/").text() != "b" {
+        assert!(Instant::now() < deadline, "b stays out without a health check");
+    }
+}
+
+#[test]
 fn every_endpoint_down_is_a_503_well_before_the_timeouts() {
     // Origins that take the connection and never answer: without health
     // checks each request would wait out the 5 s response timeout.
