@@ -405,6 +405,7 @@ impl Server {
         })?;
         let mut control = Control {
             health: Some(health),
+            down: Vec::new(),
             stamp: FileStamp::read(&snapshot.config.path),
             snapshot,
             generation: 0,
@@ -531,6 +532,9 @@ struct Control {
     access_log: Option<LogWriter>,
     /// The active health checks' thread (`health`).
     health: Option<HealthChecker>,
+    /// Endpoints the health checks have marked down, by upstream name, as
+    /// the verdicts went by: for `status`.
+    down: Vec<(String, SocketAddr)>,
 }
 
 /// How long the control thread waits for every shard to answer.
@@ -622,6 +626,12 @@ impl Control {
         match command {
             Command::Status => Ok(self.status()),
             Command::Health(verdicts) => {
+                for v in &verdicts {
+                    self.down.retain(|(u, a)| *u != v.upstream || *a != v.addr);
+                    if !v.healthy {
+                        self.down.push((v.upstream.clone(), v.addr));
+                    }
+                }
                 let verdicts: Arc<[EndpointHealth]> = verdicts.into();
                 for (i, s) in self.shards.iter().enumerate() {
                     if let Err(e) = send(&s.mailbox, ToShard::Health(verdicts.clone())) {
@@ -900,6 +910,11 @@ impl Control {
             "listeners": self.listeners.iter().map(|b| json!({
                 "name": b.name, "addr": b.addr.to_string(),
             })).collect::<Vec<_>>(),
+            "unhealthy_endpoints": self.down.iter().filter(|(u, a)| {
+                self.snapshot.config.upstreams.iter().any(|up| {
+                    up.name == *u && up.endpoints.iter().any(|e| e.addr == *a)
+                })
+            }).map(|(u, a)| json!({ "upstream": u, "addr": a.to_string() })).collect::<Vec<_>>(),
             "shards": stats.iter().enumerate().map(|(i, s)| match s {
                 Some(s) => json!(s),
                 None => json!({ "shard": i, "error": "no answer" }),

@@ -226,6 +226,11 @@ fn a_health_check_takes_an_endpoint_out_and_back() {
     let bodies = send_for(Duration::from_millis(500));
     assert!(bodies.iter().all(|b| b == "a"), "a request went to b");
     assert_eq!(*last_b.lock().unwrap(), Some(last));
+    let status = proxy.ask(Command::Status).unwrap();
+    assert_eq!(
+        status["unhealthy_endpoints"],
+        serde_json::json!([{ "upstream": "o", "addr": b.addr.to_string() }])
+    );
 
     let came_up = Instant::now();
     down.store(false, Ordering::SeqCst);
@@ -239,12 +244,18 @@ fn a_health_check_takes_an_endpoint_out_and_back() {
     let back = came_up.elapsed();
     eprintln!("b got requests again {back:?} after its health check passed");
     assert!(back < interval * 2 + Duration::from_millis(500), "{back:?}");
+    let status = proxy.ask(Command::Status).unwrap();
+    assert_eq!(status["unhealthy_endpoints"], serde_json::json!([]));
 }
 
 #[test]
 fn health_survives_a_reload_and_goes_with_the_health_check() {
     let (down, last_b) = (Arc::new(AtomicBool::new(true)), Arc::new(Mutex::new(None)));
-    let a = flaky("a", Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(None)));
+    let a = flaky(
+        "a",
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Mutex::new(None)),
+    );
     let b = flaky("b", down.clone(), last_b.clone());
     let c = Origin::start(|_| ok("c"));
     let check = "outlier_detection = false\n\
@@ -260,7 +271,11 @@ fn health_survives_a_reload_and_goes_with_the_health_check() {
     let deadline = Instant::now() + IO_TIMEOUT;
     let mut in_a_row = 0;
     while in_a_row < 20 {
-        in_a_row = if get(addr, "/").text() == "a" { in_a_row + 1 } else { 0 };
+        in_a_row = if get(addr, "/").text() == "a" {
+            in_a_row + 1
+        } else {
+            0
+        };
         assert!(Instant::now() < deadline, "b is never taken out");
     }
     let last = *last_b.lock().unwrap();
@@ -271,7 +286,10 @@ fn health_survives_a_reload_and_goes_with_the_health_check() {
     proxy.ask(Command::Reload).expect("reload");
     let bodies: Vec<String> = (0..60).map(|_| get(addr, "/").text()).collect();
     assert!(bodies.contains(&"c".to_string()), "{bodies:?}");
-    assert!(!bodies.contains(&"b".to_string()), "b was asked after the reload");
+    assert!(
+        !bodies.contains(&"b".to_string()),
+        "b was asked after the reload"
+    );
     assert_eq!(*last_b.lock().unwrap(), last);
 
     // Without the health check, nothing keeps b out.
@@ -279,7 +297,10 @@ fn health_survives_a_reload_and_goes_with_the_health_check() {
     proxy.ask(Command::Reload).expect("reload");
     let deadline = Instant::now() + IO_TIMEOUT;
     while get(addr, "/").text() != "b" {
-        assert!(Instant::now() < deadline, "b stays out without a health check");
+        assert!(
+            Instant::now() < deadline,
+            "b stays out without a health check"
+        );
     }
 }
 
