@@ -240,12 +240,14 @@ impl UpstreamPool {
             return;
         }
         let now = Instant::now();
-        let ejected = self
+        // Those a health check marked down count as out too: ejection never
+        // takes the last endpoints the health checks left.
+        let out = self
             .endpoints
             .iter()
-            .filter(|e| e.ejected_until.get().is_some_and(|u| u > now))
+            .filter(|e| !e.healthy.get() || e.ejected_until.get().is_some_and(|u| u > now))
             .count();
-        if (ejected + 1) * 100 > self.endpoints.len() * o.max_ejected_percent as usize {
+        if (out + 1) * 100 > self.endpoints.len() * o.max_ejected_percent as usize {
             return;
         }
         let times = ep.ejections.get().min(5);
@@ -477,4 +479,65 @@ const TRUSTED_IDLE: Duration = Duration::from_millis(200);
 /// connection the upstream already closed.
 fn still_open(fd: RawFd) -> bool {
     peek(fd) == Peeked::Empty
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn pool(extra: &str, shards: usize) -> UpstreamPool {
+        let text = format!(
+            "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n\
+             [[upstream]]\nname = \"u\"\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n{extra}\n"
+        );
+        let cfg = crate::Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        UpstreamPool::new(&cfg.upstreams[0], None, shards)
+    }
+
+    const KEY: PickKey = PickKey {
+        client: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        header: None,
+    };
+
+    #[test]
+    fn down_or_ejected_endpoints_are_not_picked_and_none_left_is_none() {
+        let p = pool(
+            "outlier_detection = { consecutive_failures = 1, max_ejected_percent = 100 }",
+            1,
+        );
+        p.set_health(p.addr(0), false);
+        assert!((0..4).all(|_| p.pick(&KEY) == Some(1)));
+        p.failed(1);
+        assert_eq!(p.pick(&KEY), None);
+        assert_eq!(p.pick_besides(0), None);
+        p.set_health(p.addr(0), true);
+        assert_eq!(p.pick(&KEY), Some(0));
+    }
+
+    #[test]
+    fn ejection_leaves_the_endpoint_health_checks_left() {
+        let p = pool("outlier_detection = { consecutive_failures = 1 }", 1);
+        p.set_health(p.addr(0), false);
+        // At 50%, one of two is out already: the other stays in.
+        p.failed(1);
+        assert_eq!(p.pick(&KEY), Some(1));
+    }
+
+    #[test]
+    fn max_concurrent_is_shared_out_over_the_shards() {
+        // ceil(5 / 2) = 3 on each shard.
+        let p = pool("max_concurrent = 5", 2);
+        let held: Vec<_> = (0..3).map(|_| p.admit().unwrap()).collect();
+        assert!(p.admit().is_none());
+        drop(held);
+        assert!(p.admit().is_some());
+        // A reload's pool shares the count with the one before.
+        let first = p.admit().unwrap();
+        let next = UpstreamPool::new(&p.cfg, Some(&p), 2);
+        let _two = (next.admit().unwrap(), next.admit().unwrap());
+        assert!(next.admit().is_none());
+        drop(first);
+        assert!(next.admit().is_some());
+    }
 }
