@@ -91,10 +91,12 @@ impl HealthChecker {
         }
     }
 
-    /// Stops the checker; probes still out end by their own deadline.
+    /// Stops the checker; probes still out end by their own deadline. A
+    /// checker that cannot be told (its queue full for a second) is left
+    /// to end with the process rather than waited for.
     pub fn stop(mut self) {
-        let _ = self.post(Event::Stop);
-        if let Some(t) = self.thread.take() {
+        let told = self.post(Event::Stop).is_ok();
+        if let Some(t) = self.thread.take().filter(|_| told) {
             let _ = t.join();
         }
     }
