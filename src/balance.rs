@@ -99,12 +99,13 @@ impl Balancer {
     /// key of a hash is not kept for it).
     pub fn in_turn(&self, usable: impl Fn(usize) -> bool) -> Option<usize> {
         let n = self.cycle.len();
-        let start = self.next.get();
-        for step in 0..n {
-            let pos = (start + step) % n;
+        let mut pos = self.next.get();
+        for _ in 0..n {
             let i = self.cycle[pos] as usize;
+            // No division: this is every round-robin pick.
+            pos = if pos + 1 == n { 0 } else { pos + 1 };
             if usable(i) {
-                self.next.set((pos + 1) % n);
+                self.next.set(pos);
                 return Some(i);
             }
         }
@@ -231,11 +232,14 @@ pub fn rendezvous(
 /// appears `weight` times, and the heavy ones are spread out instead of
 /// coming in a row. `[1, 3]` gives `1, 0, 1, 1`.
 fn smooth_cycle(weights: &[u32]) -> Vec<u32> {
+    // Weights 2 and 4 are 1 and 2: a shorter cycle, the same shares.
+    let gcd = weights.iter().fold(0, |a, &w| gcd(a, w)).max(1);
+    let weights: Vec<u32> = weights.iter().map(|&w| w / gcd).collect();
     let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
     let mut current = vec![0i64; weights.len()];
     let mut cycle = Vec::with_capacity(total as usize);
     for _ in 0..total {
-        for (c, &w) in current.iter_mut().zip(weights) {
+        for (c, &w) in current.iter_mut().zip(&weights) {
             *c += i64::from(w);
         }
         // The first of the highest, so equal weights give 0, 1, .., n-1.
@@ -249,6 +253,10 @@ fn smooth_cycle(weights: &[u32]) -> Vec<u32> {
         cycle.push(top as u32);
     }
     cycle
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// FNV-1a, then a mixer: a hash that is the same in every process.
@@ -304,6 +312,8 @@ mod tests {
     fn equal_weights_rotate_in_order() {
         assert_eq!(smooth_cycle(&[1, 1, 1]), [0, 1, 2]);
         assert_eq!(smooth_cycle(&[1, 3]), [1, 0, 1, 1]);
+        assert_eq!(smooth_cycle(&[5, 5]), [0, 1]);
+        assert_eq!(smooth_cycle(&[2, 6]), [1, 0, 1, 1]);
         let b = Balancer::new(&Balance::RoundRobin, &endpoints(&[1, 1, 1]));
         let picks: Vec<_> = (0..6).map(|i| b.pick(&key(i), |_| true, |_| 0)).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2].map(Some));
