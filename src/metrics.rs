@@ -239,6 +239,10 @@ pub struct UpstreamMetrics {
     pub failures: Cell<u64>,
     pub retries: Cell<u64>,
     pub ejections: Cell<u64>,
+    /// Requests answered 503 at once: every endpoint down, or past
+    /// `max_concurrent`.
+    pub no_endpoint: Cell<u64>,
+    pub overloaded: Cell<u64>,
     latency: RefCell<Latency>,
 }
 
@@ -251,6 +255,8 @@ impl UpstreamMetrics {
             failures: Cell::new(0),
             retries: Cell::new(0),
             ejections: Cell::new(0),
+            no_endpoint: Cell::new(0),
+            overloaded: Cell::new(0),
             latency: RefCell::new(Latency::new()),
         }
     }
@@ -269,6 +275,8 @@ impl UpstreamMetrics {
             failures: self.failures.get(),
             retries: self.retries.get(),
             ejections: self.ejections.get(),
+            no_endpoint: self.no_endpoint.get(),
+            overloaded: self.overloaded.get(),
             latency: latency.then(|| l.clone()),
         };
         if reset {
@@ -300,6 +308,8 @@ pub struct UpstreamReport {
     pub failures: u64,
     pub retries: u64,
     pub ejections: u64,
+    pub no_endpoint: u64,
+    pub overloaded: u64,
     pub latency: Option<Latency>,
 }
 
@@ -389,6 +399,8 @@ impl Report {
                     m.failures += u.failures;
                     m.retries += u.retries;
                     m.ejections += u.ejections;
+                    m.no_endpoint += u.no_endpoint;
+                    m.overloaded += u.overloaded;
                     merge_latency(&mut m.latency, &u.latency);
                 }
                 None => self.upstreams.push(u.clone()),
@@ -552,6 +564,18 @@ impl prometheus_client::collector::Collector for Collect {
             "ringway_upstream_ejections",
             "Endpoints left out of the rotation after failures in a row.",
             &per_upstream(|x| x.ejections),
+        )?;
+        counter(
+            &mut e,
+            "ringway_upstream_no_endpoint",
+            "Requests answered 503 at once: every endpoint ejected or marked down.",
+            &per_upstream(|x| x.no_endpoint),
+        )?;
+        counter(
+            &mut e,
+            "ringway_upstream_overloaded",
+            "Requests answered 503 at once: the upstream at max_concurrent.",
+            &per_upstream(|x| x.overloaded),
         )?;
         counter(
             &mut e,

@@ -148,11 +148,15 @@ impl UpstreamPool {
     /// wait out a timeout.
     pub fn pick(&self, key: &PickKey) -> Option<usize> {
         let now = Cell::new(None);
-        self.balancer.pick(
+        let picked = self.balancer.pick(
             key,
             |i| self.usable(i, 0, &now),
             |i| self.endpoints[i].busy(),
-        )
+        );
+        if picked.is_none() {
+            bump(&self.metrics.no_endpoint);
+        }
+        picked
     }
 
     /// Where a request that failed on the endpoints in `tried` (a bit per
@@ -202,6 +206,7 @@ impl UpstreamPool {
     pub fn admit(&self) -> Option<Admission<'_>> {
         let active = &*self.active;
         if self.active_cap.is_some_and(|cap| active.get() >= cap) {
+            bump(&self.metrics.overloaded);
             return None;
         }
         active.set(active.get() + 1);

@@ -370,6 +370,12 @@ fn every_endpoint_ejected_is_a_503_at_once() {
     let r = get(proxy.addr(), "/");
     assert_eq!(r.status, 503, "{}", r.head);
     assert!(r.text().contains("every upstream endpoint is down"));
+    let metrics = proxy.ask(Command::Metrics).unwrap();
+    let text = metrics["text"].as_str().unwrap();
+    assert!(
+        text.contains("ringway_upstream_no_endpoint_total{upstream=\"o\"} 1\n"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -396,4 +402,10 @@ fn max_concurrent_is_a_503_with_retry_after() {
     }
     // Their places are free again.
     assert_eq!(get(addr, "/").status, 200);
+    let metrics = proxy.ask(Command::Metrics).unwrap();
+    let text = metrics["text"].as_str().unwrap();
+    assert!(
+        text.contains("ringway_upstream_overloaded_total{upstream=\"o\"} 1\n"),
+        "{text}"
+    );
 }
