@@ -53,15 +53,18 @@ impl Balancer {
     pub fn new(balance: &Balance, endpoints: &[Endpoint]) -> Balancer {
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
         let seed = std::collections::hash_map::RandomState::new().hash_one(endpoints.len());
+        let cycle = smooth_cycle(&weights);
         Balancer {
             balance: balance.clone(),
-            cycle: smooth_cycle(&weights).into(),
+            // Each shard, and each generation, starts the rotation at its
+            // own place: not every shard's first request to endpoint 0.
+            next: Cell::new((seed % cycle.len() as u64) as usize),
+            cycle: cycle.into(),
             ids: endpoints
                 .iter()
                 .map(|e| hash_bytes(e.addr.to_string().as_bytes()))
                 .collect(),
             weights: weights.into(),
-            next: Cell::new(0),
             rng: Cell::new(seed | 1),
         }
     }
@@ -316,7 +319,9 @@ mod tests {
         assert_eq!(smooth_cycle(&[2, 6]), [1, 0, 1, 1]);
         let b = Balancer::new(&Balance::RoundRobin, &endpoints(&[1, 1, 1]));
         let picks: Vec<_> = (0..6).map(|i| b.pick(&key(i), |_| true, |_| 0)).collect();
-        assert_eq!(picks, [0, 1, 2, 0, 1, 2].map(Some));
+        let first = picks[0].unwrap();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2].map(|i| Some((first + i) % 3)));
+        b.next.set(0);
         // An endpoint that cannot be picked is skipped; none at all: None.
         assert_eq!(b.pick(&key(0), |i| i != 0, |_| 0), Some(1));
         assert_eq!(b.pick(&key(0), |_| false, |_| 0), None);
