@@ -13,6 +13,10 @@
 //! (`ToShard::Health`); the shard marks the endpoint, and its pools skip it.
 //! Nothing on the request path waits on this thread or takes a lock.
 //!
+//! Every 10 s (`REFRESH`) every checked endpoint's state is sent again, so
+//! a shard that missed a verdict (its mailbox full for a second) is put
+//! right.
+//!
 //! Endpoints start healthy: a proxy that starts, or an endpoint a reload
 //! adds, takes traffic before the first probe has answered, and is taken out
 //! after `unhealthy_after` failed probes. State is kept by upstream name and
@@ -61,6 +65,10 @@ const EVENTS: usize = 1024;
 /// The longest the checker sleeps between looks at what is due.
 const TICK: Duration = Duration::from_secs(1);
 
+/// How often every checked endpoint's state is sent again: a verdict a
+/// shard missed (its mailbox full for a second) is put right by then.
+const REFRESH: Duration = Duration::from_secs(10);
+
 impl HealthChecker {
     /// Starts the checker on `upstreams`; `report` gets each batch of
     /// verdicts, on the checker thread.
@@ -71,6 +79,7 @@ impl HealthChecker {
         let (tx, rx) = mpsc::sync_channel(EVENTS);
         let mut state = Checker {
             targets: Vec::new(),
+            refreshed: Instant::now(),
             tx: tx.clone(),
         };
         state.configure(upstreams);
@@ -133,6 +142,8 @@ struct Target {
 
 struct Checker {
     targets: Vec<Target>,
+    /// When every checked endpoint's state was last sent (`REFRESH`).
+    refreshed: Instant,
     tx: SyncSender<Event>,
 }
 
@@ -155,6 +166,15 @@ impl Checker {
                 .map(|t| t.next)
                 .min()
                 .map_or(TICK, |next| next.saturating_duration_since(now).min(TICK));
+            if !self.targets.is_empty() && self.refreshed.elapsed() >= REFRESH {
+                self.refreshed = Instant::now();
+                let checked = self.targets.iter().map(|t| EndpointHealth {
+                    upstream: t.upstream.clone(),
+                    addr: t.addr,
+                    healthy: t.healthy,
+                });
+                report(checked.collect());
+            }
             let first = match rx.recv_timeout(wake) {
                 Ok(e) => e,
                 Err(RecvTimeoutError::Timeout) => continue,
@@ -375,6 +395,7 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let mut c = Checker {
             targets: Vec::new(),
+            refreshed: Instant::now(),
             tx,
         };
         let cfg = crate::Config::parse(
