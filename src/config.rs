@@ -265,6 +265,19 @@ pub enum Balance {
     HashHeader(String),
 }
 
+/// As the file writes it: `least-conn`, `hash-header:x-user`.
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Balance::RoundRobin => f.write_str("round-robin"),
+            Balance::LeastConn => f.write_str("least-conn"),
+            Balance::PowerOfTwo => f.write_str("p2c"),
+            Balance::HashClientIp => f.write_str("hash-client-ip"),
+            Balance::HashHeader(name) => write!(f, "hash-header:{name}"),
+        }
+    }
+}
+
 /// `health_check`: each endpoint is asked `GET path` every `interval`;
 /// `unhealthy_after` failures in a row (no answer within `timeout`, or a
 /// status outside `expect_status`) take it out, `healthy_after` successes
