@@ -24,6 +24,7 @@ use monoio::io::{
 use monoio::net::TcpStream;
 
 use crate::accesslog::{Entry, ShardLog};
+use crate::balance::PickKey;
 use crate::capture::Capture;
 use crate::config::{Action, LimitKey, MAX_HEADERS_CAP};
 use crate::error::Reject;
@@ -573,7 +574,22 @@ impl Conn<'_> {
             }
             Action::Proxy(upstream) => {
                 let pool = &snap.pools[upstream];
-                let endpoint = pool.pick();
+                let hashed = pool.hash_header().and_then(|name| {
+                    let h = req
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name));
+                    h.map(|h| h.value)
+                });
+                let key = PickKey {
+                    client: self.peer,
+                    header: hashed,
+                };
+                let Some(endpoint) = pool.pick(&key) else {
+                    let reject = Reject::NoEndpoint;
+                    plan.action = Step::Reject { reject, allow: "" };
+                    return Ok(Some(plan));
+                };
                 let mut fallback = [0u8; 64];
                 let fallback_host = addr_text(pool.addr(endpoint), &mut fallback);
                 let (lead, target) = policy.rewrite(req.target).unwrap_or_else(|| {

@@ -27,6 +27,7 @@ use crate::admin::{AdminServer, AdminSocket};
 use crate::config::{Config, Steer};
 use crate::exporter::Exporter;
 use crate::handover::Inherited;
+use crate::health::{EndpointHealth, HealthChecker};
 use crate::histlog::HistogramLogs;
 use crate::lease::Mesh;
 use crate::mailbox::{FromShard, Mailbox, ShardStats, ToShard};
@@ -54,6 +55,9 @@ pub enum Command {
     /// started with `--upgrade` does once the old one is gone.
     OpenEndpoints,
     Histograms(HistogramQuery),
+    /// Health checks' verdicts, from the checker thread (never from the
+    /// admin socket): sent on to every shard.
+    Health(Vec<EndpointHealth>),
 }
 
 /// Which latency histogram `ringway ctl histograms` asks for, and how.
@@ -409,7 +413,13 @@ impl Server {
         let (tx, rx) = mpsc::channel();
         let handle = ControlHandle(tx);
         let addrs = listeners.iter().map(|b| (b.name.clone(), b.addr)).collect();
+        let verdicts = handle.clone();
+        let health = HealthChecker::start(&snapshot.config.upstreams, move |v| {
+            verdicts.tell(Command::Health(v));
+        })?;
         let mut control = Control {
+            health: Some(health),
+            down: Vec::new(),
             stamp: FileStamp::read(&snapshot.config.path),
             snapshot,
             generation: 0,
@@ -534,6 +544,11 @@ struct Control {
     exporter: Option<Exporter>,
     histogram_logs: Option<HistogramLogs>,
     access_log: Option<LogWriter>,
+    /// The active health checks' thread (`health`).
+    health: Option<HealthChecker>,
+    /// Endpoints the health checks have marked down, by upstream name, as
+    /// the verdicts went by: for `status`.
+    down: Vec<(String, SocketAddr)>,
 }
 
 /// How long the control thread waits for every shard to answer.
@@ -624,6 +639,21 @@ impl Control {
     fn handle(&mut self, command: Command) -> Reply {
         match command {
             Command::Status => Ok(self.status()),
+            Command::Health(verdicts) => {
+                for v in &verdicts {
+                    self.down.retain(|(u, a)| *u != v.upstream || *a != v.addr);
+                    if !v.healthy {
+                        self.down.push((v.upstream.clone(), v.addr));
+                    }
+                }
+                let verdicts: Arc<[EndpointHealth]> = verdicts.into();
+                for (i, s) in self.shards.iter().enumerate() {
+                    if let Err(e) = send(&s.mailbox, ToShard::Health(verdicts.clone())) {
+                        log::error!("health checks: shard {i}: {e}");
+                    }
+                }
+                Ok(json!({}))
+            }
             Command::Reload => self.reload(),
             Command::Config => Ok(json!({
                 "file": self.snapshot.config.path.display().to_string(),
@@ -894,6 +924,11 @@ impl Control {
             "listeners": self.listeners.iter().map(|b| json!({
                 "name": b.name, "addr": b.addr.to_string(),
             })).collect::<Vec<_>>(),
+            "unhealthy_endpoints": self.down.iter().filter(|(u, a)| {
+                self.snapshot.config.upstreams.iter().any(|up| {
+                    up.name == *u && up.endpoints.iter().any(|e| e.addr == *a)
+                })
+            }).map(|(u, a)| json!({ "upstream": u, "addr": a.to_string() })).collect::<Vec<_>>(),
             "shards": stats.iter().enumerate().map(|(i, s)| match s {
                 Some(s) => json!(s),
                 None => json!({ "shard": i, "error": "no answer" }),
@@ -1028,6 +1063,11 @@ impl Control {
         late.extend(unsent);
         self.generation = generation;
         self.snapshot = snapshot.clone();
+        // After the shards have the new pools: the checker sends every
+        // endpoint's state, which lands behind the reload in each mailbox.
+        if let Some(h) = &self.health {
+            h.reconfigure(&snapshot.config.upstreams);
+        }
         self.listeners.retain(|b| !removed.contains(&b.name));
         for b in &added {
             log::info!(
@@ -1152,6 +1192,9 @@ impl Control {
 
     /// Drains every shard within the drain timeout and joins them.
     fn stop(&mut self) {
+        if let Some(h) = self.health.take() {
+            h.stop();
+        }
         self.close_listeners();
         let limit = self.snapshot.config.server.drain_timeout.0;
         for s in &self.shards {

@@ -28,6 +28,11 @@ pub enum Reject {
     BadGateway,
     /// 503: no capacity (connection slots, buffers).
     Unavailable,
+    /// 503: every endpoint of the upstream is ejected or marked down.
+    NoEndpoint,
+    /// 503 with `Retry-After`: the upstream has `max_concurrent` requests
+    /// in flight (this shard's share of them).
+    Overloaded,
     /// 504: the upstream was too slow.
     GatewayTimeout,
     /// 429, with `Retry-After` and the `X-RateLimit-*` headers; the flag
@@ -46,7 +51,7 @@ impl Reject {
             Reject::UriTooLong => 414,
             Reject::HeadersTooLarge => 431,
             Reject::BadGateway => 502,
-            Reject::Unavailable => 503,
+            Reject::Unavailable | Reject::NoEndpoint | Reject::Overloaded => 503,
             Reject::GatewayTimeout => 504,
             Reject::TooManyRequests(..) => 429,
         }
@@ -62,7 +67,9 @@ impl Reject {
             Reject::UriTooLong => "HTTP/1.1 414 URI Too Long\r\n",
             Reject::HeadersTooLarge => "HTTP/1.1 431 Request Header Fields Too Large\r\n",
             Reject::BadGateway => "HTTP/1.1 502 Bad Gateway\r\n",
-            Reject::Unavailable => "HTTP/1.1 503 Service Unavailable\r\n",
+            Reject::Unavailable | Reject::NoEndpoint | Reject::Overloaded => {
+                "HTTP/1.1 503 Service Unavailable\r\n"
+            }
             Reject::GatewayTimeout => "HTTP/1.1 504 Gateway Timeout\r\n",
             Reject::TooManyRequests(..) => "HTTP/1.1 429 Too Many Requests\r\n",
         }
@@ -80,6 +87,10 @@ impl Reject {
             Reject::HeadersTooLarge => r#"{"error":"request header too large","status":431}"#,
             Reject::BadGateway => r#"{"error":"upstream unavailable or invalid","status":502}"#,
             Reject::Unavailable => r#"{"error":"no capacity to serve the request","status":503}"#,
+            Reject::NoEndpoint => r#"{"error":"every upstream endpoint is down","status":503}"#,
+            Reject::Overloaded => {
+                r#"{"error":"upstream at its limit of concurrent requests","status":503}"#
+            }
             Reject::GatewayTimeout => r#"{"error":"upstream timed out","status":504}"#,
             Reject::TooManyRequests(..) => r#"{"error":"rate limit exceeded","status":429}"#,
         }
@@ -109,6 +120,10 @@ impl Reject {
             out.extend_from_slice(b"Allow: ");
             out.extend_from_slice(allow.as_bytes());
             out.extend_from_slice(b"\r\n");
+        }
+        if self == Reject::Overloaded {
+            // Requests in flight end in moments; a second is a polite wait.
+            out.extend_from_slice(b"Retry-After: 1\r\n");
         }
         if let Reject::TooManyRequests(l, draft) = self {
             let scope = l.scope.name();
@@ -192,6 +207,8 @@ mod tests {
             Reject::HeadersTooLarge,
             Reject::BadGateway,
             Reject::Unavailable,
+            Reject::NoEndpoint,
+            Reject::Overloaded,
             Reject::GatewayTimeout,
         ] {
             let mut out = Vec::new();

@@ -15,7 +15,9 @@
 //! - `state`    what a shard owns (slab, counters, the `Generation` of config and pools)
 //! - `conn`     one client connection: read head, route, answer or proxy, keep alive
 //! - `proxy`    one proxied request: body pump ‖ response relay, retry, upgrade tunnel
-//! - `upstream` per-shard, per-endpoint keep-alive pools
+//! - `upstream` per-shard, per-endpoint keep-alive pools, ejection, `max_concurrent`
+//! - `balance`  how a shard picks an endpoint: round-robin, least-conn, p2c, hashing
+//! - `health`   active health checks, on a thread of the control side
 //! - `slab`     the shard's bounded buffer pool
 //! - `io`       bounded reads and writes on leased buffers
 //! - `error`    what failed, and the response that says so
@@ -28,6 +30,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod balance;
 pub mod capture;
 pub mod config;
 pub mod conn;
@@ -36,6 +39,7 @@ pub mod date;
 pub mod error;
 pub mod exporter;
 pub mod handover;
+pub mod health;
 pub mod hgrm;
 pub mod histlog;
 pub mod http1;

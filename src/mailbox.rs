@@ -20,6 +20,7 @@ use atomic_waker::AtomicWaker;
 use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
 
+use crate::health::EndpointHealth;
 use crate::metrics::{Report, Reset};
 use crate::snapshot::Snapshot;
 
@@ -44,6 +45,9 @@ pub enum ToShard {
     Drain,
     /// Drain for at most this long, then end the shard.
     Stop(Duration),
+    /// Health checks' verdicts: what changed, or after a reload every
+    /// endpoint's (see `health`).
+    Health(Arc<[EndpointHealth]>),
 }
 
 /// A message from a shard to the control thread.

@@ -241,6 +241,10 @@ pub struct UpstreamMetrics {
     /// Retries wanted that the retry budget did not allow.
     pub retries_refused: Cell<u64>,
     pub ejections: Cell<u64>,
+    /// Requests answered 503 at once: every endpoint down, or past
+    /// `max_concurrent`.
+    pub no_endpoint: Cell<u64>,
+    pub overloaded: Cell<u64>,
     latency: RefCell<Latency>,
 }
 
@@ -254,6 +258,8 @@ impl UpstreamMetrics {
             retries: Cell::new(0),
             retries_refused: Cell::new(0),
             ejections: Cell::new(0),
+            no_endpoint: Cell::new(0),
+            overloaded: Cell::new(0),
             latency: RefCell::new(Latency::new()),
         }
     }
@@ -273,6 +279,8 @@ impl UpstreamMetrics {
             retries: self.retries.get(),
             retries_refused: self.retries_refused.get(),
             ejections: self.ejections.get(),
+            no_endpoint: self.no_endpoint.get(),
+            overloaded: self.overloaded.get(),
             latency: latency.then(|| l.clone()),
         };
         if reset {
@@ -305,6 +313,8 @@ pub struct UpstreamReport {
     pub retries: u64,
     pub retries_refused: u64,
     pub ejections: u64,
+    pub no_endpoint: u64,
+    pub overloaded: u64,
     pub latency: Option<Latency>,
 }
 
@@ -397,6 +407,8 @@ impl Report {
                     m.retries += u.retries;
                     m.retries_refused += u.retries_refused;
                     m.ejections += u.ejections;
+                    m.no_endpoint += u.no_endpoint;
+                    m.overloaded += u.overloaded;
                     merge_latency(&mut m.latency, &u.latency);
                 }
                 None => self.upstreams.push(u.clone()),
@@ -567,6 +579,18 @@ impl prometheus_client::collector::Collector for Collect {
             "ringway_upstream_ejections",
             "Endpoints left out of the rotation after failures in a row.",
             &per_upstream(|x| x.ejections),
+        )?;
+        counter(
+            &mut e,
+            "ringway_upstream_no_endpoint",
+            "Requests answered 503 at once: every endpoint ejected or marked down.",
+            &per_upstream(|x| x.no_endpoint),
+        )?;
+        counter(
+            &mut e,
+            "ringway_upstream_overloaded",
+            "Requests answered 503 at once: the upstream at max_concurrent.",
+            &per_upstream(|x| x.overloaded),
         )?;
         counter(
             &mut e,

@@ -108,6 +108,10 @@ pub async fn exchange(
     let shard = conn.shard;
     let pool = &snap.pools[upstream];
     let t = &snap.config.timeouts;
+    // Held until the exchange ends; past `max_concurrent`, a 503 at once.
+    let Some(_admitted) = pool.admit() else {
+        return fail(conn, snap, plan, wbuf, Reject::Overloaded, None).await;
+    };
     let Some(mut ubuf) = shard.slab.lease() else {
         return fail(conn, snap, plan, wbuf, Reject::Unavailable, None).await;
     };

@@ -195,6 +195,7 @@ async fn serve(spec: ShardSpec, driver: String) -> std::io::Result<()> {
                 let report = metrics_report(&shard, latency, &reset);
                 mailbox.answer(FromShard::Metrics(n, Box::new(report)));
             }
+            ToShard::Health(verdicts) => shard.current().set_health(&verdicts),
             ToShard::Drain => drain(&shard, &mut listeners).await,
             ToShard::Stop(limit) => {
                 drain(&shard, &mut listeners).await;

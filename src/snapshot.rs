@@ -211,8 +211,15 @@ impl Snapshot {
             let target = match &r.action {
                 Action::Proxy(u) => {
                     let up = &self.config.upstreams[*u];
-                    let eps: Vec<String> = up.endpoints.iter().map(|e| e.to_string()).collect();
-                    format!("upstream {} [{}]", up.name, eps.join(", "))
+                    let eps: Vec<String> = up
+                        .endpoints
+                        .iter()
+                        .map(|e| match e.weight {
+                            1 => e.addr.to_string(),
+                            w => format!("{} weight {w}", e.addr),
+                        })
+                        .collect();
+                    format!("upstream {} {} [{}]", up.name, up.balance, eps.join(", "))
                 }
                 Action::Respond(resp) => format!("respond {}", resp.status),
                 Action::Redirect(r) => format!("redirect {}", r.status),

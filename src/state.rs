@@ -5,8 +5,8 @@
 //! A `Generation` is one loaded config as this shard runs it: the compiled
 //! snapshot and the upstream pools built for it. A reload makes a new one;
 //! what must outlive a reload moves across in `Generation::new` (today the
-//! endpoints of upstreams, with their open and idle connections; health and
-//! rate-limit state belong there too).
+//! endpoints of upstreams, with their open and idle connections, failure
+//! counts, ejections and health).
 
 use std::cell::{Cell, RefCell};
 use std::ops::Deref;
@@ -19,6 +19,7 @@ use monoio::io::{CancelHandle, Canceller};
 
 use crate::accesslog::ShardLog;
 use crate::date::HttpDate;
+use crate::health::EndpointHealth;
 use crate::lease::Mesh;
 use crate::metrics::{Record, RouteMetrics, UNROUTED};
 use crate::ratelimit::Limiter;
@@ -51,7 +52,7 @@ impl Generation {
             .map(|cfg| {
                 let old =
                     previous.and_then(|p| p.pools.iter().find(|pool| pool.name() == cfg.name));
-                UpstreamPool::new(cfg, old)
+                UpstreamPool::new(cfg, old, snapshot.config.workers())
             })
             .collect();
         let names = snapshot.config.routes.iter().map(|r| r.name.as_str());
@@ -68,6 +69,16 @@ impl Generation {
             number,
             pools,
             route_metrics,
+        }
+    }
+
+    /// Health checks' verdicts (see `health`): an endpoint marked down is
+    /// picked by no pool of this generation or an older one (they share it).
+    pub fn set_health(&self, verdicts: &[EndpointHealth]) {
+        for v in verdicts {
+            if let Some(pool) = self.pools.iter().find(|p| p.name() == v.upstream) {
+                pool.set_health(v.addr, v.healthy);
+            }
         }
     }
 

@@ -1,7 +1,9 @@
 //! Upstream connections of one shard: a pool per endpoint with a LIFO idle
 //! list, a cap on open connections (a request waits a bounded time for a
-//! slot), idle timeout, lifetime and request limits. Round-robin picks the
-//! endpoint.
+//! slot), idle timeout, lifetime and request limits. `balance` picks the
+//! endpoint among those neither ejected (passive outlier detection, here)
+//! nor marked down by a health check (`health`, through the shard's
+//! mailbox); `max_concurrent` caps the requests in flight.
 //!
 //! Lifecycle of a connection: `checkout` (reuse an idle one that is still
 //! open, or connect) → one exchange → `checkin` (back to the idle list if
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 use monoio::io::{OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 
+use crate::balance::{Balancer, PickKey};
 use crate::config::{Timeouts, Upstream};
 use crate::error::UpstreamError;
 use crate::io::{Peeked, peek};
@@ -56,6 +59,9 @@ struct Endpoint {
     ejected_until: Cell<Option<Instant>>,
     /// Ejections in a row: each lasts twice the one before.
     ejections: Cell<u32>,
+    /// What the last health check said (`health`); true until one says
+    /// otherwise, and always without health checks.
+    healthy: Cell<bool>,
 }
 
 impl Endpoint {
@@ -74,15 +80,30 @@ pub struct UpstreamPool {
     /// Shared with the pools of other generations of the same upstream
     /// that have the same endpoint: its connections outlive a reload.
     endpoints: Vec<Rc<Endpoint>>,
-    next: Cell<usize>,
+    balancer: Balancer,
+    /// Requests in flight to the upstream on this shard, kept across
+    /// reloads with the upstream's name (a request holds it in the pool it
+    /// started with), and this shard's share of `max_concurrent`.
+    active: Rc<Cell<u32>>,
+    active_cap: Option<u32>,
     next_waiter: Cell<u64>,
+}
+
+/// A request's place under `max_concurrent`, given back when it ends.
+pub struct Admission<'a>(&'a Cell<u32>);
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 impl UpstreamPool {
     /// A pool for `cfg`; the endpoints it shares with `previous` (the same
     /// upstream in the config before a reload) are taken over as they are,
-    /// open and idle connections included.
-    pub fn new(cfg: &Upstream, previous: Option<&UpstreamPool>) -> UpstreamPool {
+    /// open and idle connections included. `shards`: how many share
+    /// `max_concurrent`.
+    pub fn new(cfg: &Upstream, previous: Option<&UpstreamPool>, shards: usize) -> UpstreamPool {
         UpstreamPool {
             metrics: previous.map_or_else(
                 || Rc::new(UpstreamMetrics::new(&cfg.name)),
@@ -92,7 +113,8 @@ impl UpstreamPool {
             endpoints: cfg
                 .endpoints
                 .iter()
-                .map(|&addr| {
+                .map(|e| {
+                    let addr = e.addr;
                     let kept = previous.and_then(|p| p.endpoints.iter().find(|e| e.addr == addr));
                     match kept {
                         Some(ep) => ep.clone(),
@@ -106,12 +128,17 @@ impl UpstreamPool {
                             failures: Cell::new(0),
                             ejected_until: Cell::new(None),
                             ejections: Cell::new(0),
+                            healthy: Cell::new(true),
                         }),
                     }
                 })
                 .collect(),
+            balancer: Balancer::new(&cfg.balance, &cfg.endpoints),
+            active: previous.map_or_else(|| Rc::new(Cell::new(0)), |p| p.active.clone()),
+            active_cap: cfg
+                .max_concurrent
+                .map(|max| max.div_ceil(shards.max(1) as u32)),
             cfg: cfg.clone(),
-            next: Cell::new(0),
             next_waiter: Cell::new(0),
         }
     }
@@ -120,43 +147,89 @@ impl UpstreamPool {
         &self.cfg.name
     }
 
-    /// The endpoint the next request goes to: round-robin over those not
-    /// ejected (all of them if every one is).
-    pub fn pick(&self) -> usize {
-        self.pick_besides(0).unwrap_or_else(|| {
-            let i = self.next.get();
-            self.next.set((i + 1) % self.endpoints.len());
-            i
-        })
+    /// The endpoint a new request goes to, by the upstream's `balance`,
+    /// among those neither ejected nor down. `None`: every one is, and the
+    /// request is answered 503 at once rather than sent where it would
+    /// wait out a timeout.
+    pub fn pick(&self, key: &PickKey) -> Option<usize> {
+        let now = Cell::new(None);
+        let picked = self.balancer.pick(
+            key,
+            |i| self.usable(i, 0, &now),
+            |i| self.endpoints[i].busy(),
+        );
+        if picked.is_none() {
+            bump(&self.metrics.no_endpoint);
+        }
+        picked
     }
 
-    /// The next endpoint in the rotation that is not ejected and not in
-    /// `tried` (a bit per endpoint index; the first 64 endpoints).
+    /// Where a request that failed on the endpoints in `tried` (a bit per
+    /// endpoint index; the first 64 endpoints) goes next: the next in the
+    /// weighted rotation that is usable and not tried.
     pub fn pick_besides(&self, tried: u64) -> Option<usize> {
-        let n = self.endpoints.len();
-        let mut now = None;
-        for step in 0..n {
-            let i = (self.next.get() + step) % n;
-            if i < 64 && tried & (1 << i) != 0 {
-                continue;
-            }
-            let ep = &self.endpoints[i];
-            if let Some(until) = ep.ejected_until.get() {
-                if *now.get_or_insert_with(Instant::now) < until {
-                    continue;
-                }
-                // Back in the rotation; a failure ejects it again, for longer.
-                ep.ejected_until.set(None);
-                log::info!(
-                    "upstream '{}': endpoint {} back in rotation",
-                    self.cfg.name,
-                    ep.addr
-                );
-            }
-            self.next.set((i + 1) % n);
-            return Some(i);
+        let now = Cell::new(None);
+        self.balancer.in_turn(|i| self.usable(i, tried, &now))
+    }
+
+    /// The header `hash-header:NAME` hashes, if that is the balance.
+    pub fn hash_header(&self) -> Option<&str> {
+        self.balancer.hash_header()
+    }
+
+    /// Whether endpoint `i` may be picked: not in `tried`, not down, and not
+    /// ejected (an ejection that is over ends here). `now` is read once per
+    /// pick, and only if an endpoint is ejected.
+    fn usable(&self, i: usize, tried: u64, now: &Cell<Option<Instant>>) -> bool {
+        if i < 64 && tried & (1 << i) != 0 {
+            return false;
         }
-        None
+        let ep = &self.endpoints[i];
+        if !ep.healthy.get() {
+            return false;
+        }
+        if let Some(until) = ep.ejected_until.get() {
+            let t = now.get().unwrap_or_else(Instant::now);
+            now.set(Some(t));
+            if t < until {
+                return false;
+            }
+            // Back in the rotation; a failure ejects it again, for longer.
+            ep.ejected_until.set(None);
+            log::info!(
+                "upstream '{}': endpoint {} back in rotation",
+                self.cfg.name,
+                ep.addr
+            );
+        }
+        true
+    }
+
+    /// A place for one more request in flight, or `None` if this shard's
+    /// share of `max_concurrent` is taken: the request is answered 503 with
+    /// `Retry-After` at once, never queued.
+    pub fn admit(&self) -> Option<Admission<'_>> {
+        let active = &*self.active;
+        if self.active_cap.is_some_and(|cap| active.get() >= cap) {
+            bump(&self.metrics.overloaded);
+            return None;
+        }
+        active.set(active.get() + 1);
+        Some(Admission(active))
+    }
+
+    /// A health check's verdict on the endpoint at `addr`, if this pool has
+    /// it. The endpoint is shared with the other generations' pools.
+    pub fn set_health(&self, addr: SocketAddr, healthy: bool) {
+        if let Some(ep) = self.endpoints.iter().find(|e| e.addr == addr)
+            && ep.healthy.replace(healthy) != healthy
+        {
+            log::debug!(
+                "upstream '{}': endpoint {addr} marked {}",
+                self.cfg.name,
+                if healthy { "up" } else { "down" }
+            );
+        }
     }
 
     pub fn endpoints(&self) -> usize {
@@ -203,12 +276,14 @@ impl UpstreamPool {
             return;
         }
         let now = Instant::now();
-        let ejected = self
+        // Those a health check marked down count as out too: ejection never
+        // takes the last endpoints the health checks left.
+        let out = self
             .endpoints
             .iter()
-            .filter(|e| e.ejected_until.get().is_some_and(|u| u > now))
+            .filter(|e| !e.healthy.get() || e.ejected_until.get().is_some_and(|u| u > now))
             .count();
-        if (ejected + 1) * 100 > self.endpoints.len() * o.max_ejected_percent as usize {
+        if (out + 1) * 100 > self.endpoints.len() * o.max_ejected_percent as usize {
             return;
         }
         let times = ep.ejections.get().min(5);
@@ -440,4 +515,65 @@ const TRUSTED_IDLE: Duration = Duration::from_millis(200);
 /// connection the upstream already closed.
 fn still_open(fd: RawFd) -> bool {
     peek(fd) == Peeked::Empty
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn pool(extra: &str, shards: usize) -> UpstreamPool {
+        let text = format!(
+            "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n\
+             [[upstream]]\nname = \"u\"\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n{extra}\n"
+        );
+        let cfg = crate::Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        UpstreamPool::new(&cfg.upstreams[0], None, shards)
+    }
+
+    const KEY: PickKey = PickKey {
+        client: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        header: None,
+    };
+
+    #[test]
+    fn down_or_ejected_endpoints_are_not_picked_and_none_left_is_none() {
+        let p = pool(
+            "outlier_detection = { consecutive_failures = 1, max_ejected_percent = 100 }",
+            1,
+        );
+        p.set_health(p.addr(0), false);
+        assert!((0..4).all(|_| p.pick(&KEY) == Some(1)));
+        p.failed(1);
+        assert_eq!(p.pick(&KEY), None);
+        assert_eq!(p.pick_besides(0), None);
+        p.set_health(p.addr(0), true);
+        assert_eq!(p.pick(&KEY), Some(0));
+    }
+
+    #[test]
+    fn ejection_leaves_the_endpoint_health_checks_left() {
+        let p = pool("outlier_detection = { consecutive_failures = 1 }", 1);
+        p.set_health(p.addr(0), false);
+        // At 50%, one of two is out already: the other stays in.
+        p.failed(1);
+        assert_eq!(p.pick(&KEY), Some(1));
+    }
+
+    #[test]
+    fn max_concurrent_is_shared_out_over_the_shards() {
+        // ceil(5 / 2) = 3 on each shard.
+        let p = pool("max_concurrent = 5", 2);
+        let held: Vec<_> = (0..3).map(|_| p.admit().unwrap()).collect();
+        assert!(p.admit().is_none());
+        drop(held);
+        assert!(p.admit().is_some());
+        // A reload's pool shares the count with the one before.
+        let first = p.admit().unwrap();
+        let next = UpstreamPool::new(&p.cfg, Some(&p), 2);
+        let _two = (next.admit().unwrap(), next.admit().unwrap());
+        assert!(next.admit().is_none());
+        drop(first);
+        assert!(next.admit().is_some());
+    }
 }
