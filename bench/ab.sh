@@ -12,7 +12,8 @@
 # configs below (default plain): plain, ratelimit (a per-client and a
 # global limit that never trigger), accesslog (every request logged),
 # retry (the route retries 5xx and resets, its responses held until whole,
-# none ever failing). One shard, pinned by
+# none ever failing), and round-robin, least-conn, p2c, hash-client-ip
+# (that balance over two endpoints, a second origin). One shard, pinned by
 # taskset to CPU 1; ringway-origin and ringway-load (closed loop, one
 # thread) on CPU 0. Prints the proxy's own CPU time (all its threads, from
 # /proc/PID/task/*/schedstat) divided by the requests ringway-load completed.
@@ -25,7 +26,7 @@ bin=target/release
 [ -x $bin/ringway-load ] && [ -x $bin/ringway-origin ] ||
     cargo build --release -q -p ringway -p ringway-load -p ringway-origin
 work=$(mktemp -d)
-trap 'kill $origin 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill ${origin:-} ${origin2:-} 2>/dev/null; rm -rf "$work"' EXIT
 cat >"$work/ab.toml" <<EOF
 [server]
 workers = 1
@@ -55,8 +56,16 @@ EOF
 cat "$work/ab.toml" - >"$work/ab-retry.toml" <<EOF
 retry = { attempts = 3 }
 EOF
+# Each balance over two endpoints (the second origin below).
+for balance in round-robin least-conn p2c hash-client-ip; do
+    sed -e 's/^endpoints = .*/endpoints = ["127.0.0.1:19001", "127.0.0.1:19002"]/' \
+        -e "s/^name = \"o\"/name = \"o\"\nbalance = \"$balance\"/" \
+        "$work/ab.toml" >"$work/ab-$balance.toml"
+done
 taskset -c 0 $bin/ringway-origin --listen 127.0.0.1:19001 --threads 1 >/dev/null 2>&1 &
 origin=$!
+taskset -c 0 $bin/ringway-origin --listen 127.0.0.1:19002 --threads 1 >/dev/null 2>&1 &
+origin2=$!
 
 cpu_ns() {
     local total=0 run _

@@ -187,3 +187,26 @@ fn the_retry_budget_bounds_retries_in_an_outage() {
         "30 requests and at most 3 retries reached the origin: {asked}"
     );
 }
+
+#[test]
+fn without_retries_ejection_stops_the_failures_at_its_threshold() {
+    let good = origin(|_| status(200, "up"));
+    let dead = Origin::start(|_| Reply::Close);
+    let p = proxy(&format!(
+        "[[upstream]]\nname = \"o\"\nendpoints = [\"{}\", \"{}\"]\nretry = false\n\
+         outlier_detection = {{ consecutive_failures = 3, eject_for = \"60s\" }}\n\n\
+         [[route]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"o\"\n",
+        good.addr, dead.addr
+    ));
+    let mut failed = 0;
+    for _ in 0..100 {
+        match get(p.addr(), "/x").status {
+            200 => {}
+            502 => failed += 1,
+            other => panic!("status {other}"),
+        }
+    }
+    assert_eq!(failed, 3, "the threshold's failures, then none");
+    assert_eq!(dead.seen().len(), 3, "nothing sent to it once ejected");
+    assert_eq!(good.seen().len(), 97);
+}
