@@ -254,7 +254,8 @@ pub struct Upstream {
     pub max_requests: u64,
     /// A request that could not reach an endpoint goes to another: after a
     /// failed connect always (nothing was sent), after a reset or close
-    /// before any response byte if it is idempotent and has no body.
+    /// before any response byte if it is idempotent and its body, if any,
+    /// came whole with its head. A route's own `retry` replaces this.
     pub retry: bool,
     /// Passive ejection of failing endpoints; `None`: off.
     pub outlier: Option<Outlier>,

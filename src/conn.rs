@@ -247,6 +247,9 @@ impl Conn<'_> {
             // while the connection waited applies to it.
             let snap = self.shard.current();
             self.rec = Record::new(Instant::now());
+            // A request refused before its plan is logged too: with nothing
+            // of the one before.
+            self.capture.stop();
             self.logged_lens = [0; 3];
             let next = self.request(&snap).await;
             if self.rec.status != 0 || self.rec.bytes_in > 0 {

@@ -111,14 +111,19 @@ impl Mesh {
         true
     }
 
-    /// The next message to `me`, and who sent it; waits asleep until one comes.
-    pub async fn recv(&self, me: usize) -> (usize, Msg) {
-        let lanes = &self.lanes[me * self.n..(me + 1) * self.n];
-        let pop = || {
-            lanes
-                .iter()
-                .enumerate()
-                .find_map(|(from, q)| q.pop().map(|m| (from, m)))
+    /// The next message to `me`, and who sent it; waits asleep until one
+    /// comes. `next` is where the search starts, moved on past each sender
+    /// taken, so that no shard's queue waits behind another's.
+    pub async fn recv(&self, me: usize, next: &mut usize) -> (usize, Msg) {
+        let n = self.n;
+        let lanes = &self.lanes[me * n..(me + 1) * n];
+        let mut pop = || {
+            let start = *next;
+            (0..n).map(|i| (start + i) % n).find_map(|from| {
+                let m = lanes[from].pop()?;
+                *next = (from + 1) % n;
+                Some((from, m))
+            })
         };
         poll_fn(|cx| {
             if let Some(m) = pop() {
@@ -226,7 +231,10 @@ impl Remote {
             if self.asked.get() != asked_at || sleep.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(());
             }
-            self.waiters.borrow_mut().push(cx.waker().clone());
+            let mut waiters = self.waiters.borrow_mut();
+            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
+            }
             Poll::Pending
         })
         .await
@@ -244,12 +252,13 @@ pub struct Remotes {
 }
 
 impl Remotes {
-    /// The lease on `key`; with `max` leases already, an idle one, or the
-    /// least recently seen of a sample, makes room.
-    pub fn get(&self, key: &[u8], max: usize, idle: u64, now: u64) -> Rc<Remote> {
+    /// The lease on `key`; with `max` leases already, the least recently
+    /// seen of a sample that no request waits on makes room, else the idle
+    /// ones. `None` if none can go: the shard then decides alone.
+    pub fn get(&self, key: &[u8], max: usize, idle: u64, now: u64) -> Option<Rc<Remote>> {
         let mut map = self.map.borrow_mut();
         if let Some(r) = map.get(key) {
-            return r.clone();
+            return Some(r.clone());
         }
         if map.len() >= max {
             let victim = map
@@ -262,21 +271,34 @@ impl Remotes {
                 Some(k) => {
                     map.remove(&k);
                 }
-                None => map.retain(|_, r| now.saturating_sub(r.seen.get()) < idle),
+                None => self.sweep_locked(&mut map, idle, now),
+            }
+            if map.len() >= max {
+                return None;
             }
         }
         let r = Rc::new(Remote::new(key));
         map.insert(key.into(), r.clone());
-        r
+        Some(r)
     }
 
     pub fn find(&self, key: &[u8]) -> Option<Rc<Remote>> {
         self.map.borrow().get(key).cloned()
     }
 
-    /// Drops leases idle for `idle` that no request waits on.
+    /// Drops leases idle for `idle` that no request waits on. The wakers
+    /// of an ask answered or given up on are stale (their requests went on
+    /// when it timed out) and are dropped first.
     pub fn sweep(&self, idle: u64, now: u64) {
-        self.map.borrow_mut().retain(|_, r| {
+        self.sweep_locked(&mut self.map.borrow_mut(), idle, now);
+    }
+
+    fn sweep_locked(&self, map: &mut AHashMap<Box<[u8]>, Rc<Remote>>, idle: u64, now: u64) {
+        map.retain(|_, r| {
+            let asked = r.asked.get();
+            if asked == 0 || now.saturating_sub(asked) >= ASK_TIMEOUT {
+                r.waiters.borrow_mut().clear();
+            }
             now.saturating_sub(r.seen.get()) < idle || !r.waiters.borrow().is_empty()
         });
     }
@@ -349,7 +371,7 @@ mod tests {
             .enable_timer()
             .build()
             .unwrap();
-        let (from, msg) = rt.block_on(mesh.recv(0));
+        let (from, msg) = rt.block_on(mesh.recv(0, &mut 0));
         assert_eq!(from, 2);
         assert!(matches!(msg, Msg::Ask { key, want: 1, .. } if key.get() == b"k"));
         for _ in 0..DEPTH {

@@ -155,6 +155,15 @@ pub async fn exchange(
             if !rules.on.has(why) || (why != RetryOn::CONNECT && !rules.resendable) {
                 return None;
             }
+            let mut now_tried = *tried;
+            if endpoint < 64 {
+                now_tried |= 1 << endpoint;
+            }
+            // Another endpoint; the same one only for a route's own retry
+            // (a 503 may pass), never for the upstream's default.
+            let next = pool
+                .pick_besides(now_tried)
+                .or(rules.by_route.then_some(endpoint))?;
             if !more {
                 if attempt.get() < rules.attempts {
                     pool.budget_refused();
@@ -162,11 +171,9 @@ pub async fn exchange(
                 return None;
             }
             pool.spend_retry();
-            if endpoint < 64 {
-                *tried |= 1 << endpoint;
-            }
+            *tried = now_tried;
             attempt.set(attempt.get() + 1);
-            Some(pool.pick_besides(*tried).unwrap_or(endpoint))
+            Some(next)
         };
         conn.rec.upstream_addr = Some(pool.addr(endpoint));
         let (mut up, reused) = match pool.checkout(endpoint, t, fresh, plan.deadline).await {
@@ -238,7 +245,13 @@ pub async fn exchange(
             held,
             ..
         } = conn;
-        let (kept_in, kept_out) = (&mut capture.request, &mut capture.response);
+        // The request body is captured once, on its first attempt.
+        let mut again = capture::Body::default();
+        let kept_in = match attempt.get() {
+            1 if !fresh => &mut capture.request,
+            _ => &mut again,
+        };
+        let kept_out = &mut capture.response;
         let out = match &mut answers {
             Some(a) => a,
             None => &mut *wbuf,
@@ -254,7 +267,10 @@ pub async fn exchange(
         let why = match relayed {
             _ if committed.get() || !head_kept => None,
             Some(Err(RelayError::Status(status))) => Some(RetryOn::of_status(status)),
-            Some(Err(RelayError::Upstream(UpstreamError::ClosedEarly | UpstreamError::Cut(_)))) => {
+            Some(Err(RelayError::Upstream(UpstreamError::ClosedEarly))) => Some(RetryOn::RESET),
+            // Part of a response came: the upstream acted on the request.
+            // Only a route that asked for it sends it again.
+            Some(Err(RelayError::Upstream(UpstreamError::Cut(_)))) if rules.by_route => {
                 Some(RetryOn::RESET)
             }
             Some(Err(RelayError::Upstream(UpstreamError::Timeout))) => Some(RetryOn::TIMEOUT),
@@ -713,7 +729,8 @@ async fn relay(
         }
     };
     cx.head_done.set(true);
-    if cx.retry_on.status(head.status) {
+    // A 1xx the client got commits the exchange: this response is its.
+    if !cx.committed.get() && cx.retry_on.status(head.status) {
         return Err(RelayError::Status(head.status));
     }
     cx.seen.head_read.set(Some(Instant::now()));
@@ -736,7 +753,7 @@ async fn relay(
     // While the response is held: the body bytes held so far, after the
     // head in `wbuf` and then in `held`. Nothing reaches the client until
     // the response is whole, or too big to hold.
-    let mut holding = cx.hold.map(|_| 0);
+    let mut holding = cx.hold.filter(|_| !cx.committed.get()).map(|_| 0);
     loop {
         // Run the framing over what arrived; for an HTTP/1.0 client the chunk
         // framing is squeezed out in place, leaving the payload at pos..out_end.
@@ -828,7 +845,8 @@ async fn relay(
 
 /// Keeps `bytes` of a held response: in the spare room of `out` (after the
 /// head), then in buffers leased for it. Returns how many it kept: fewer
-/// when the slab has no buffer to give.
+/// when the slab is three quarters leased, so that held responses never
+/// take the buffers new connections and requests need.
 fn hold(out: &mut Lease, held: &mut Vec<Lease>, slab: &Rc<Slab>, mut bytes: &[u8]) -> usize {
     let total = bytes.len();
     let has_room = |b: &Lease| b.get().len() < b.get().capacity();
@@ -836,6 +854,7 @@ fn hold(out: &mut Lease, held: &mut Vec<Lease>, slab: &Rc<Slab>, mut bytes: &[u8
         let buf = match held.last_mut() {
             Some(last) if has_room(last) => last.get_mut(),
             None if has_room(out) => out.get_mut(),
+            _ if slab.leased() * 4 >= slab.max() * 3 => break,
             _ => match slab.lease() {
                 Some(lease) => {
                     held.push(lease);

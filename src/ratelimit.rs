@@ -326,6 +326,10 @@ impl Limiter {
                 let remote = self
                     .remotes
                     .get(key, self.max_entries.get(), self.idle.get(), now);
+                let Some(remote) = remote else {
+                    self.alone(key, rate, now).map_err(Verdict::Limited)?;
+                    return self.draw_all(policy, now).map_err(Verdict::Limited);
+                };
                 match remote.take(now) {
                     Taken::Yes => {}
                     Taken::No(wait) => {

@@ -2,18 +2,17 @@
 //! takes.
 //!
 //! A route's `retry` (or, without one, the upstream's default: connect
-//! failures and early closes, as many attempts as endpoints) decides which
-//! failures are retried. `proxy::exchange` asks `Attempts` before each
-//! retry; an attempt after which none may follow is the last, and its
-//! response is streamed to the client as it comes. Others are held until
+//! failures and closes before any response byte, an attempt per endpoint)
+//! decides which failures are retried: `Rules`, worked out as an exchange
+//! begins. An attempt after which none may follow is the last, and its
+//! response is streamed to the client as it comes; others are held until
 //! known good (see `proxy`).
 //!
-//! `Budget` is a shard's count of an upstream's requests and retries over
-//! the last two whole seconds and this one: a retry is allowed while the
-//! retries stay under `percent` of the requests or `min_per_sec` a second
-//! (the shard's share of it), whichever is more. Plain `Cell`s: each shard
-//! keeps its own, and the budget survives a reload with the upstream's
-//! name.
+//! `Budget` is a shard's count of an upstream's requests and retries in
+//! this whole second and the one before: a retry is allowed while the
+//! retries stay under `percent` of the requests or twice the shard's share
+//! of `min_per_sec`, whichever is more. Plain `Cell`s: each shard keeps its
+//! own, and the budget survives a reload with the upstream's name.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -100,6 +99,10 @@ pub struct Rules {
     /// The request may be sent again once sent: it is idempotent (or the
     /// route allows others) and its body, if any, is still in hand.
     pub resendable: bool,
+    /// The route's own `retry`, not the upstream's default: a response
+    /// cut part-way counts as a reset, and with no other endpoint left the
+    /// same one is tried again.
+    pub by_route: bool,
 }
 
 impl Rules {
@@ -114,6 +117,7 @@ impl Rules {
                 backoff: r.backoff,
                 buffer_limit: r.buffer_limit,
                 resendable: false,
+                by_route: true,
             },
             None if upstream_retry => Rules {
                 attempts: (endpoints as u32).clamp(1, MAX_TRIES),
@@ -121,6 +125,7 @@ impl Rules {
                 backoff: Duration::ZERO,
                 buffer_limit: 0,
                 resendable: false,
+                by_route: false,
             },
             None => Rules {
                 attempts: 1,
@@ -128,6 +133,7 @@ impl Rules {
                 backoff: Duration::ZERO,
                 buffer_limit: 0,
                 resendable: false,
+                by_route: false,
             },
         }
     }
@@ -190,6 +196,7 @@ mod tests {
             backoff: Duration::from_millis(25),
             buffer_limit: 0,
             resendable: true,
+            by_route: true,
         };
         assert_eq!(r.backoff(1), Duration::from_millis(25));
         assert_eq!(r.backoff(3), Duration::from_millis(100));

@@ -226,8 +226,9 @@ async fn serve(spec: ShardSpec, driver: String) -> std::io::Result<()> {
 /// Answers other shards' asks for tokens of the keys this one owns, and
 /// takes their answers to its own (see `lease`).
 async fn leases(shard: Rc<ShardState>, mesh: Arc<Mesh>) {
+    let mut next = 0;
     loop {
-        let (from, msg) = mesh.recv(shard.id).await;
+        let (from, msg) = mesh.recv(shard.id, &mut next).await;
         let now = crate::ratelimit::nanos(Instant::now());
         match msg {
             Msg::Ask { key, rate, want } => {

@@ -236,13 +236,13 @@ impl UpstreamPool {
         self.endpoints.len()
     }
 
-    /// Whether some endpoint is in the rotation (not ejected at `now`):
-    /// what `[endpoints] ready` reports, from this shard's view, without
-    /// dialling anything.
+    /// Whether some endpoint is in the rotation (not marked down by a
+    /// health check, not ejected at `now`): what `[endpoints] ready`
+    /// reports, from this shard's view, without dialling anything.
     pub fn ready(&self, now: Instant) -> bool {
         self.endpoints
             .iter()
-            .any(|e| e.ejected_until.get().is_none_or(|until| now >= until))
+            .any(|e| e.healthy.get() && e.ejected_until.get().is_none_or(|until| now >= until))
     }
 
     pub fn retries(&self) -> bool {
