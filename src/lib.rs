@@ -60,6 +60,7 @@ pub mod slab;
 pub mod snapshot;
 pub mod state;
 pub mod template;
+pub mod tunnel;
 pub mod upstream;
 
 pub use config::Config;

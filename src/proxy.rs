@@ -40,6 +40,8 @@ use crate::retry::Rules;
 use crate::slab::{Lease, Slab};
 use crate::snapshot::Snapshot;
 use crate::state::Generation;
+use crate::tunnel::tunnel;
+use crate::upstream::{UpstreamConn, UpstreamPool};
 
 type UpRead = OwnedReadHalf<TcpStream>;
 type UpWrite = OwnedWriteHalf<TcpStream>;
@@ -48,7 +50,8 @@ type UpWrite = OwnedWriteHalf<TcpStream>;
 /// for a close: a fast exchange pays nothing for the watch.
 const WATCH_AFTER: Duration = Duration::from_millis(10);
 
-/// No wait in a tunnel has its own limit: one idle timer covers both ways.
+/// The response head's read has no limit of its own: `drive`'s head timer
+/// (and the request's deadline) bound it.
 const FAR: Duration = Duration::from_secs(24 * 3600);
 
 /// How the request body's streaming failed.
@@ -279,133 +282,150 @@ pub async fn exchange(
         if let Some(why) = why
             && !matches!(pumped, Some(Err(e)) if e.ends_exchange())
         {
-            pool.discard(up);
             let closed_early = matches!(
                 relayed,
                 Some(Err(RelayError::Upstream(UpstreamError::ClosedEarly)))
             );
             if closed_early && stale && rules.resendable {
+                pool.discard(up);
                 fresh = true;
                 conn.rec.retries += 1;
                 continue;
             }
             if let Some(e) = retry(why, endpoint, &mut tried) {
+                pool.discard(up);
                 (endpoint, fresh) = (e, false);
                 conn.rec.retries += 1;
                 backoff(&rules, attempt.get(), plan.deadline).await;
                 continue;
             }
-            // Not retried: answered as any other failure.
+            // Not retried (its failure is counted): answered as any other.
             seen.into_record(&mut conn.rec, asked);
-            let consumed = match pumped {
-                Some(Ok(end)) => Some(end),
-                _ => None,
+            let ended = Ended {
+                pumped,
+                relayed,
+                committed: false,
             };
-            return finish_failed(conn, snap, plan, wbuf, relayed, consumed).await;
+            return conclude(conn, snap, plan, wbuf, (pool, endpoint, up, ubuf), ended).await;
         }
         seen.into_record(&mut conn.rec, asked);
-
-        let consumed = match pumped {
-            Some(Ok(end)) => Some(end),
-            Some(Err(PumpError::ClientGone)) => {
-                pool.discard(up);
-                shard.client_aborts.set(shard.client_aborts.get() + 1);
-                return Next::Close;
-            }
-            Some(Err(e)) if let Some(reject) = e.reject() => {
-                pool.discard(up);
-                if committed.get() {
-                    return Next::Close;
-                }
-                return fail(conn, snap, plan, wbuf, reject, None).await;
-            }
-            Some(Err(_)) | None => None,
-        };
-        match relayed {
-            Some(Ok(Relayed::Done { reusable, close })) => {
-                if conn.rec.status >= 500 {
-                    pool.failed(endpoint);
-                } else {
-                    pool.succeeded(endpoint);
-                }
-                if reusable && consumed.is_some() {
-                    pool.checkin(up);
-                } else {
-                    pool.discard(up);
-                }
-                return match consumed {
-                    Some(end) if !close => {
-                        conn.rbuf.get_mut().drain(..end);
-                        Next::KeepAlive
-                    }
-                    Some(_) => Next::Close,
-                    None => {
-                        // Answered before the body was read: the rest of it must not
-                        // be taken for a request.
-                        conn.linger().await;
-                        Next::Close
-                    }
-                };
-            }
-            Some(Ok(Relayed::Upgraded { rest })) => {
-                let start = consumed.unwrap_or(plan.head_len);
-                let idle = t.upstream_idle.0;
-                let Conn { r, w, rbuf, .. } = conn;
-                tunnel(
-                    (r, w, rbuf, start),
-                    (&mut up.r, &mut up.w, &mut ubuf, rest),
-                    idle,
-                )
-                .await;
-                pool.discard(up);
-                return Next::Close;
-            }
-            Some(Err(RelayError::Upstream(e))) => {
-                pool.discard(up);
-                pool.failed(endpoint);
-                log::debug!("upstream {} failed: {e:?}", pool.addr(endpoint));
-                if committed.get() {
-                    return Next::Close;
-                }
-                return fail(conn, snap, plan, wbuf, e.reject(), consumed).await;
-            }
-            // Only asked for when another attempt may follow, and taken above.
-            Some(Err(RelayError::Status(_))) => {
-                pool.discard(up);
-                return fail(conn, snap, plan, wbuf, Reject::BadGateway, consumed).await;
-            }
-            Some(Err(RelayError::ClientGone)) => {
-                pool.discard(up);
-                shard.client_aborts.set(shard.client_aborts.get() + 1);
-                log::debug!("client {} closed before the response", conn.peer);
-                return Next::Close;
-            }
-            Some(Err(RelayError::Client)) | None => {
-                pool.discard(up);
-                return Next::Close;
-            }
+        if let Some(Err(RelayError::Upstream(_))) = relayed {
+            pool.failed(endpoint);
         }
+        let ended = Ended {
+            pumped,
+            relayed,
+            committed: committed.get(),
+        };
+        return conclude(conn, snap, plan, wbuf, (pool, endpoint, up, ubuf), ended).await;
     }
 }
 
-/// A failure that could have been retried but is not (no attempt left, the
-/// budget spent, or `on` does not name it): answered as any other.
-async fn finish_failed(
+/// How an attempt ended.
+struct Ended {
+    pumped: Option<Result<usize, PumpError>>,
+    relayed: Option<Result<Relayed, RelayError>>,
+    /// A response was on its way to the client.
+    committed: bool,
+}
+
+/// The upstream side of the attempt that answers: its pool, endpoint,
+/// connection and read buffer.
+type Link<'a> = (&'a UpstreamPool, usize, UpstreamConn, Lease);
+
+/// Answers the request from the attempt that ended it: the connection goes
+/// back to the pool or is closed, the client connection is kept (its
+/// request read whole), closed, lingered on, or becomes a tunnel; a failure
+/// not yet seen by the client is answered with its error.
+async fn conclude(
     conn: &mut Conn<'_>,
     snap: &Generation,
     plan: &Plan<'_>,
     wbuf: &mut Lease,
-    relayed: Option<Result<Relayed, RelayError>>,
-    consumed: Option<usize>,
+    link: Link<'_>,
+    ended: Ended,
 ) -> Next {
-    let reject = match relayed {
-        Some(Err(RelayError::Upstream(e))) => {
-            log::debug!("upstream failed: {e:?}");
-            e.reject()
+    let (pool, endpoint, mut up, mut ubuf) = link;
+    let shard = conn.shard;
+    let consumed = match ended.pumped {
+        Some(Ok(end)) => Some(end),
+        Some(Err(PumpError::ClientGone)) => {
+            pool.discard(up);
+            shard.client_aborts.set(shard.client_aborts.get() + 1);
+            return Next::Close;
         }
-        _ => Reject::BadGateway,
+        Some(Err(e)) if let Some(reject) = e.reject() => {
+            pool.discard(up);
+            if ended.committed {
+                return Next::Close;
+            }
+            return fail(conn, snap, plan, wbuf, reject, None).await;
+        }
+        Some(Err(_)) | None => None,
     };
-    fail(conn, snap, plan, wbuf, reject, consumed).await
+    match ended.relayed {
+        Some(Ok(Relayed::Done { reusable, close })) => {
+            if conn.rec.status >= 500 {
+                pool.failed(endpoint);
+            } else {
+                pool.succeeded(endpoint);
+            }
+            if reusable && consumed.is_some() {
+                pool.checkin(up);
+            } else {
+                pool.discard(up);
+            }
+            match consumed {
+                Some(end) if !close => {
+                    conn.rbuf.get_mut().drain(..end);
+                    Next::KeepAlive
+                }
+                Some(_) => Next::Close,
+                None => {
+                    // Answered before the body was read: the rest of it must not
+                    // be taken for a request.
+                    conn.linger().await;
+                    Next::Close
+                }
+            }
+        }
+        Some(Ok(Relayed::Upgraded { rest })) => {
+            let start = consumed.unwrap_or(plan.head_len);
+            let idle = snap.config.timeouts.upstream_idle.0;
+            let Conn { r, w, rbuf, .. } = conn;
+            tunnel(
+                (r, w, rbuf, start),
+                (&mut up.r, &mut up.w, &mut ubuf, rest),
+                idle,
+            )
+            .await;
+            pool.discard(up);
+            Next::Close
+        }
+        Some(Err(RelayError::Upstream(e))) => {
+            pool.discard(up);
+            log::debug!("upstream {} failed: {e:?}", pool.addr(endpoint));
+            if ended.committed {
+                return Next::Close;
+            }
+            fail(conn, snap, plan, wbuf, e.reject(), consumed).await
+        }
+        // A status another attempt was to take, when none may follow.
+        Some(Err(RelayError::Status(_))) => {
+            pool.discard(up);
+            fail(conn, snap, plan, wbuf, Reject::BadGateway, consumed).await
+        }
+        Some(Err(RelayError::ClientGone)) => {
+            pool.discard(up);
+            shard.client_aborts.set(shard.client_aborts.get() + 1);
+            log::debug!("client {} closed before the response", conn.peer);
+            Next::Close
+        }
+        Some(Err(RelayError::Client)) | None => {
+            pool.discard(up);
+            Next::Close
+        }
+    }
 }
 
 /// Waits before attempt `attempt`, as the route's `retry.backoff` says,
@@ -947,61 +967,4 @@ fn response(cx: &RelayCx<'_>, buf: &[u8], out: &mut Vec<u8>) -> Result<Option<He
         dechunk,
         captured: cx.capture > 0 && capture::text_response(resp.headers),
     })))
-}
-
-type Side<'a, R, W> = (&'a mut R, &'a mut W, &'a mut Lease, usize);
-
-/// Copies bytes both ways until either side closes or fails, or neither
-/// moves a byte for `idle`. Each side's buffer holds bytes read before the
-/// switch, from the given offset. The one idle timer ends both directions
-/// together, so no read is ever dropped while the tunnel goes on, and no
-/// byte that arrived is lost to a cancelled read.
-async fn tunnel(
-    client: Side<'_, ClientRead, ClientWrite>,
-    upstream: Side<'_, UpRead, UpWrite>,
-    idle: Duration,
-) {
-    let last = Cell::new(Instant::now());
-    let (cr, cw, cbuf, cstart) = client;
-    let (ur, uw, ubuf, ustart) = upstream;
-    let mut up = pin!(copy(cr, uw, cbuf, cstart, &last));
-    let mut down = pin!(copy(ur, cw, ubuf, ustart, &last));
-    let mut timer = pin!(monoio::time::sleep(idle));
-    poll_fn(|cx| {
-        if up.as_mut().poll(cx).is_ready() || down.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(());
-        }
-        while timer.as_mut().poll(cx).is_ready() {
-            let quiet = last.get().elapsed();
-            if quiet >= idle {
-                return Poll::Ready(());
-            }
-            timer.set(monoio::time::sleep(idle - quiet));
-        }
-        Poll::Pending
-    })
-    .await;
-}
-
-async fn copy<R, W>(r: &mut R, w: &mut W, buf: &mut Lease, start: usize, last: &Cell<Instant>)
-where
-    R: monoio::io::AsyncReadRent,
-    W: monoio::io::AsyncWriteRent,
-{
-    let len = buf.get().len();
-    if write_range(w, buf, start..len, FAR).await.is_err() {
-        return;
-    }
-    loop {
-        buf.get_mut().clear();
-        if read_more(r, buf, FAR).await.is_err() {
-            return;
-        }
-        last.set(Instant::now());
-        let len = buf.get().len();
-        if write_range(w, buf, 0..len, FAR).await.is_err() {
-            return;
-        }
-        last.set(Instant::now());
-    }
 }
