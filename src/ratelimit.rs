@@ -362,12 +362,17 @@ impl Limiter {
             rate,
             owner,
         } = ticket;
+        // However the rounds go, a request waits at most this long.
+        let give_up = nanos(Instant::now()) + 2 * lease::ASK_TIMEOUT;
         for _ in 0..MAX_ROUNDS {
             let asked_at = remote.asked_at();
             if asked_at != 0 {
                 remote.answered(asked_at).await;
             }
             let now = nanos(Instant::now());
+            if now >= give_up {
+                break;
+            }
             match remote.take(now) {
                 Taken::Yes => return self.draw_all(policy, now),
                 Taken::No(wait) => {
