@@ -238,6 +238,7 @@ struct FileOwnLimit {
     global: Option<Rate>,
 }
 
+/// Lower-cases and checks a route host: a DNS name, optionally `*.` first.
 fn valid_host(h: &str) -> Option<String> {
     let h = h.to_ascii_lowercase();
     let name = h.strip_prefix("*.").unwrap_or(&h);

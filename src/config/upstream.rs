@@ -285,7 +285,6 @@ fn default_max_lifetime() -> Dur {
 /// The shortest `health_check.interval`: probes are threads of their own.
 const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Lower-cases and checks a route host: a DNS name, optionally `*.` first.
 /// A header name as `hash-header:` and `header:` take it: letters, digits,
 /// `-` and `_`.
 fn valid_header_name(name: &str) -> bool {
