@@ -87,6 +87,7 @@ for t in "${targets[@]}"; do
 
     case "$t" in
     chunked_body) max_len=20000 dict=chunked.dict ;; # past the 16 KiB trailer bound
+    policy_rewrite) max_len=8192 dict=policy.dict ;;  # http.dict and the policies' names
     *) max_len=8192 dict=http.dict ;;                # past the 4 KiB head bound
     esac
 
