@@ -165,6 +165,8 @@ struct HeaderRules {
 struct Rewrite {
     from: Box<str>,
     to: Box<str>,
+    /// `to` ending in `/`: what the path `/` becomes when `from` is `/`.
+    to_dir: Box<str>,
 }
 
 /// `redirect = { status, location }`: the route's answer.
@@ -703,15 +705,30 @@ impl Rewrite {
             }
         }
         let from = f.from.trim_end_matches('/');
+        let to_dir = match f.to.ends_with('/') {
+            true => f.to.clone(),
+            false => format!("{}/", f.to),
+        };
         Ok(Rewrite {
             from: from.into(),
             to: f.to.as_str().into(),
+            to_dir: to_dir.into(),
         })
     }
 
     /// `from` is matched on a segment boundary: `/api` rewrites `/api`,
     /// `/api/x` and `/api?q`, never `/apix`.
     fn apply<'a>(&'a self, target: &'a str) -> (&'a str, &'a str) {
+        // "?q" is what the parser leaves of "http://h?q": the path is "/",
+        // which only a rewrite from "/" matches.
+        if target.starts_with('?') {
+            let lead = if self.from.is_empty() {
+                &*self.to_dir
+            } else {
+                "/"
+            };
+            return (lead, target);
+        }
         let rest = match target.strip_prefix(&*self.from) {
             Some(rest) if rest.is_empty() || rest.starts_with(['/', '?']) => rest,
             _ => return ("", target),
@@ -825,6 +842,11 @@ mod tests {
         assert_eq!(join(r("/api", "/").apply("/api")), "/");
         assert_eq!(join(r("/api", "/v2").apply("/api?q")), "/v2?q");
         assert_eq!(join(r("/api", "/v2").apply("/apix")), "/apix");
+        // Absolute form without a path ("http://h?q"): the path is "/".
+        assert_eq!(join(r("/api", "/v2").apply("?q")), "/?q");
+        assert_eq!(join(r("/", "/v2").apply("?q")), "/v2/?q");
+        assert_eq!(join(r("/", "/v2").apply("/?q")), "/v2/?q");
+        assert_eq!(join(r("/", "/").apply("?q")), "/?q");
     }
 
     #[test]
