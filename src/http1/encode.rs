@@ -158,9 +158,24 @@ fn removed(remove: &[Box<str>], name: &str) -> bool {
         Some(prefix) => name
             .as_bytes()
             .get(..prefix.len())
-            .is_some_and(|n| n.eq_ignore_ascii_case(prefix.as_bytes())),
-        None => r.eq_ignore_ascii_case(name),
+            .is_some_and(|n| same_name(n, prefix.as_bytes())),
+        None => same_name(r.as_bytes(), name.as_bytes()),
     })
+}
+
+/// Field names alike, ASCII case ignored and `_` taken for `-`: many
+/// applications read `X_Client_Ip` as `X-Client-Ip`, so on a route that
+/// passes `_` (`underscores_in_headers`) a rule that removes or sets one
+/// must hold the other back too, or a client could forge it.
+fn same_name(a: &[u8], b: &[u8]) -> bool {
+    let fold = |c: u8| {
+        if c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold(x) == fold(y))
 }
 
 /// The `Connection` line of a response ringway writes itself: `close`, or
@@ -406,6 +421,16 @@ mod tests {
         };
         response_head(&mut out, &resp, reply);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_rule_holds_a_name_written_with_underscores_too() {
+        let remove: [Box<str>; 2] = ["x-client-ip".into(), "x-debug-*".into()];
+        assert!(removed(&remove, "X_Client_Ip"));
+        assert!(removed(&remove, "x-client-ip"));
+        assert!(removed(&remove, "X_DEBUG_trace"));
+        assert!(!removed(&remove, "X-Client-Ipv6"));
+        assert!(!removed(&remove, "X-Clientip"));
     }
 
     #[test]
