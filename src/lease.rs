@@ -203,6 +203,11 @@ impl Remote {
         }
     }
 
+    /// A token taken by a request that a later limit refused.
+    pub fn give_back(&self) {
+        self.tokens.set(self.tokens.get() + 1);
+    }
+
     pub fn asking(&self, now: u64) {
         self.asked.set(now);
     }

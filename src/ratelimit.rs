@@ -244,6 +244,15 @@ pub struct Ticket {
     owner: usize,
 }
 
+/// Which per-client token a request took, to give back if a shared bucket
+/// then refuses it.
+enum Spent {
+    Nothing,
+    /// From this shard's table, under this limit.
+    Here(Gcra),
+    Lease(Rc<Remote>),
+}
+
 /// The most times a request waiting for a lease asks again (its tokens
 /// went to others) before its shard decides alone.
 const MAX_ROUNDS: usize = 4;
@@ -307,9 +316,13 @@ impl Limiter {
         spread: Spread,
         now: u64,
     ) -> Result<(), Verdict> {
-        if let Some((id, rate)) = policy.per_client {
-            let mut buf = [0u8; MAX_KEY];
-            let key = bucket_key(id, client, &mut buf);
+        let mut buf = [0u8; MAX_KEY];
+        let key = match policy.per_client {
+            Some((id, _)) => bucket_key(id, client, &mut buf),
+            None => &[],
+        };
+        let mut spent = Spent::Nothing;
+        if let Some((_, rate)) = policy.per_client {
             let owner = match spread {
                 Spread::Owned if self.shards > 1 => lease::owner(key, self.shards),
                 _ => self.me,
@@ -320,18 +333,21 @@ impl Limiter {
                 } else {
                     1
                 };
-                self.take_here(key, Gcra::new(rate, parts as u32), now)
-                    .map_err(Verdict::Limited)?;
+                let g = Gcra::new(rate, parts as u32);
+                self.take_here(key, g, now).map_err(Verdict::Limited)?;
+                spent = Spent::Here(g);
             } else {
                 let remote = self
                     .remotes
                     .get(key, self.max_entries.get(), self.idle.get(), now);
                 let Some(remote) = remote else {
-                    self.alone(key, rate, now).map_err(Verdict::Limited)?;
-                    return self.draw_all(policy, now).map_err(Verdict::Limited);
+                    let g = self.alone(key, rate, now).map_err(Verdict::Limited)?;
+                    return self
+                        .draw_after(policy, now, key, Spent::Here(g))
+                        .map_err(Verdict::Limited);
                 };
                 match remote.take(now) {
-                    Taken::Yes => {}
+                    Taken::Yes => spent = Spent::Lease(remote),
                     Taken::No(wait) => {
                         let limited = Gcra::new(rate, 1).limited(Scope::Client, wait);
                         return Err(Verdict::Limited(self.reject(limited)));
@@ -344,12 +360,14 @@ impl Limiter {
                                 owner,
                             }));
                         }
-                        self.alone(key, rate, now).map_err(Verdict::Limited)?;
+                        let g = self.alone(key, rate, now).map_err(Verdict::Limited)?;
+                        spent = Spent::Here(g);
                     }
                 }
             }
         }
-        self.draw_all(policy, now).map_err(Verdict::Limited)
+        self.draw_after(policy, now, key, spent)
+            .map_err(Verdict::Limited)
     }
 
     /// Waits for the owner's answer to a request's ask, then decides it:
@@ -374,7 +392,8 @@ impl Limiter {
                 break;
             }
             match remote.take(now) {
-                Taken::Yes => return self.draw_all(policy, now),
+                // The key is for a token of this shard's table; none here.
+                Taken::Yes => return self.draw_after(policy, now, &[], Spent::Lease(remote)),
                 Taken::No(wait) => {
                     let limited = Gcra::new(rate, 1).limited(Scope::Client, wait);
                     return Err(self.reject(limited));
@@ -393,8 +412,8 @@ impl Limiter {
             }
         }
         let now = nanos(Instant::now());
-        self.alone(&remote.key, rate, now)?;
-        self.draw_all(policy, now)
+        let g = self.alone(&remote.key, rate, now)?;
+        self.draw_after(policy, now, &remote.key, Spent::Here(g))
     }
 
     /// The owner's side of an ask: up to `want` tokens of `key`'s bucket,
@@ -443,9 +462,10 @@ impl Limiter {
 
     /// Decides a request of a key owned elsewhere with this shard's share
     /// of its limit, kept in this shard's table.
-    fn alone(&self, key: &[u8], rate: Rate, now: u64) -> Result<(), Limited> {
+    fn alone(&self, key: &[u8], rate: Rate, now: u64) -> Result<Gcra, Limited> {
         self.decided_alone.set(self.decided_alone.get() + 1);
-        self.take_here(key, Gcra::new(rate, self.shards as u32), now)
+        let g = Gcra::new(rate, self.shards as u32);
+        self.take_here(key, g, now).map(|()| g)
     }
 
     /// One token of `key`'s bucket in this shard's table.
@@ -483,17 +503,52 @@ impl Limiter {
     /// A token from each shared bucket of `policy`: the route's, then the
     /// global one.
     fn draw_all(&self, policy: &Policy, now: u64) -> Result<(), Limited> {
-        for (shared, scope) in [
-            (&policy.route, Scope::Route),
-            (&policy.global, Scope::Global),
-        ] {
-            if let Some(s) = shared
-                && let Err(wait) = self.draw(s, now)
-            {
-                return Err(self.reject(s.gcra.limited(scope, wait)));
+        if let Some(s) = &policy.route
+            && let Err(wait) = self.draw(s, now)
+        {
+            return Err(self.reject(s.gcra.limited(Scope::Route, wait)));
+        }
+        if let Some(s) = &policy.global
+            && let Err(wait) = self.draw(s, now)
+        {
+            // The route's token goes back: a refused request takes none.
+            if let Some(route) = &policy.route {
+                self.undraw(route);
             }
+            return Err(self.reject(s.gcra.limited(Scope::Global, wait)));
         }
         Ok(())
+    }
+
+    /// The shared buckets after the per-client one, whose token (`spent`,
+    /// of `key`) goes back if they refuse the request.
+    fn draw_after(
+        &self,
+        policy: &Policy,
+        now: u64,
+        key: &[u8],
+        spent: Spent,
+    ) -> Result<(), Limited> {
+        let drawn = self.draw_all(policy, now);
+        if drawn.is_err() {
+            match spent {
+                Spent::Nothing => {}
+                Spent::Here(g) => {
+                    if let Some(b) = self.table.borrow_mut().get_mut(key) {
+                        b.tat = b.tat.saturating_sub(g.interval);
+                    }
+                }
+                Spent::Lease(remote) => remote.give_back(),
+            }
+        }
+        drawn
+    }
+
+    /// A token of this shard's lease on `s` goes back, unspent.
+    fn undraw(&self, s: &Arc<Shared>) {
+        if let Some(lease) = self.leases.borrow().get(&(Arc::as_ptr(s) as usize)) {
+            lease.tokens.set(lease.tokens.get() + 1);
+        }
     }
 
     fn reject(&self, l: Limited) -> Limited {
@@ -651,6 +706,36 @@ mod tests {
         assert!(wait <= SEC / 10, "{wait}");
         let l = g.limited(Scope::Client, wait);
         assert_eq!((l.retry_after, l.limit, l.window), (1, 5, 1));
+    }
+
+    #[test]
+    fn a_request_a_later_limit_refuses_takes_no_earlier_token() {
+        let rate = |rate, burst| Rate { rate, burst };
+        let global = Arc::new(Shared::new("global".into(), rate(1.0, 1), 1));
+        let route = Arc::new(Shared::new("route:r".into(), rate(1000.0, 1000), 1));
+        let policy = Policy {
+            per_client: Some((0, rate(1.0, 3))),
+            route: Some(route),
+            global: Some(global),
+        };
+        let l = Limiter::new(10, Duration::from_secs(60), 0, None);
+        // The global bucket passes one request, then refuses 20: none of
+        // them may take a token of the client's or the route's.
+        assert!(l.check(&policy, b"c", Spread::Pinned, SEC).is_ok());
+        for i in 1..=20 {
+            let refused = l.check(&policy, b"c", Spread::Pinned, SEC + i);
+            assert!(matches!(refused, Err(Verdict::Limited(x)) if x.scope == Scope::Global));
+        }
+        // The client's bucket still holds its other 2.
+        let without_global = Policy {
+            global: None,
+            ..policy.clone()
+        };
+        let now = SEC + 21;
+        assert!(l.check(&without_global, b"c", Spread::Pinned, now).is_ok());
+        assert!(l.check(&without_global, b"c", Spread::Pinned, now).is_ok());
+        let third = l.check(&without_global, b"c", Spread::Pinned, now);
+        assert!(matches!(third, Err(Verdict::Limited(x)) if x.scope == Scope::Client));
     }
 
     #[test]
