@@ -222,7 +222,7 @@ pub async fn wait_idle(shard: &ShardState, idle: &mut IdleConn) -> bool {
         let Some(byte) = idle.byte.take() else {
             return false;
         };
-        let handle = shard.quiet_handle(idle.until);
+        let (handle, _open) = shard.quiet_handle(idle.until);
         let (res, byte) = idle.r.cancelable_read(byte, handle).await;
         idle.byte = Some(byte);
         match res {
@@ -408,7 +408,7 @@ impl Conn<'_> {
             let mut buf = self.rbuf.take();
             buf.clear();
             let cap = buf.capacity();
-            let handle = self.shard.waiting_handle();
+            let (handle, _open) = self.shard.waiting_handle();
             let read = self
                 .r
                 .cancelable_read(monoio::buf::IoBufMut::slice_mut(buf, 0..cap), handle);

@@ -135,10 +135,16 @@ pub struct ShardState {
     /// connections quiet for one to two seconds (see `conn`).
     waiting: RefCell<[Canceller; 2]>,
     waiting_now: Cell<usize>,
+    /// Waits begun on each of `waiting` (or, for a while, on the canceller
+    /// it replaced) that have not ended: a generation with none is not
+    /// cancelled, as `Canceller::cancel` allocates its successor.
+    waiting_open: [Cell<usize>; 2],
     /// Cancel the waits of demoted connections, bucketed by the second
     /// their limit ends (`QUIET_BUCKETS` seconds round): a wheel of timers
     /// that costs a quiet connection no timer of its own.
     quiet: RefCell<Vec<Canceller>>,
+    /// As `waiting_open`, for each bucket of `quiet`.
+    quiet_open: Box<[Cell<usize>]>,
     /// Seconds are counted from here for `quiet`.
     epoch: Instant,
     /// The last second whose quiet bucket was cancelled.
@@ -177,7 +183,9 @@ impl ShardState {
             conns: Cell::new(0),
             waiting: RefCell::new([Canceller::new(), Canceller::new()]),
             waiting_now: Cell::new(0),
+            waiting_open: [Cell::new(0), Cell::new(0)],
             quiet: RefCell::new((0..QUIET_BUCKETS).map(|_| Canceller::new()).collect()),
+            quiet_open: (0..QUIET_BUCKETS).map(|_| Cell::new(0)).collect(),
             epoch: Instant::now(),
             expired: Cell::new(0),
             draining: Cell::new(false),
@@ -199,29 +207,39 @@ impl ShardState {
         *self.current.borrow_mut() = Rc::new(next);
     }
 
-    pub fn waiting_handle(&self) -> CancelHandle {
-        self.waiting.borrow()[self.waiting_now.get()].handle()
+    /// For a wait for a next request: the handle to pass to the read, and
+    /// a guard to hold until the read has ended.
+    pub fn waiting_handle(&self) -> (CancelHandle, OpenWait<'_>) {
+        let now = self.waiting_now.get();
+        let handle = self.waiting.borrow()[now].handle();
+        (handle, OpenWait::new(&self.waiting_open[now]))
     }
 
     /// For a quiet connection whose wait ends at `until`: cancelled in the
     /// first housekeeping tick at or after `until` (or, for a limit more than
     /// `QUIET_BUCKETS` seconds away, earlier: the wait then starts again).
-    pub fn quiet_handle(&self, until: Instant) -> CancelHandle {
+    /// The guard is held until the read has ended, as for `waiting_handle`.
+    pub fn quiet_handle(&self, until: Instant) -> (CancelHandle, OpenWait<'_>) {
         let second = until
             .saturating_duration_since(self.epoch)
             .as_secs_f64()
             .ceil() as u64;
-        self.quiet.borrow()[second as usize % QUIET_BUCKETS].handle()
+        let bucket = second as usize % QUIET_BUCKETS;
+        let handle = self.quiet.borrow()[bucket].handle();
+        (handle, OpenWait::new(&self.quiet_open[bucket]))
     }
 
     /// Cancels the waits for a next request that began before the last
     /// tick: such a connection gives its buffer back and goes on as an
-    /// `IdleConn`. Waits begun since are left for the next tick.
+    /// `IdleConn`. Waits begun since are left for the next tick. With no
+    /// such wait open (a busy connection's waits end within the second)
+    /// nothing is cancelled, and nothing allocated.
     pub(crate) fn demote_waiting(&self) {
         let older = self.waiting_now.get() ^ 1;
-        let mut waiting = self.waiting.borrow_mut();
-        let cancelled = std::mem::take(&mut waiting[older]).cancel();
-        waiting[older] = cancelled;
+        if self.waiting_open[older].get() > 0 {
+            let mut waiting = self.waiting.borrow_mut();
+            cancel(&mut waiting[older]);
+        }
         self.waiting_now.set(older);
     }
 
@@ -231,8 +249,10 @@ impl ShardState {
         let from = (self.expired.get() + 1).max(second.saturating_sub(QUIET_BUCKETS as u64 - 1));
         let mut quiet = self.quiet.borrow_mut();
         for s in from..=second {
-            let bucket = &mut quiet[s as usize % QUIET_BUCKETS];
-            *bucket = std::mem::take(bucket).cancel();
+            let bucket = s as usize % QUIET_BUCKETS;
+            if self.quiet_open[bucket].get() > 0 {
+                cancel(&mut quiet[bucket]);
+            }
         }
         self.expired.set(second);
     }
@@ -276,6 +296,29 @@ impl ShardState {
         {
             w.wake();
         }
+    }
+}
+
+/// Cancels the waits on `canceller` and puts its successor in its place.
+/// This allocates (the placeholder and the successor): callers do it only
+/// when a wait is open, so a tick with nothing to cancel allocates nothing.
+fn cancel(canceller: &mut Canceller) {
+    *canceller = std::mem::take(canceller).cancel();
+}
+
+/// An open wait on one of the shard's cancellers: counted while held.
+pub struct OpenWait<'a>(&'a Cell<usize>);
+
+impl<'a> OpenWait<'a> {
+    fn new(open: &'a Cell<usize>) -> OpenWait<'a> {
+        open.set(open.get() + 1);
+        OpenWait(open)
+    }
+}
+
+impl Drop for OpenWait<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }
 
