@@ -31,7 +31,7 @@ use crate::health::{EndpointHealth, HealthChecker};
 use crate::histlog::HistogramLogs;
 use crate::lease::Mesh;
 use crate::mailbox::{FromShard, Mailbox, ShardStats, ToShard};
-use crate::metrics::{Latency, Metric, Report, Reset, render_prometheus};
+use crate::metrics::{Checked, Latency, Metric, Report, Reset, render_prometheus};
 use crate::shard::{self, ShardSpec};
 use crate::snapshot::Snapshot;
 
@@ -636,6 +636,22 @@ impl Control {
         log::info!("stopped");
     }
 
+    /// Each endpoint of an upstream with an active health check, and
+    /// whether the checks last found it healthy (it starts so).
+    fn checked(&self) -> Vec<Checked> {
+        let upstreams = self.snapshot.config.upstreams.iter();
+        upstreams
+            .filter(|u| u.health_check.is_some())
+            .flat_map(|u| {
+                u.endpoints.iter().map(move |e| Checked {
+                    upstream: u.name.clone(),
+                    endpoint: e.addr.to_string(),
+                    healthy: !self.down.iter().any(|(n, a)| *n == u.name && *a == e.addr),
+                })
+            })
+            .collect()
+    }
+
     fn handle(&mut self, command: Command) -> Reply {
         match command {
             Command::Status => Ok(self.status()),
@@ -673,7 +689,8 @@ impl Control {
                 let mut report = self.gather(true, Reset::Nothing);
                 report.log_dropped += self.access_log.as_ref().map_or(0, LogWriter::dropped_lines);
                 let failed = self.reloads_failed;
-                Ok(json!({ "text": render_prometheus(&report, self.generation, failed) }))
+                let text = render_prometheus(&report, self.generation, failed, self.checked());
+                Ok(json!({ "text": text }))
             }
             Command::Histograms(q) => self.histograms(&q),
             Command::RateLimit(top) => Ok(self.rate_limit_top(top)),

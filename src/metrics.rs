@@ -446,12 +446,18 @@ const BUCKETS: [f64; 16] = [
 /// The merged report, and process-wide figures, in the Prometheus text
 /// exposition format (OpenMetrics flavour, which Prometheus reads), by the
 /// `prometheus-client` crate's encoder.
-pub fn render_prometheus(report: &Report, generation: u64, reloads_failed: u64) -> String {
+pub fn render_prometheus(
+    report: &Report,
+    generation: u64,
+    reloads_failed: u64,
+    checked: Vec<Checked>,
+) -> String {
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(Collect {
         report: report.clone(),
         generation,
         reloads_failed,
+        checked,
     }));
     let mut out = String::new();
     // Writing into a String cannot fail.
@@ -459,11 +465,20 @@ pub fn render_prometheus(report: &Report, generation: u64, reloads_failed: u64) 
     out
 }
 
+/// An endpoint an active health check watches, and its last verdict.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub upstream: String,
+    pub endpoint: String,
+    pub healthy: bool,
+}
+
 #[derive(Clone)]
 struct Collect {
     report: Report,
     generation: u64,
     reloads_failed: u64,
+    checked: Vec<Checked>,
 }
 
 impl std::fmt::Debug for Collect {
@@ -487,6 +502,20 @@ fn counter(
             return Ok(());
         }
         ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// A gauge with a value per set of labels.
+fn gauges(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(Labels, i64)],
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in values {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
     }
     Ok(())
 }
@@ -638,6 +667,25 @@ impl prometheus_client::collector::Collector for Collect {
             "Per-client buckets held, all shards.",
             r.rate_limit_entries as i64,
         )?;
+        if !self.checked.is_empty() {
+            let up: Vec<(Labels, i64)> = self
+                .checked
+                .iter()
+                .map(|c| {
+                    let labels = vec![
+                        ("upstream", c.upstream.as_str()),
+                        ("endpoint", c.endpoint.as_str()),
+                    ];
+                    (labels, i64::from(c.healthy))
+                })
+                .collect();
+            gauges(
+                &mut e,
+                "ringway_upstream_endpoint_healthy",
+                "1 while the upstream's active health check finds the endpoint healthy, else 0.",
+                &up,
+            )?;
+        }
         counter(
             &mut e,
             "ringway_reloads_failed",
@@ -756,7 +804,31 @@ mod tests {
         assert_eq!(m.requests[0][4], 1);
         assert_eq!(m.bytes_out, 30);
         assert_eq!(m.latency.as_ref().unwrap().total.len(), 3);
-        let text = render_prometheus(&merged, 3, 0);
+        let checked = vec![
+            Checked {
+                upstream: "app".into(),
+                endpoint: "10.0.0.1:80".into(),
+                healthy: true,
+            },
+            Checked {
+                upstream: "app".into(),
+                endpoint: "10.0.0.2:80".into(),
+                healthy: false,
+            },
+        ];
+        let text = render_prometheus(&merged, 3, 0, checked);
+        assert!(
+            text.contains(
+                r#"ringway_upstream_endpoint_healthy{upstream="app",endpoint="10.0.0.2:80"} 0"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"ringway_upstream_endpoint_healthy{upstream="app",endpoint="10.0.0.1:80"} 1"#
+            ),
+            "{text}"
+        );
         assert!(
             text.contains(r#"ringway_requests_total{route="api",method="GET",status="2xx"} 2"#),
             "{text}"

@@ -231,6 +231,13 @@ fn a_health_check_takes_an_endpoint_out_and_back() {
         status["unhealthy_endpoints"],
         serde_json::json!([{ "upstream": "o", "addr": b.addr.to_string() }])
     );
+    let metrics = proxy.ask(Command::Metrics).unwrap();
+    let text = metrics["text"].as_str().unwrap();
+    for (who, up) in [(a.addr, 1), (b.addr, 0)] {
+        let series =
+            format!("ringway_upstream_endpoint_healthy{{upstream=\"o\",endpoint=\"{who}\"}} {up}");
+        assert!(text.contains(&series), "{series}\n{text}");
+    }
 
     let came_up = Instant::now();
     down.store(false, Ordering::SeqCst);
