@@ -21,6 +21,7 @@ use std::net::IpAddr;
 use httparse::Header;
 use serde::Deserialize;
 
+use crate::http1::encode::HOP_BY_HOP;
 pub use crate::requestid::MAX_REQUEST_ID;
 use crate::requestid::{new_uuid, valid_request_id};
 pub use crate::template::Vars;
@@ -216,36 +217,25 @@ impl Tags {
     }
 }
 
-/// Fields only the proxy writes on a request: a rule may not touch them.
-const REQUEST_OWNED: [&str; 13] = [
+/// Fields only the proxy writes on a request, besides the hop-by-hop ones
+/// (`encode::HOP_BY_HOP`): a rule may not touch them.
+const REQUEST_OWNED: [&str; 6] = [
     "host",
     "content-length",
     "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "http2-settings",
     "x-forwarded-for",
     "x-forwarded-proto",
     "via",
 ];
 
 /// The same for a response.
-const RESPONSE_OWNED: [&str; 10] = [
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "date",
-    "via",
-];
+const RESPONSE_OWNED: [&str; 4] = ["content-length", "transfer-encoding", "date", "via"];
+
+/// Whether the proxy writes `name` (lower-case) itself: a hop-by-hop field
+/// or one of `owned`.
+fn proxy_owns(owned: &[&str], name: &str) -> bool {
+    HOP_BY_HOP.contains(&name) || owned.contains(&name)
+}
 
 /// The CORS fields of a response, as a prefix (see `encode::response_fields`):
 /// with `cors` on a route, the upstream's are dropped and ours sent.
@@ -462,7 +452,7 @@ impl RequestId {
         // The ID replaces the field both ways: never one that frames or
         // routes the message.
         let lower = r.header.to_ascii_lowercase();
-        if REQUEST_OWNED.contains(&lower.as_str()) || RESPONSE_OWNED.contains(&lower.as_str()) {
+        if proxy_owns(&REQUEST_OWNED, &lower) || proxy_owns(&RESPONSE_OWNED, &lower) {
             return Err(error(
                 "request_id.header",
                 format!(
@@ -508,7 +498,7 @@ impl HeaderRules {
             if !is_token(name) {
                 return Err(error(key, format!("'{name}' is not a header name")));
             }
-            if owned.contains(&lower.as_str()) {
+            if proxy_owns(owned, &lower) {
                 return Err(error(
                     key,
                     format!("{name} is written by the proxy itself; a rule cannot change it"),
@@ -534,7 +524,8 @@ impl HeaderRules {
             }
             let lower = stem.to_ascii_lowercase();
             let covers = |n: &str| stem.len() < name.len() && n.starts_with(&lower);
-            if let Some(n) = owned.iter().copied().chain(env.id_name).find(|n| covers(n)) {
+            let written = HOP_BY_HOP.iter().chain(owned).copied();
+            if let Some(n) = written.chain(env.id_name).find(|n| covers(n)) {
                 return Err(error(
                     key,
                     format!("'{name}' would remove {n}, which the proxy writes itself"),

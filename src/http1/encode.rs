@@ -85,18 +85,20 @@ fn lines(headers: &[Header<'_>], name: &str) -> usize {
         .count()
 }
 
+/// The hop-by-hop fields (RFC 9110 §7.6.1, and the ones proxies met in
+/// practice): never passed on, lower-case.
+pub const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "http2-settings",
+];
+
 fn hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-        "http2-settings",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Whether a request field named with `_` may go upstream. A backend that
