@@ -340,7 +340,6 @@ impl Conn<'_> {
             let reject = Reject::TooManyRequests(limited, snap.config.rate_limit.draft_headers);
             plan.action = Step::Reject { reject, allow: "" };
         }
-        self.capture.stop();
         if self.shard.log.is_some() {
             self.keep_for_log(plan.head_len);
             if let Some(r) = plan.route.map(|i| &snap.config.routes[i])

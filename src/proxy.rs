@@ -144,12 +144,18 @@ pub async fn exchange(
     let mut tried = 0u64;
     let attempt = Cell::new(1);
     loop {
-        // Whether an attempt may follow this one. The budget is asked now,
-        // not after: a response held for a retry the budget then refused
-        // could not be streamed as it came.
-        let more = attempt.get() < rules.attempts
-            && plan.deadline.is_none_or(|d| Instant::now() < d)
-            && pool.retry_budget_allows(shard.shards, asked);
+        // Whether an attempt may follow this one. When this attempt's
+        // response may be held, that is decided now, not after: a response
+        // held for a retry the budget then refused could not be streamed as
+        // it came. Otherwise only a failure asks, so a request that does
+        // not fail reads no clock for it.
+        let may_follow = || {
+            attempt.get() < rules.attempts
+                && plan.deadline.is_none_or(|d| Instant::now() < d)
+                && pool.retry_budget_allows(shard.shards, asked)
+        };
+        let decided = answers.is_some().then(may_follow);
+        let more = || decided.unwrap_or_else(may_follow);
         // After a failure of `endpoint`, where the next attempt goes, if
         // the route retries `why` and another attempt may follow. Only a
         // connect failure is retried for a request that may not be sent twice.
@@ -167,7 +173,7 @@ pub async fn exchange(
             let next = pool
                 .pick_besides(now_tried)
                 .or(rules.by_route.then_some(endpoint))?;
-            if !more {
+            if !more() {
                 if attempt.get() < rules.attempts {
                     pool.budget_refused();
                 }
@@ -218,7 +224,7 @@ pub async fn exchange(
         // What a failed response may be retried on: only if another
         // attempt may follow, the request may be sent again, and the head
         // to send is still at hand.
-        let may_retry = more && rules.resendable;
+        let may_retry = decided == Some(true) && rules.resendable;
         let committed = Cell::new(false);
         let head_done = Cell::new(false);
         let seen = Seen::default();
@@ -231,13 +237,12 @@ pub async fn exchange(
             max_head: snap.config.limits.buffer_size.get(),
             date: shard.date.get(),
             capture: conn.capture.limit,
-            retry_on: if may_retry && answers.is_some() {
+            retry_on: if may_retry {
                 rules.on
             } else {
                 RetryOn::default()
             },
-            hold: (may_retry && answers.is_some() && rules.buffer_limit > 0)
-                .then_some(rules.buffer_limit),
+            hold: (may_retry && rules.buffer_limit > 0).then_some(rules.buffer_limit),
             slab: &shard.slab,
         };
         let Conn {
