@@ -19,9 +19,6 @@ use std::time::{Duration, Instant};
 
 use crate::config::{MAX_ATTEMPTS, Retry, RetryBudget, RetryOn};
 
-/// The most endpoints one request goes to before it is answered 502.
-pub const MAX_TRIES: u32 = 8;
-
 /// A shard's retry budget for one upstream.
 pub struct Budget {
     /// Counted from here, in whole seconds.
@@ -108,7 +105,7 @@ pub struct Rules {
 impl Rules {
     /// A route's `retry`, or the upstream's default: with `retry = true`,
     /// connect failures and closes before any response byte, once per
-    /// endpoint (at most `MAX_TRIES`), no backoff, nothing held.
+    /// endpoint (at most `MAX_ATTEMPTS`), no backoff, nothing held.
     pub fn new(route: Option<&Retry>, upstream_retry: bool, endpoints: usize) -> Rules {
         match route {
             Some(r) => Rules {
@@ -120,7 +117,7 @@ impl Rules {
                 by_route: true,
             },
             None if upstream_retry => Rules {
-                attempts: (endpoints as u32).clamp(1, MAX_TRIES),
+                attempts: (endpoints as u32).clamp(1, MAX_ATTEMPTS),
                 on: RetryOn(RetryOn::CONNECT.0 | RetryOn::RESET.0),
                 backoff: Duration::ZERO,
                 buffer_limit: 0,
