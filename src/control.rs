@@ -12,7 +12,6 @@
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::thread::JoinHandle;
@@ -420,7 +419,7 @@ impl Server {
         let mut control = Control {
             health: Some(health),
             down: Vec::new(),
-            stamp: FileStamp::read(&snapshot.config.path),
+            seen: snapshot.config.text.clone(),
             snapshot,
             generation: 0,
             started: Instant::now(),
@@ -536,9 +535,11 @@ struct Control {
     steered: bool,
     /// When the latency histograms were last reset (or the proxy started).
     histograms_since: SystemTime,
-    /// The config file as last read, for `server.watch_config`, and when
-    /// it was last looked at.
-    stamp: Option<FileStamp>,
+    /// The config file's text as last read (by a reload, or at start the
+    /// text in force), for `server.watch_config`, and when it was last
+    /// looked at. The text, not the modification time: two edits within
+    /// one tick of the file system's clock differ only in it.
+    seen: String,
     watched: Instant,
     admin: Option<AdminServer>,
     exporter: Option<Exporter>,
@@ -997,8 +998,9 @@ impl Control {
 
     fn try_reload(&mut self) -> Reply {
         let path = self.snapshot.config.path.clone();
-        self.stamp = FileStamp::read(&path);
-        let mut config = Config::load(&path).map_err(|e| e.to_string())?;
+        let text = Config::read(&path).map_err(|e| e.to_string())?;
+        self.seen.clone_from(&text);
+        let mut config = Config::parse(&path, &text).map_err(|e| e.to_string())?;
         let restart = self.keep_start_only(&mut config)?;
 
         // Listeners: the same name and address stay open as they are.
@@ -1190,8 +1192,12 @@ impl Control {
         if !self.snapshot.config.server.watch_config {
             return;
         }
-        let now = FileStamp::read(&self.snapshot.config.path);
-        if now.is_some() && now != self.stamp {
+        // Missing for a moment while an editor replaces it: looked at again
+        // on the next tick.
+        let Ok(text) = std::fs::read_to_string(&self.snapshot.config.path) else {
+            return;
+        };
+        if text != self.seen {
             log::info!("config file changed: reloading");
             let _ = self.reload();
         }
@@ -1249,18 +1255,6 @@ fn send(mailbox: &Mailbox, mut msg: ToShard) -> Result<(), String> {
             }
             Err(_) => return Err("a shard's queue stayed full for 1s".into()),
         }
-    }
-}
-
-/// The config file's modification time and size: a change to either is
-/// taken for an edit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp(SystemTime, u64);
-
-impl FileStamp {
-    fn read(path: &Path) -> Option<FileStamp> {
-        let m = std::fs::metadata(path).ok()?;
-        Some(FileStamp(m.modified().ok()?, m.len()))
     }
 }
 

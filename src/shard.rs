@@ -11,6 +11,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
@@ -176,7 +177,7 @@ async fn serve(spec: ShardSpec, driver: String) -> std::io::Result<()> {
             } => {
                 shard.reload(snapshot, generation);
                 for name in unlisten {
-                    listeners.stop(&name).await;
+                    listeners.remove(&name).await;
                 }
                 // A drained shard accepts nothing, whatever the new config
                 // adds: the sockets close here.
@@ -293,6 +294,8 @@ struct Listeners(HashMap<String, Stop>);
 struct Stop {
     canceller: Canceller,
     stopped: Rc<Cell<bool>>,
+    /// The listening socket, open for as long as the task runs.
+    fd: RawFd,
     /// The accept task: the socket is closed once it has ended.
     task: monoio::task::JoinHandle<()>,
 }
@@ -305,6 +308,7 @@ impl Listeners {
         l: std::net::TcpListener,
     ) -> std::io::Result<()> {
         let listener = TcpListener::from_std(l)?;
+        let fd = listener.as_raw_fd();
         let canceller = Canceller::new();
         let stopped = Rc::new(Cell::new(false));
         let task = monoio::spawn(accept(
@@ -316,6 +320,7 @@ impl Listeners {
         let stop = Stop {
             canceller,
             stopped,
+            fd,
             task,
         };
         if let Some(old) = self.0.insert(name, stop) {
@@ -324,13 +329,20 @@ impl Listeners {
         Ok(())
     }
 
-    /// Stops accepting on listener `name`; its socket is closed on return.
-    async fn stop(&mut self, name: &str) {
+    /// Stops accepting on listener `name`, which a reload removed: on
+    /// return the socket refuses connections (and those queued are reset).
+    /// Closing it would not do: monoio queues the close on the ring, to run
+    /// after the reply that says the listener is gone.
+    async fn remove(&mut self, name: &str) {
         if let Some(s) = self.0.remove(name) {
+            // SAFETY: the accept task owns the socket and has not ended.
+            unsafe { libc::shutdown(s.fd, libc::SHUT_RDWR) };
             s.stop().await;
         }
     }
 
+    /// Stops accepting on every listener. The sockets are only closed, not
+    /// shut down: after `--upgrade` the new process shares them.
     async fn stop_all(&mut self) {
         for (_, s) in self.0.drain() {
             s.stop().await;

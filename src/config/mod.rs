@@ -123,11 +123,15 @@ fn one() -> f64 {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        Config::parse(path, &Config::read(path)?)
+    }
+
+    /// The config file's text.
+    pub fn read(path: &Path) -> Result<String, ConfigError> {
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
-        })?;
-        Config::parse(path, &text)
+        })
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
