@@ -68,6 +68,8 @@ fn parse_and_rewrite(c: &mut Criterion) {
                     set_host: None,
                     fallback_host: "127.0.0.1:9000",
                     underscores: false,
+                    https: false,
+                    client_cert: None,
                 };
                 request_head(&mut out, &req, &fwd);
                 black_box(out.len());
@@ -141,6 +143,8 @@ fn with_policies(c: &mut Criterion) {
                     set_host: None,
                     fallback_host: "127.0.0.1:9000",
                     underscores: false,
+                    https: false,
+                    client_cert: None,
                 };
                 request_fields(&mut out, &req, &fwd, policy.request_drops());
                 if !policy.is_empty() {

@@ -18,15 +18,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant, SystemTime};
 
-use monoio::io::{
-    AsyncWriteRent, CancelableAsyncReadRent, OwnedReadHalf, OwnedWriteHalf, Splitable,
-};
+use std::sync::Arc;
+
+use monoio::io::{AsyncWriteRent, CancelableAsyncReadRent, Splitable};
 use monoio::net::TcpStream;
 
 use crate::accesslog::{Entry, ShardLog};
 use crate::balance::PickKey;
 use crate::capture::Capture;
-use crate::config::{Action, LimitKey, MAX_HEADERS_CAP};
+use crate::config::{Action, LimitKey, Listener, ListenerTls, MAX_HEADERS_CAP};
 use crate::error::Reject;
 use crate::http1::body::{BodyReader, Framing};
 use crate::http1::encode::{Forward, connection_line, request_fields};
@@ -40,8 +40,26 @@ use crate::slab::Lease;
 use crate::snapshot::Snapshot;
 use crate::state::{Generation, ShardState};
 
-pub type ClientRead = OwnedReadHalf<TcpStream>;
-pub type ClientWrite = OwnedWriteHalf<TcpStream>;
+pub use crate::stream::{ClientRead, ClientWrite};
+
+/// What a connection's listener asks of it, as the config in force when it
+/// was accepted has it.
+#[derive(Clone, Default)]
+pub struct Side {
+    /// A TLS listener's certificates and settings.
+    pub tls: Option<Arc<ListenerTls>>,
+    /// The Host must be one the connection's certificate covers (else 421).
+    pub strict_sni: bool,
+}
+
+impl Side {
+    pub fn of(l: &Listener) -> Side {
+        Side {
+            tls: l.tls.clone(),
+            strict_sni: l.strict_sni,
+        }
+    }
+}
 
 /// What a served request leaves the connection to do.
 pub enum Next {
@@ -60,6 +78,7 @@ pub enum After {
 pub struct IdleConn {
     r: ClientRead,
     w: ClientWrite,
+    side: Side,
     peer: IpAddr,
     fd: RawFd,
     /// The next request's first byte is read here (absent while a read has it).
@@ -75,6 +94,7 @@ pub struct Conn<'s> {
     pub shard: &'s ShardState,
     pub r: ClientRead,
     pub w: ClientWrite,
+    pub side: Side,
     /// Bytes from the client not yet handled: a head, body bytes, pipelined requests.
     pub rbuf: Lease,
     pub peer: IpAddr,
@@ -147,19 +167,41 @@ pub enum Step<'s> {
     },
 }
 
-/// Serves a new connection until it closes or goes quiet.
-pub async fn serve(shard: &ShardState, mut stream: TcpStream, peer: SocketAddr) -> After {
+/// Serves a new connection until it closes or goes quiet; on a TLS
+/// listener, after its handshake.
+pub async fn serve(
+    shard: &ShardState,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    side: Side,
+) -> After {
     let _ = stream.set_nodelay(true);
-    let Some(rbuf) = shard.slab.lease() else {
-        refuse(shard, &mut stream).await;
+    let Some(mut rbuf) = shard.slab.lease() else {
+        // A TLS client could not read a plain 503.
+        if side.tls.is_none() {
+            refuse(shard, &mut stream).await;
+        }
         return After::Closed;
     };
     let fd = stream.as_raw_fd();
-    let (r, w) = stream.into_split();
+    let (r, w) = match &side.tls {
+        None => {
+            let (r, w) = stream.into_split();
+            (ClientRead::Plain(r), ClientWrite::Plain(w))
+        }
+        Some(tls) => match handshake(shard, &mut stream, tls, rbuf.get_mut()).await {
+            Some(session) => {
+                let (r, w) = crate::tls::split(stream, session);
+                (ClientRead::Tls(r), ClientWrite::Tls(w))
+            }
+            None => return After::Closed,
+        },
+    };
     let conn = Conn {
         shard,
         r,
         w,
+        side,
         rbuf,
         peer: peer.ip(),
         fd,
@@ -175,6 +217,30 @@ pub async fn serve(shard: &ShardState, mut stream: TcpStream, peer: SocketAddr) 
     conn.run().await
 }
 
+/// A TLS handshake within the listener's bounds, counted by how it ended.
+async fn handshake(
+    shard: &ShardState,
+    stream: &mut TcpStream,
+    tls: &ListenerTls,
+    buf: &mut Vec<u8>,
+) -> Option<crate::tls::Session> {
+    use crate::tls::Refused;
+    let Some(_slot) = shard.handshake_slot(tls.max_handshakes) else {
+        metrics::bump(&shard.tls_handshakes[4]);
+        return None;
+    };
+    let limit = tls.handshake_timeout.0;
+    let done = crate::tls::handshake(stream, tls.server.clone(), &tls.certs, buf, limit).await;
+    let outcome = match done {
+        Ok(_) => 0,
+        Err(Refused::Failed) => 1,
+        Err(Refused::TimedOut) => 2,
+        Err(Refused::PlainHttp) => 3,
+    };
+    metrics::bump(&shard.tls_handshakes[outcome]);
+    done.ok()
+}
+
 /// Serves a quiet connection again once `wait_idle` has its first byte.
 pub async fn resume(shard: &ShardState, mut idle: IdleConn) -> After {
     let Some(mut rbuf) = shard.slab.lease() else {
@@ -182,7 +248,11 @@ pub async fn resume(shard: &ShardState, mut idle: IdleConn) -> After {
         return After::Closed;
     };
     if let Some(byte) = &idle.byte {
-        rbuf.get_mut().push(byte[0]);
+        match idle.r.resume(byte[0]) {
+            Ok(Some(b)) => rbuf.get_mut().push(b),
+            Ok(None) => {}
+            Err(_) => return After::Closed,
+        }
     }
     let accepted = match idle.first {
         true => idle.until - shard.current().config.timeouts.client_header.0,
@@ -192,6 +262,7 @@ pub async fn resume(shard: &ShardState, mut idle: IdleConn) -> After {
         shard,
         r: idle.r,
         w: idle.w,
+        side: idle.side,
         rbuf,
         peer: idle.peer,
         fd: idle.fd,
@@ -223,7 +294,7 @@ pub async fn wait_idle(shard: &ShardState, idle: &mut IdleConn) -> bool {
             return false;
         };
         let (handle, _open) = shard.quiet_handle(idle.until);
-        let (res, byte) = idle.r.cancelable_read(byte, handle).await;
+        let (res, byte) = idle.r.wait_byte(byte, handle).await;
         idle.byte = Some(byte);
         match res {
             Ok(1) => return true,
@@ -275,9 +346,11 @@ impl Conn<'_> {
         } else {
             Instant::now() + t.keepalive_idle.0
         };
+        self.w.release();
         IdleConn {
             r: self.r,
             w: self.w,
+            side: self.side,
             peer: self.peer,
             fd: self.fd,
             byte: Some(byte),
@@ -437,6 +510,13 @@ impl Conn<'_> {
     /// Parses the head in the read buffer and decides what to do with it.
     /// Responses decided here are written into `out`; a proxied request's
     /// rewritten head is too. `Ok(None)`: the head is not complete yet.
+    /// The header that carries the client certificate's subject upstream,
+    /// and the subject, on a listener that passes it on.
+    fn client_cert(&self) -> Option<(&str, Option<&str>)> {
+        let header = self.side.tls.as_ref()?.client_subject_header.as_deref()?;
+        Some((header, self.r.client_subject()))
+    }
+
     fn plan<'s>(
         &self,
         snap: &'s Generation,
@@ -494,6 +574,16 @@ impl Conn<'_> {
                 plan.action = Step::Builtin { close };
                 return Ok(Some(plan));
             }
+        }
+        // Domain fronting: a Host other than the names the certificate
+        // chosen by the connection's SNI stands for.
+        if self.side.strict_sni
+            && let (Some(tls), Some(cert)) = (&self.side.tls, self.r.tls_cert())
+            && !tls.certs.covers(cert, host)
+        {
+            let reject = Reject::Misdirected;
+            plan.action = Step::Reject { reject, allow: "" };
+            return Ok(Some(plan));
         }
         let (route_idx, route) = match snap.routes.find(host, req.path, req.method) {
             Match::Route(i) => {
@@ -604,6 +694,8 @@ impl Conn<'_> {
                     set_host: route.set_host.as_deref(),
                     fallback_host,
                     underscores: route.underscores_in_headers,
+                    https: self.side.tls.is_some(),
+                    client_cert: self.client_cert(),
                 };
                 request_fields(out, &req, &fwd, policy.request_drops());
                 if !policy.is_empty() {

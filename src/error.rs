@@ -16,6 +16,9 @@ pub enum Reject {
     NotFound,
     /// 405 with the `Allow` header.
     MethodNotAllowed,
+    /// 421: the Host is not one the TLS certificate of the connection
+    /// covers (a listener with `strict_sni`).
+    Misdirected,
     /// 408: the client was too slow to send its head or body.
     RequestTimeout,
     /// 413
@@ -46,6 +49,7 @@ impl Reject {
             Reject::BadRequest(_) => 400,
             Reject::NotFound => 404,
             Reject::MethodNotAllowed => 405,
+            Reject::Misdirected => 421,
             Reject::RequestTimeout => 408,
             Reject::PayloadTooLarge => 413,
             Reject::UriTooLong => 414,
@@ -62,6 +66,7 @@ impl Reject {
             Reject::BadRequest(_) => "HTTP/1.1 400 Bad Request\r\n",
             Reject::NotFound => "HTTP/1.1 404 Not Found\r\n",
             Reject::MethodNotAllowed => "HTTP/1.1 405 Method Not Allowed\r\n",
+            Reject::Misdirected => "HTTP/1.1 421 Misdirected Request\r\n",
             Reject::RequestTimeout => "HTTP/1.1 408 Request Timeout\r\n",
             Reject::PayloadTooLarge => "HTTP/1.1 413 Content Too Large\r\n",
             Reject::UriTooLong => "HTTP/1.1 414 URI Too Long\r\n",
@@ -81,6 +86,9 @@ impl Reject {
             Reject::BadRequest(_) => "",
             Reject::NotFound => r#"{"error":"no route for this request","status":404}"#,
             Reject::MethodNotAllowed => r#"{"error":"method not allowed","status":405}"#,
+            Reject::Misdirected => {
+                r#"{"error":"host not covered by this connection's certificate","status":421}"#
+            }
             Reject::RequestTimeout => r#"{"error":"request timed out","status":408}"#,
             Reject::PayloadTooLarge => r#"{"error":"request body too large","status":413}"#,
             Reject::UriTooLong => r#"{"error":"request line too long","status":414}"#,

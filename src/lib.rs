@@ -14,6 +14,9 @@
 //! - `shard`    one pinned thread: a monoio runtime, its listeners, messages, housekeeping
 //! - `state`    what a shard owns (slab, counters, the `Generation` of config and pools)
 //! - `conn`     one client connection: read head, route, answer or proxy, keep alive
+//! - `stream`   a client connection's halves, plain TCP or TLS
+//! - `tls`      the TLS handshake and the halves that decrypt and encrypt (rustls)
+//! - `certs`    TLS certificates: load and check, choose by SNI, the rustls ServerConfig
 //! - `proxy`    one proxied request: body pump ‖ response relay, retry, upgrade tunnel
 //! - `upstream` per-shard, per-endpoint keep-alive pools, ejection, `max_concurrent`
 //! - `balance`  how a shard picks an endpoint: round-robin, least-conn, p2c, hashing
@@ -32,6 +35,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod balance;
 pub mod capture;
+pub mod certs;
 pub mod config;
 pub mod conn;
 pub mod control;
@@ -59,7 +63,9 @@ pub mod shard;
 pub mod slab;
 pub mod snapshot;
 pub mod state;
+pub mod stream;
 pub mod template;
+pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 

@@ -335,7 +335,12 @@ pub struct Report {
     pub rate_limit_evicted: u64,
     /// Requests of a key another shard owns, decided without its lease.
     pub rate_limit_alone: u64,
+    /// TLS handshakes by how they ended (see `TLS_RESULTS`).
+    pub tls_handshakes: [u64; 5],
 }
+
+/// How a TLS handshake ended, as `ringway_tls_handshakes_total` labels it.
+pub const TLS_RESULTS: [&str; 5] = ["ok", "failed", "timeout", "plain_http", "refused"];
 
 /// Which latency histograms a report clears once read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -421,6 +426,9 @@ impl Report {
         self.buffers_max += other.buffers_max;
         self.log_dropped += other.log_dropped;
         for (a, b) in self.rate_limited.iter_mut().zip(other.rate_limited) {
+            *a += b;
+        }
+        for (a, b) in self.tls_handshakes.iter_mut().zip(other.tls_handshakes) {
             *a += b;
         }
         self.rate_limit_entries += other.rate_limit_entries;
@@ -638,6 +646,16 @@ impl prometheus_client::collector::Collector for Collect {
             "ringway_access_log_dropped_lines",
             "Access log lines dropped because the writer fell behind.",
             &[(vec![], r.log_dropped)],
+        )?;
+        counter(
+            &mut e,
+            "ringway_tls_handshakes",
+            "TLS handshakes on client connections, by how they ended (refused: over the listener's max_handshakes).",
+            &TLS_RESULTS
+                .iter()
+                .zip(r.tls_handshakes)
+                .map(|(result, n)| (vec![("result", *result)], n))
+                .collect::<Vec<_>>(),
         )?;
         counter(
             &mut e,

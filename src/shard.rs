@@ -21,7 +21,7 @@ use monoio::io::{CancelHandle, Canceller};
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::accesslog::ShardLog;
-use crate::conn::{self, After, IdleConn};
+use crate::conn::{self, After, IdleConn, Side};
 use crate::lease::{Mesh, Msg};
 use crate::mailbox::{FromShard, Mailbox, ShardStats, ToShard};
 use crate::metrics::{self, Report, Reset};
@@ -282,6 +282,7 @@ fn metrics_report(shard: &ShardState, latency: bool, reset: &Reset) -> Report {
         rate_limit_entries: shard.limiter.entries() as u64,
         rate_limit_evicted: shard.limiter.evicted.get(),
         rate_limit_alone: shard.limiter.decided_alone.get(),
+        tls_handshakes: shard.tls_handshakes.each_ref().map(Cell::get),
         ..metrics::report(routes, upstreams, latency, reset)
     }
 }
@@ -313,6 +314,7 @@ impl Listeners {
         let stopped = Rc::new(Cell::new(false));
         let task = monoio::spawn(accept(
             shard.clone(),
+            name.as_str().into(),
             listener,
             canceller.handle(),
             stopped.clone(),
@@ -361,6 +363,7 @@ impl Stop {
 /// Accepts until stopped; the listening socket closes when it returns.
 async fn accept(
     shard: Rc<ShardState>,
+    name: Rc<str>,
     listener: TcpListener,
     cancel: CancelHandle,
     stopped: Rc<Cell<bool>>,
@@ -371,19 +374,31 @@ async fn accept(
             Ok((stream, peer)) => {
                 backoff.reset();
                 metrics::bump(&shard.accepted);
+                // The listener as the config in force has it: a reload
+                // that changes its certificates applies to the next handshake.
+                let current = shard.current();
+                let config = &current.config;
+                let side = config
+                    .listeners
+                    .iter()
+                    .find(|l| *l.name == *name)
+                    .map(Side::of);
+                let side = side.unwrap_or_default();
                 if stopped.get() {
                     // Accepted as the stop came: serve it, then stop.
                     shard.conn_opened();
-                    monoio::spawn(serve_conn(shard.clone(), stream, peer));
+                    monoio::spawn(serve_conn(shard.clone(), stream, peer, side));
                     return;
                 }
-                let max = shard.current().config.server.max_connections;
-                if shard.conns() >= max {
-                    monoio::spawn(refuse(shard.clone(), stream));
+                if shard.conns() >= config.server.max_connections {
+                    // A TLS client could not read a plain 503.
+                    if side.tls.is_none() {
+                        monoio::spawn(refuse(shard.clone(), stream));
+                    }
                     continue;
                 }
                 shard.conn_opened();
-                monoio::spawn(serve_conn(shard.clone(), stream, peer));
+                monoio::spawn(serve_conn(shard.clone(), stream, peer, side));
             }
             Err(_) if stopped.get() => return,
             Err(e) => {
@@ -458,8 +473,8 @@ async fn housekeeping(shard: Rc<ShardState>) {
 /// A connection's task while it is served. A connection that goes quiet
 /// moves to a small task of its own (`quiet_conn`), so the memory of this
 /// one, sized for a whole proxied exchange, is not kept while it waits.
-async fn serve_conn(shard: Rc<ShardState>, stream: TcpStream, peer: SocketAddr) {
-    let after = conn::serve(&shard, stream, peer).await;
+async fn serve_conn(shard: Rc<ShardState>, stream: TcpStream, peer: SocketAddr, side: Side) {
+    let after = conn::serve(&shard, stream, peer, side).await;
     carry_on(shard, after);
 }
 

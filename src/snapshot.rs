@@ -158,6 +158,9 @@ impl Snapshot {
             }
         }
         warnings.extend(contradictions(&config));
+        for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+            warnings.extend(tls.warnings.iter().cloned());
+        }
         let limits = limits(&config);
         let names = DEFAULT_FIELDS
             .iter()

@@ -120,6 +120,10 @@ pub struct ShardState {
     pub requests: Cell<u64>,
     /// Client connections accepted.
     pub accepted: Cell<u64>,
+    /// TLS handshakes by how they ended (`metrics::TLS_RESULTS`).
+    pub tls_handshakes: [Cell<u64>; 5],
+    /// TLS handshakes in flight.
+    handshaking: Cell<usize>,
     /// The event loop: "io_uring (Coop)", "epoll".
     pub driver: String,
     /// This shard's side of the access log, if there is one.
@@ -175,6 +179,8 @@ impl ShardState {
             client_aborts: Cell::new(0),
             requests: Cell::new(0),
             accepted: Cell::new(0),
+            tls_handshakes: Default::default(),
+            handshaking: Cell::new(0),
             driver,
             log,
             limiter,
@@ -285,6 +291,16 @@ impl ShardState {
         }
     }
 
+    /// A place for one more handshake in flight, if fewer than `max` are;
+    /// given back when the guard drops.
+    pub fn handshake_slot(&self, max: usize) -> Option<HandshakeSlot<'_>> {
+        let n = self.handshaking.get();
+        (n < max).then(|| {
+            self.handshaking.set(n + 1);
+            HandshakeSlot(&self.handshaking)
+        })
+    }
+
     pub(crate) fn conn_opened(&self) {
         self.conns.set(self.conns.get() + 1);
     }
@@ -329,3 +345,12 @@ const QUIET_BUCKETS: usize = 64;
 /// included); that many of them can be in flight when the slab is exhausted.
 const REPLY_BUFFER: usize = 1024;
 const REPLY_BUFFERS: usize = 64;
+
+/// One handshake in flight (see `ShardState::handshake_slot`).
+pub struct HandshakeSlot<'a>(&'a Cell<usize>);
+
+impl Drop for HandshakeSlot<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}

@@ -344,6 +344,8 @@ fuzz_target!(|data: &[u8]| {
         set_host: route.set_host.as_deref(),
         fallback_host: FALLBACK_HOST,
         underscores: route.underscores_in_headers,
+        https: false,
+        client_cert: None,
     };
     request_fields(&mut out, &req, &fwd, policy.request_drops());
     let vars = Vars {

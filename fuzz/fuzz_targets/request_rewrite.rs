@@ -81,6 +81,8 @@ fuzz_target!(|data: &[u8]| {
         set_host,
         fallback_host: FALLBACK_HOST,
         underscores,
+        https: false,
+        client_cert: None,
     };
     let mut out = Vec::new();
     request_head(&mut out, &req, &fwd);

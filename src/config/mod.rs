@@ -10,6 +10,7 @@ mod metrics;
 mod rate_limit;
 mod route;
 mod server;
+mod tls;
 mod units;
 mod upstream;
 
@@ -31,6 +32,7 @@ pub use route::{
 pub use server::{
     Endpoints, Limits, Listener, MAX_BUFFERS, MAX_HEADERS_CAP, Server, Steer, Timeouts,
 };
+pub use tls::ListenerTls;
 pub use units::{Cidr, Dur, Size, parse_duration, parse_size};
 pub use upstream::{
     Balance, Endpoint, HealthCheck, MAX_IDLE_PER_ENDPOINT, MAX_WEIGHT, Outlier, RetryBudget,

@@ -3,9 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::tls::{FileTls, ListenerTls};
 use super::{ConfigError, ConfigValidator, Dur, Size};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -66,6 +68,11 @@ pub struct Endpoints {
 pub struct Listener {
     pub name: String,
     pub bind: SocketAddr,
+    /// With a `tls` table: HTTPS.
+    pub tls: Option<Arc<ListenerTls>>,
+    /// A request whose Host the certificate chosen by its connection's SNI
+    /// does not cover gets 421 (domain fronting is refused).
+    pub strict_sni: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +80,9 @@ pub struct Listener {
 pub(super) struct FileListener {
     name: String,
     bind: String,
+    tls: Option<FileTls>,
+    #[serde(default)]
+    strict_sni: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -245,9 +255,21 @@ impl ConfigValidator<'_> {
                     format!("'{}' is not an address:port (IPv6 as [::1]:8080)", l.bind),
                 )
             })?;
+            if l.strict_sni && l.tls.is_none() {
+                return Err(self.error(
+                    &format!("listener.{i}.strict_sni"),
+                    "needs a tls table: only a TLS connection has an SNI to hold the Host to",
+                ));
+            }
+            let tls = match &l.tls {
+                Some(t) => Some(Arc::new(self.listener_tls(i, t)?)),
+                None => None,
+            };
             listeners.push(Listener {
                 name: l.name.clone(),
                 bind,
+                tls,
+                strict_sni: l.strict_sni,
             });
         }
         Ok(listeners)

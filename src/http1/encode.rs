@@ -40,6 +40,12 @@ pub struct Forward<'a> {
     pub fallback_host: &'a str,
     /// Pass header fields whose names hold `_`; dropped otherwise.
     pub underscores: bool,
+    /// The client came over TLS: `X-Forwarded-Proto: https`.
+    pub https: bool,
+    /// On a listener that passes client certificates on: the header, and
+    /// the verified certificate's subject if the client sent one. The
+    /// client's own lines of that header are dropped either way.
+    pub client_cert: Option<(&'a str, Option<&'a str>)>,
 }
 
 /// The Connection header's values, kept to drop the headers they name.
@@ -226,6 +232,9 @@ pub fn request_fields(
         }
         if named.drops(name)
             || name.eq_ignore_ascii_case("x-forwarded-proto")
+            || fwd
+                .client_cert
+                .is_some_and(|(h, _)| same_name(h.as_bytes(), name.as_bytes()))
             || !underscore_passes(name, fwd.underscores)
             || removed(remove, name)
         {
@@ -263,7 +272,13 @@ pub fn request_fields(
         out.extend_from_slice(b", ");
     }
     let _ = write!(out, "{}\r\n", fwd.client_ip);
-    out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+    out.extend_from_slice(match fwd.https {
+        true => b"X-Forwarded-Proto: https\r\n",
+        false => b"X-Forwarded-Proto: http\r\n",
+    });
+    if let Some((h, Some(subject))) = fwd.client_cert {
+        header(out, h.as_bytes(), subject.as_bytes());
+    }
     add_via(out, last_via);
     if req.upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
@@ -362,6 +377,8 @@ mod tests {
             set_host,
             fallback_host: "up:80",
             underscores,
+            https: false,
+            client_cert: None,
         };
         request_head(&mut out, &req, &fwd);
         String::from_utf8(out).unwrap()

@@ -302,7 +302,7 @@ impl Seen {
     }
 }
 
-fn read_line(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+fn read_line(s: &mut impl Read, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     loop {
         if let Some(i) = find(buf, b"\r\n") {
             return Some(buf.drain(..i + 2).collect());
@@ -313,7 +313,7 @@ fn read_line(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     }
 }
 
-fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+fn fill(s: &mut impl Read, buf: &mut Vec<u8>) -> bool {
     let mut b = [0u8; 64 << 10];
     loop {
         return match s.read(&mut b) {
@@ -364,9 +364,10 @@ impl Response {
     }
 }
 
-/// A client connection that reads responses one by one.
-pub struct Client {
-    pub s: TcpStream,
+/// A client connection that reads responses one by one, over plain TCP
+/// or anything else that reads and writes (a TLS stream).
+pub struct Client<S = TcpStream> {
+    pub s: S,
     buf: Vec<u8>,
 }
 
@@ -377,8 +378,28 @@ impl Client {
         Client { s, buf: Vec::new() }
     }
 
-    pub fn send(&mut self, raw: &[u8]) -> &mut Client {
+    /// True if the proxy closed the connection (EOF, or reset) with nothing more to read.
+    pub fn is_closed(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        matches!(self.s.read(&mut b), Ok(0) | Err(_))
+    }
+
+    pub fn shutdown_write(&mut self) {
+        let _ = self.s.shutdown(Shutdown::Write);
+    }
+}
+
+impl<S: Read + Write> Client<S> {
+    pub fn over(s: S) -> Client<S> {
+        Client { s, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, raw: &[u8]) -> &mut Client<S> {
         self.s.write_all(raw).unwrap();
+        self.s.flush().unwrap();
         self
     }
 
@@ -451,19 +472,6 @@ impl Client {
             resp.body = std::mem::take(&mut self.buf);
         }
         Some(resp)
-    }
-
-    /// True if the proxy closed the connection (EOF, or reset) with nothing more to read.
-    pub fn is_closed(&mut self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let mut b = [0u8; 1];
-        matches!(self.s.read(&mut b), Ok(0) | Err(_))
-    }
-
-    pub fn shutdown_write(&mut self) {
-        let _ = self.s.shutdown(Shutdown::Write);
     }
 }
 

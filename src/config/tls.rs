@@ -1,0 +1,138 @@
+//! A listener's `tls` table: its certificates, loaded and checked as the
+//! config is (so `ringway check` and a reload refuse a bad one, naming the
+//! file), and the rustls config its handshakes use.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use serde::Deserialize;
+
+use super::{ConfigError, ConfigValidator, Dur};
+use crate::certs::{self, Certificates, Pair, Resumption};
+
+/// A TLS listener as configured and loaded.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub certs: Arc<Certificates>,
+    pub server: Arc<rustls::ServerConfig>,
+    /// A handshake not done within this is closed.
+    pub handshake_timeout: Dur,
+    /// Handshakes in flight per shard; a connection past it is closed at once.
+    pub max_handshakes: usize,
+    /// The request header that carries a verified client certificate's
+    /// subject upstream (any such header from the client is removed).
+    pub client_subject_header: Option<String>,
+    /// Certificates that expire within 14 days.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileTls {
+    certificates: Vec<FilePair>,
+    handshake_timeout: Option<Dur>,
+    max_handshakes: Option<usize>,
+    client_ca: Option<PathBuf>,
+    client_auth: Option<ClientAuth>,
+    client_subject_header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePair {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ClientAuth {
+    Required,
+    Optional,
+}
+
+/// Session tickets and the session cache, one set for the whole process:
+/// every shard resumes what any shard began, before and after a reload.
+fn resumption() -> Result<&'static Resumption, String> {
+    static ONCE: OnceLock<Resumption> = OnceLock::new();
+    if let Some(r) = ONCE.get() {
+        return Ok(r);
+    }
+    let r = Resumption::new(SESSION_CACHE)?;
+    Ok(ONCE.get_or_init(|| r))
+}
+
+/// Sessions the cache keeps (for clients that resume by session ID rather
+/// than by ticket); past it the oldest go.
+const SESSION_CACHE: usize = 10_240;
+
+impl ConfigValidator<'_> {
+    pub(super) fn listener_tls(&self, i: usize, t: &FileTls) -> Result<ListenerTls, ConfigError> {
+        let key = |k: &str| format!("listener.{i}.tls.{k}");
+        if t.certificates.is_empty() {
+            return Err(self.error(
+                &key("certificates"),
+                "needs at least one { cert, key } pair",
+            ));
+        }
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let pairs: Vec<Pair> = t
+            .certificates
+            .iter()
+            .map(|p| Pair {
+                cert: base.join(&p.cert),
+                key: base.join(&p.key),
+            })
+            .collect();
+        let (certs, warnings) = Certificates::load(&pairs, SystemTime::now())
+            .map_err(|e| self.error(&key("certificates"), e))?;
+        let client_auth = match (&t.client_ca, t.client_auth) {
+            (Some(ca), auth) => Some(
+                certs::client_verifier(&base.join(ca), auth != Some(ClientAuth::Optional))
+                    .map_err(|e| self.error(&key("client_ca"), e))?,
+            ),
+            (None, Some(_)) => {
+                return Err(self.error(
+                    &key("client_auth"),
+                    "needs client_ca: the CA certificates client certificates are verified against",
+                ));
+            }
+            (None, None) => None,
+        };
+        if t.client_subject_header.is_some() && t.client_ca.is_none() {
+            return Err(self.error(
+                &key("client_subject_header"),
+                "needs client_ca: only a verified client certificate has a subject to pass on",
+            ));
+        }
+        if let Some(h) = &t.client_subject_header
+            && (h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            return Err(self.error(
+                &key("client_subject_header"),
+                format!("'{h}' is not a header name (letters, digits and '-')"),
+            ));
+        }
+        let handshake_timeout = t.handshake_timeout.unwrap_or(Dur::secs(10));
+        if handshake_timeout.0.is_zero() {
+            return Err(self.error(&key("handshake_timeout"), "must be more than 0"));
+        }
+        let max_handshakes = t.max_handshakes.unwrap_or(1024);
+        if max_handshakes == 0 {
+            return Err(self.error(&key("max_handshakes"), "must be at least 1"));
+        }
+        let certs = Arc::new(certs);
+        let server = resumption()
+            .and_then(|r| certs::server_config(certs.clone(), r, client_auth))
+            .map_err(|e| self.error(&key("certificates"), e))?;
+        Ok(ListenerTls {
+            certs,
+            server,
+            handshake_timeout,
+            max_handshakes,
+            client_subject_header: t.client_subject_header.clone(),
+            warnings,
+        })
+    }
+}

@@ -1,0 +1,144 @@
+//! A client connection's two halves, plain TCP or TLS: what `Conn` reads
+//! requests from and writes responses to, whichever the listener speaks.
+
+use std::io;
+
+use monoio::BufResult;
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, CancelHandle, CancelableAsyncReadRent, OwnedReadHalf,
+    OwnedWriteHalf,
+};
+use monoio::net::TcpStream;
+
+use crate::tls::{TlsRead, TlsWrite};
+
+pub enum ClientRead {
+    Plain(OwnedReadHalf<TcpStream>),
+    Tls(TlsRead),
+}
+
+pub enum ClientWrite {
+    Plain(OwnedWriteHalf<TcpStream>),
+    Tls(TlsWrite),
+}
+
+impl ClientRead {
+    /// Waits for the socket's next byte, raw (ciphertext on TLS), into
+    /// `byte`: how a quiet connection waits holding no buffer.
+    pub async fn wait_byte(
+        &mut self,
+        byte: Box<[u8; 1]>,
+        c: CancelHandle,
+    ) -> BufResult<usize, Box<[u8; 1]>> {
+        match self {
+            ClientRead::Plain(r) => r.cancelable_read(byte, c).await,
+            ClientRead::Tls(t) => t.tcp().cancelable_read(byte, c).await,
+        }
+    }
+
+    /// Takes back the byte `wait_byte` read: the request's first byte on
+    /// plain TCP (returned, for the read buffer), ciphertext on TLS (handed
+    /// to the session; `None`).
+    pub fn resume(&mut self, byte: u8) -> io::Result<Option<u8>> {
+        match self {
+            ClientRead::Plain(_) => Ok(Some(byte)),
+            ClientRead::Tls(t) => t.push(&[byte]).map(|()| None),
+        }
+    }
+
+    /// The subject of the client's verified certificate, if it sent one.
+    pub fn client_subject(&self) -> Option<&str> {
+        match self {
+            ClientRead::Plain(_) => None,
+            ClientRead::Tls(t) => t.client_subject(),
+        }
+    }
+
+    /// The listener's certificate chosen for a TLS connection's SNI.
+    pub fn tls_cert(&self) -> Option<usize> {
+        match self {
+            ClientRead::Plain(_) => None,
+            ClientRead::Tls(t) => Some(t.cert()),
+        }
+    }
+}
+
+impl ClientWrite {
+    /// Lets go of what a quiet connection need not hold.
+    pub fn release(&mut self) {
+        if let ClientWrite::Tls(t) = self {
+            t.release();
+        }
+    }
+}
+
+impl AsyncReadRent for ClientRead {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientRead::Plain(r) => r.read(buf).await,
+            ClientRead::Tls(t) => t.read(buf).await,
+        }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientRead::Plain(r) => r.readv(buf).await,
+            ClientRead::Tls(t) => t.readv(buf).await,
+        }
+    }
+}
+
+impl CancelableAsyncReadRent for ClientRead {
+    async fn cancelable_read<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        c: CancelHandle,
+    ) -> BufResult<usize, T> {
+        match self {
+            ClientRead::Plain(r) => r.cancelable_read(buf, c).await,
+            ClientRead::Tls(t) => t.cancelable_read(buf, c).await,
+        }
+    }
+
+    async fn cancelable_readv<T: IoVecBufMut>(
+        &mut self,
+        buf: T,
+        c: CancelHandle,
+    ) -> BufResult<usize, T> {
+        match self {
+            ClientRead::Plain(r) => r.cancelable_readv(buf, c).await,
+            ClientRead::Tls(t) => t.cancelable_readv(buf, c).await,
+        }
+    }
+}
+
+impl AsyncWriteRent for ClientWrite {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientWrite::Plain(w) => w.write(buf).await,
+            ClientWrite::Tls(t) => t.write(buf).await,
+        }
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientWrite::Plain(w) => w.writev(buf).await,
+            ClientWrite::Tls(t) => t.writev(buf).await,
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ClientWrite::Plain(w) => w.flush().await,
+            ClientWrite::Tls(t) => t.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            ClientWrite::Plain(w) => w.shutdown().await,
+            ClientWrite::Tls(t) => t.shutdown().await,
+        }
+    }
+}

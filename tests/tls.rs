@@ -1,0 +1,536 @@
+//! TLS on the listener, over real sockets: certificates generated here (a
+//! test CA and leaves signed by it), a rustls client, the proxy in-process
+//! or as the built binary.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, date_time_ymd,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, StreamOwned};
+use support::*;
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+/// A test CA in a directory of its own, and the leaves it signs there.
+struct Pki {
+    dir: PathBuf,
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("ringway-tls-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("ringway test CA {name}"));
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca }
+    }
+
+    /// Writes `file`.pem (leaf, then the CA) and `file`.key for `names`;
+    /// returns the leaf's DER.
+    fn leaf(&self, file: &str, names: &[&str]) -> Vec<u8> {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, file);
+        self.sign(file, params)
+    }
+
+    fn sign(&self, file: &str, params: CertificateParams) -> Vec<u8> {
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let chain = format!("{}{}", cert.pem(), self.ca.pem());
+        std::fs::write(self.path(&format!("{file}.pem")), chain).unwrap();
+        std::fs::write(self.path(&format!("{file}.key")), key.serialize_pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    /// A client config that trusts this CA, offers http/1.1, and sends SNI.
+    fn client(&self) -> ClientConfig {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        let mut c = ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        c
+    }
+
+    /// A listener `tls` table with the given pairs (file stems).
+    fn table(&self, pairs: &[&str], extra: &str) -> String {
+        let pairs: Vec<String> = pairs
+            .iter()
+            .map(|p| {
+                format!(
+                    "{{ cert = \"{}\", key = \"{}\" }}",
+                    self.path(&format!("{p}.pem")).display(),
+                    self.path(&format!("{p}.key")).display()
+                )
+            })
+            .collect();
+        format!("tls = {{ certificates = [{}]{extra} }}", pairs.join(", "))
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Connects and finishes the handshake with `sni` as the server name.
+fn connect(addr: SocketAddr, sni: &str, config: Arc<ClientConfig>) -> std::io::Result<Tls> {
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    let conn = ClientConnection::new(config, name).unwrap();
+    let mut s = StreamOwned::new(conn, tcp);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock)?;
+    }
+    Ok(s)
+}
+
+fn tls_client(addr: SocketAddr, sni: &str, config: &Arc<ClientConfig>) -> Client<Tls> {
+    Client::over(connect(addr, sni, config.clone()).expect("the handshake completes"))
+}
+
+fn leaf_of(s: &Tls) -> Vec<u8> {
+    s.conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// A proxy with one TLS listener (`tls` its table, `listener` more keys)
+/// in front of `origin` at "/".
+fn tls_proxy(origin: SocketAddr, tls: &str, listener: &str) -> ringway::Server {
+    let text = format!(
+        "[server]\nworkers = 1\npin_cores = false\n\n\
+         [[listener]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\n{tls}\n{listener}\n\n\
+         [[upstream]]\nname = \"o\"\nendpoints = [\"{origin}\"]\n\n\
+         [[route]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"o\"\n"
+    );
+    let config = ringway::Config::parse(Path::new("tls.toml"), &text).expect("valid config");
+    ringway::Server::start(config).expect("proxy starts")
+}
+
+/// Accepts any certificate: to see which one the server chose for a name
+/// it has none for.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn any_cert() -> ClientConfig {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth()
+}
+
+fn get_over<S: Read + Write>(c: &mut Client<S>, host: &str, path: &str) -> Response {
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .read(false)
+        .expect("a response")
+}
+
+#[test]
+fn https_request_with_sni_choosing_the_certificate_and_1000_on_one_connection() {
+    let pki = Pki::new("sni");
+    let a = pki.leaf("a", &["a.test"]);
+    let b = pki.leaf("b", &["*.b.test"]);
+    let origin = Origin::start(|s| ok(s.header("x-forwarded-proto").unwrap_or("none")));
+    let proxy = tls_proxy(origin.addr, &pki.table(&["a", "b"], ""), "");
+    let client = Arc::new(pki.client());
+
+    let mut c = tls_client(proxy.addr(), "a.test", &client);
+    assert_eq!(leaf_of(&c.s), a);
+    assert_eq!(c.s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let r = get_over(&mut c, "a.test", "/");
+    assert_eq!((r.status, r.text().as_str()), (200, "https"));
+    // Keep-alive: 1,000 requests on the one connection.
+    for i in 0..1000 {
+        let r = get_over(&mut c, "a.test", &format!("/{i}"));
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    assert_eq!(origin.seen().len(), 1001);
+
+    let mut c = tls_client(proxy.addr(), "x.b.test", &client);
+    assert_eq!(leaf_of(&c.s), b);
+    assert_eq!(get_over(&mut c, "x.b.test", "/").status, 200);
+
+    // No SNI, or a name no certificate has: the first answers.
+    let mut no_sni = pki.client();
+    no_sni.enable_sni = false;
+    let c = tls_client(proxy.addr(), "a.test", &Arc::new(no_sni));
+    assert_eq!(leaf_of(&c.s), a);
+    let c = tls_client(proxy.addr(), "unknown.test", &Arc::new(any_cert()));
+    assert_eq!(leaf_of(&c.s), a);
+    // One label only under a wildcard.
+    let c = tls_client(proxy.addr(), "x.y.b.test", &Arc::new(any_cert()));
+    assert_eq!(leaf_of(&c.s), a);
+    assert!(connect(proxy.addr(), "x.y.b.test", client.clone()).is_err());
+}
+
+#[test]
+fn strict_sni_answers_421_to_a_host_the_certificate_does_not_cover() {
+    let pki = Pki::new("strict");
+    pki.leaf("a", &["a.test"]);
+    pki.leaf("b", &["b.test"]);
+    let origin = Origin::start(|_| ok("in"));
+    let proxy = tls_proxy(
+        origin.addr,
+        &pki.table(&["a", "b"], ""),
+        "strict_sni = true",
+    );
+    let client = Arc::new(pki.client());
+
+    let mut c = tls_client(proxy.addr(), "a.test", &client);
+    assert_eq!(get_over(&mut c, "A.test:443", "/").status, 200);
+    // Domain fronting: SNI a.test, Host b.test.
+    let r = get_over(&mut c, "b.test", "/");
+    assert_eq!(r.status, 421);
+    assert!(r.text().contains("\"status\":421"), "{}", r.text());
+    assert_eq!(get_over(&mut c, "a.test", "/").status, 200);
+    assert_eq!(origin.seen().len(), 2);
+}
+
+#[test]
+fn plain_http_garbage_and_a_truncated_client_hello_never_reach_the_upstream() {
+    let pki = Pki::new("bad");
+    pki.leaf("a", &["a.test"]);
+    let origin = Origin::start(|_| ok("in"));
+    let tls = pki.table(&["a"], ", handshake_timeout = \"300ms\"");
+    let proxy = tls_proxy(origin.addr, &tls, "");
+
+    // Plain HTTP: one 400 naming the mistake, then the close.
+    let mut c = Client::connect(proxy.addr());
+    let r = c
+        .send(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .read(false)
+        .expect("a 400");
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text()
+            .contains("plain HTTP request was sent to HTTPS port")
+    );
+    assert!(c.is_closed());
+
+    // Garbage: closed with nothing said.
+    let mut c = Client::connect(proxy.addr());
+    c.send(b"\x00\x01\x02\x03 not tls at all\r\n\r\n");
+    assert!(c.is_closed());
+
+    // The first 40 bytes of a real ClientHello, then silence: closed at
+    // the handshake timeout.
+    let mut hello = Vec::new();
+    let mut conn =
+        ClientConnection::new(Arc::new(pki.client()), "a.test".try_into().unwrap()).unwrap();
+    conn.write_tls(&mut hello).unwrap();
+    let mut c = Client::connect(proxy.addr());
+    let t0 = Instant::now();
+    c.send(&hello[..40]);
+    assert!(c.is_closed());
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    // A whole ClientHello, then the connection cut: nothing either.
+    let mut c = Client::connect(proxy.addr());
+    c.send(&hello);
+    drop(c);
+
+    assert_eq!(origin.connections(), 0);
+    let reply = proxy.ask(ringway::control::Command::Metrics).unwrap();
+    let metrics = reply["text"].as_str().unwrap().to_string();
+    for (result, n) in [("plain_http", 1), ("timeout", 1)] {
+        let line = format!("ringway_tls_handshakes_total{{result=\"{result}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+}
+
+#[test]
+fn sessions_resume_by_ticket_across_shards() {
+    let pki = Pki::new("resume");
+    pki.leaf("a", &["a.test"]);
+    let origin = Origin::start(|_| ok("in"));
+    let text = format!(
+        "[server]\nworkers = 2\npin_cores = false\n\n\
+         [[listener]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\n{}\n\n\
+         [[upstream]]\nname = \"o\"\nendpoints = [\"{}\"]\n\n\
+         [[route]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"o\"\n",
+        pki.table(&["a"], ""),
+        origin.addr
+    );
+    let config = ringway::Config::parse(Path::new("tls.toml"), &text).unwrap();
+    let proxy = ringway::Server::start(config).unwrap();
+    // One client config keeps the tickets it is given.
+    let client = Arc::new(pki.client());
+    let mut c = tls_client(proxy.addr(), "a.test", &client);
+    assert_eq!(get_over(&mut c, "a.test", "/").status, 200);
+    assert_eq!(c.s.conn.handshake_kind(), Some(rustls::HandshakeKind::Full));
+    // New connections land on either shard; each resumes.
+    for _ in 0..8 {
+        let mut c = tls_client(proxy.addr(), "a.test", &client);
+        assert_eq!(get_over(&mut c, "a.test", "/").status, 200);
+        assert_eq!(
+            c.s.conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        );
+    }
+}
+
+#[test]
+fn client_certificates_verified_and_their_subject_passed_upstream() {
+    let pki = Pki::new("mtls");
+    pki.leaf("a", &["a.test"]);
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "alice");
+    pki.sign("alice", params);
+    let origin = Origin::start(|s| ok(s.header("x-client-subject").unwrap_or("none")));
+    let ca = pki.path("ca.pem");
+    let tls = pki.table(
+        &["a"],
+        &format!(
+            ", client_ca = \"{}\", client_auth = \"optional\", client_subject_header = \"X-Client-Subject\"",
+            ca.display()
+        ),
+    );
+    let proxy = tls_proxy(origin.addr, &tls, "");
+
+    // No certificate (optional): served, and a forged subject is dropped.
+    let mut c = tls_client(proxy.addr(), "a.test", &Arc::new(pki.client()));
+    let r = c
+        .send(b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Client-Subject: CN=mallory\r\n\r\n")
+        .read(false)
+        .unwrap();
+    assert_eq!(r.text(), "none");
+
+    // With one: its subject goes upstream.
+    let chain = rustls::pki_types::pem::PemObject::pem_file_iter(pki.path("alice.pem"))
+        .unwrap()
+        .collect::<Result<Vec<CertificateDer>, _>>()
+        .unwrap();
+    let key: PrivateKeyDer =
+        rustls::pki_types::pem::PemObject::from_pem_file(pki.path("alice.key")).unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.ca.der().clone()).unwrap();
+    let with_cert = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let mut c = tls_client(proxy.addr(), "a.test", &Arc::new(with_cert));
+    let r = c
+        .send(b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Client-Subject: CN=mallory\r\n\r\n")
+        .read(false)
+        .unwrap();
+    assert_eq!(r.text(), "CN=alice");
+
+    // Required: a client without one does not get through.
+    let tls = pki.table(&["a"], &format!(", client_ca = \"{}\"", ca.display()));
+    let strict = tls_proxy(origin.addr, &tls, "");
+    let refused = connect(strict.addr(), "a.test", Arc::new(pki.client())).and_then(|mut s| {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")?;
+        let mut b = [0u8; 64];
+        s.read(&mut b)
+    });
+    assert!(refused.is_err() || refused.unwrap() == 0);
+}
+
+#[test]
+fn check_names_a_bad_pair_and_warns_of_a_near_expiry() {
+    let pki = Pki::new("check");
+    pki.leaf("a", &["a.test"]);
+    pki.leaf("b", &["b.test"]);
+    let write = |name: &str, tls: &str| {
+        write_config(
+            name,
+            &format!("[[listener]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\n{tls}\n"),
+        )
+    };
+    // a's certificate with b's key.
+    std::fs::copy(pki.path("b.key"), pki.path("mixed.key")).unwrap();
+    std::fs::copy(pki.path("a.pem"), pki.path("mixed.pem")).unwrap();
+    let bad = write("tls-bad.toml", &pki.table(&["a", "mixed"], ""));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("tls-bad.toml:4") && err.contains("mixed.key"),
+        "{err}"
+    );
+
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::days(5);
+    let mut params = CertificateParams::new(vec!["soon.test".to_string()]).unwrap();
+    params.not_before = date_time_ymd(2020, 1, 1);
+    params.not_after = soon;
+    pki.sign("soon", params);
+    let near = write("tls-near.toml", &pki.table(&["soon"], ""));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&near)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("warning:") && said.contains("soon.pem: expires in"),
+        "{said}"
+    );
+}
+
+/// A certificate swapped on disk and reloaded while clients open new TLS
+/// connections without pause: not one request fails, and the new
+/// certificate answers every handshake after the reload.
+#[test]
+fn certificates_reload_under_load_without_a_failed_request() {
+    let pki = Pki::new("reload");
+    let old = pki.leaf("a", &["a.test"]);
+    let origin = Origin::start(|_| ok("in"));
+    let socket = std::env::temp_dir().join(format!("ringway-tls-{}.sock", std::process::id()));
+    let config = |tls: &str| {
+        format!(
+            "[server]\nworkers = 2\npin_cores = false\nadmin_socket = \"{}\"\n\n\
+             [[listener]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\n{tls}\n\n\
+             [[upstream]]\nname = \"o\"\nendpoints = [\"{}\"]\n\n\
+             [[route]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"o\"\n",
+            socket.display(),
+            origin.addr
+        )
+    };
+    let path = write_config("tls-reload.toml", &config(&pki.table(&["a"], "")));
+    let (child, addr) = run(&path);
+    // No resumption, so that every connection has a full handshake (a
+    // resumed one keeps its session's certificate).
+    let mut fresh = pki.client();
+    fresh.resumption = rustls::client::Resumption::disabled();
+    let client = Arc::new(fresh);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, served, client) = (stop.clone(), served.clone(), client.clone());
+            std::thread::spawn(move || {
+                let mut leaves = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let mut c = tls_client(addr, "a.test", &client);
+                    // A kept connection goes on after the reload too.
+                    for _ in 0..3 {
+                        assert_eq!(get_over(&mut c, "a.test", "/").status, 200);
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    leaves.push(leaf_of(&c.s));
+                }
+                leaves
+            })
+        })
+        .collect();
+
+    let wait_for = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while served.load(Ordering::Relaxed) < n {
+            assert!(Instant::now() < deadline, "load stalled at {n}");
+            std::thread::yield_now();
+        }
+    };
+    wait_for(200);
+    // A bad certificate file is refused and the old one stays.
+    std::fs::write(pki.path("broken.pem"), "not a certificate").unwrap();
+    std::fs::copy(pki.path("a.key"), pki.path("broken.key")).unwrap();
+    std::fs::write(&path, config(&pki.table(&["broken"], ""))).unwrap();
+    let out = Command::new(BIN)
+        .args(["ctl", "--socket"])
+        .arg(&socket)
+        .arg("reload")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let at = served.load(Ordering::Relaxed);
+    wait_for(at + 100);
+    // A new certificate, reloaded.
+    let new = pki.leaf("a2", &["a.test"]);
+    std::fs::write(&path, config(&pki.table(&["a2"], ""))).unwrap();
+    let out = Command::new(BIN)
+        .args(["ctl", "--socket"])
+        .arg(&socket)
+        .arg("reload")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = tls_client(addr, "a.test", &client);
+    assert_eq!(leaf_of(&c.s), new);
+    let at = served.load(Ordering::Relaxed);
+    wait_for(at + 200);
+    stop.store(true, Ordering::Relaxed);
+    let mut leaves = Vec::new();
+    for t in load {
+        leaves.extend(t.join().expect("no request failed"));
+    }
+    assert!(leaves.contains(&old) && leaves.contains(&new));
+    drop(child);
+}
