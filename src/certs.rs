@@ -1,5 +1,6 @@
 //! The TLS listener's certificates: loading and checking each pair, choosing
-//! one per ClientHello by SNI, and the rustls `ServerConfig` built on them.
+//! one per ClientHello by SNI, and the rustls `ServerConfig` built on them;
+//! and the `ClientConfig` ringway verifies a TLS upstream with.
 //!
 //! Everything here runs on the control thread at config load or reload (it
 //! reads files); a shard only calls `covers` per request for strict SNI, and
@@ -16,17 +17,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustls::RootCertStore;
-use rustls::ServerConfig;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{ServerName, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{
     ClientHello, NoServerSessionStorage, ProducesTickets, ResolvesServerCert,
     ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier,
 };
 use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig};
 use x509_parser::prelude::{ASN1Time, FromDer, GeneralName, X509Certificate};
 
 /// A leaf that expires within this long gets a warning at load.
@@ -349,25 +351,114 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The CA certificates in the PEM file `path`, for verifying an upstream's
+/// certificate. Errors name the file.
+pub fn roots(path: &Path) -> Result<RootCertStore, String> {
+    let shown = path.display();
+    let bytes = read(path)?;
+    let mut roots = RootCertStore::empty();
+    for (i, der) in CertificateDer::pem_slice_iter(&bytes).enumerate() {
+        let der =
+            der.map_err(|e| format!("{shown}: not a PEM certificate file: {}", pem_error(&e)))?;
+        roots
+            .add(der)
+            .map_err(|e| format!("{shown}: CA certificate {} is unusable: {e}", i + 1))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "{shown}: no CA certificate found (expected PEM \"BEGIN CERTIFICATE\" blocks)"
+        ));
+    }
+    Ok(roots)
+}
+
+/// The system's trusted roots (as OpenSSL finds them: /etc/ssl/certs, or
+/// SSL_CERT_FILE / SSL_CERT_DIR), read once per process.
+pub fn system_roots() -> Result<RootCertStore, String> {
+    static ROOTS: std::sync::OnceLock<Result<RootCertStore, String>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            match added {
+                0 => Err(format!(
+                    "tls = true verifies against the system's roots, and none were found ({:?}): give ca = \"ca.pem\"",
+                    found.errors.first()
+                )),
+                _ => Ok(roots),
+            }
+        })
+        .clone()
+}
+
+/// The rustls config ringway connects to an upstream with: TLS 1.2 and
+/// 1.3, ALPN "http/1.1", the upstream's certificate verified against
+/// `roots`, or not at all with `insecure`.
+pub fn client_config(roots: RootCertStore, insecure: bool) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS settings: {e}"))?;
+    let mut config = match insecure {
+        false => builder.with_root_certificates(roots).with_no_client_auth(),
+        true => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// `insecure_skip_verify`: any certificate is taken, its signature on the
+/// handshake still checked.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// A client-certificate verifier for mTLS that trusts the CA certificates in
 /// the PEM file `ca`. Unless `required`, a client may send no certificate,
 /// but one it sends must verify. Errors name the file.
 pub fn client_verifier(ca: &Path, required: bool) -> Result<Arc<dyn ClientCertVerifier>, String> {
     let path = ca.display();
-    let bytes = read(ca)?;
-    let mut roots = RootCertStore::empty();
-    for (i, der) in CertificateDer::pem_slice_iter(&bytes).enumerate() {
-        let der =
-            der.map_err(|e| format!("{path}: not a PEM certificate file: {}", pem_error(&e)))?;
-        roots
-            .add(der)
-            .map_err(|e| format!("{path}: CA certificate {} is unusable: {e}", i + 1))?;
-    }
-    if roots.is_empty() {
-        return Err(format!(
-            "{path}: no CA certificate found (expected PEM \"BEGIN CERTIFICATE\" blocks)"
-        ));
-    }
+    let roots = roots(ca)?;
     let builder = WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         Arc::new(aws_lc_rs::default_provider()),

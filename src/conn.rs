@@ -40,7 +40,8 @@ use crate::slab::Lease;
 use crate::snapshot::Snapshot;
 use crate::state::{Generation, ShardState};
 
-pub use crate::stream::{ClientRead, ClientWrite};
+pub type ClientRead = crate::stream::Reader;
+pub type ClientWrite = crate::stream::Writer;
 
 /// What a connection's listener asks of it, as the config in force when it
 /// was accepted has it.
@@ -230,10 +231,10 @@ async fn handshake(
         return None;
     };
     let limit = tls.handshake_timeout.0;
-    let done = crate::tls::handshake(stream, tls.server.clone(), &tls.certs, buf, limit).await;
+    let done = crate::tls::accept(stream, tls.server.clone(), &tls.certs, buf, limit).await;
     let outcome = match done {
         Ok(_) => 0,
-        Err(Refused::Failed) => 1,
+        Err(Refused::Failed | Refused::Tls(_)) => 1,
         Err(Refused::TimedOut) => 2,
         Err(Refused::PlainHttp) => 3,
     };

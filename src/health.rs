@@ -26,9 +26,12 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
 
 use crate::config::{HealthCheck, Upstream};
 
@@ -133,6 +136,9 @@ struct Target {
     upstream: String,
     addr: SocketAddr,
     check: HealthCheck,
+    /// A TLS upstream is probed over TLS: its settings, and the name to
+    /// verify for this endpoint.
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     healthy: bool,
     /// Probes in a row that agreed with each other, against `healthy`.
     streak: u32,
@@ -219,7 +225,11 @@ impl Checker {
             let Some(check) = &u.health_check else {
                 continue;
             };
-            for e in &u.endpoints {
+            for (i, e) in u.endpoints.iter().enumerate() {
+                let tls = u
+                    .tls
+                    .as_ref()
+                    .map(|t| (t.client.clone(), t.names[i].clone()));
                 let kept = old
                     .iter()
                     .position(|t| t.upstream == u.name && t.addr == e.addr)
@@ -228,12 +238,14 @@ impl Checker {
                     Some(mut t) => {
                         t.next = t.next.min(now + check.interval);
                         t.check = check.clone();
+                        t.tls = tls;
                         t
                     }
                     None => Target {
                         upstream: u.name.clone(),
                         addr: e.addr,
                         check: check.clone(),
+                        tls,
                         healthy: true,
                         streak: 0,
                         next: now,
@@ -312,10 +324,11 @@ fn every_endpoint(upstreams: &[Upstream], targets: &[Target]) -> Vec<EndpointHea
 /// (it is tried again at the next interval).
 fn spawn_probe(t: &Target, tx: SyncSender<Event>) -> bool {
     let (upstream, addr, check) = (t.upstream.clone(), t.addr, t.check.clone());
+    let tls = t.tls.clone();
     let spawned = std::thread::Builder::new()
         .name("ringway-probe".into())
         .spawn(move || {
-            let result = probe(addr, &check);
+            let result = probe(addr, &check, tls);
             let _ = tx.send(Event::Probed {
                 upstream,
                 addr,
@@ -328,26 +341,70 @@ fn spawn_probe(t: &Target, tx: SyncSender<Event>) -> bool {
     spawned.is_ok()
 }
 
-/// One probe: connect, send the request, read the status line, all within
-/// `check.timeout`.
-fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
+/// One probe: connect (and the TLS handshake with a TLS upstream), send
+/// the request, read the status line, all within `check.timeout`.
+fn probe(
+    addr: SocketAddr,
+    check: &HealthCheck,
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+) -> Result<(), String> {
     let deadline = Instant::now() + check.timeout;
+    let tcp = TcpStream::connect_timeout(&addr, check.timeout).map_err(|e| e.to_string())?;
+    match tls {
+        None => exchange(addr, check, tcp, deadline),
+        Some((config, name)) => {
+            let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+            exchange(addr, check, rustls::StreamOwned::new(conn, tcp), deadline)
+        }
+    }
+}
+
+/// A socket a probe talks through: TCP, or TLS over it (where the
+/// handshake happens with the first write).
+trait Probed: Read + Write {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Probed for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Probed for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+}
+
+fn exchange(
+    addr: SocketAddr,
+    check: &HealthCheck,
+    mut s: impl Probed,
+    deadline: Instant,
+) -> Result<(), String> {
     let left = || {
         let d = deadline.saturating_duration_since(Instant::now());
         (!d.is_zero()).then_some(d).ok_or("timed out")
     };
-    let mut s = TcpStream::connect_timeout(&addr, check.timeout).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(left()?))
+    // The TLS handshake reads too: both timeouts from the start.
+    s.tcp()
+        .set_write_timeout(Some(left()?))
+        .map_err(|e| e.to_string())?;
+    s.tcp()
+        .set_read_timeout(Some(left()?))
         .map_err(|e| e.to_string())?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ringway-health-check\r\nConnection: close\r\n\r\n",
         check.path
     );
     s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    s.flush().map_err(|e| e.to_string())?;
     let mut head = [0u8; 64];
     let mut len = 0;
     while !head[..len].contains(&b'\n') && len < head.len() {
-        s.set_read_timeout(Some(left()?))
+        s.tcp()
+            .set_read_timeout(Some(left()?))
             .map_err(|e| e.to_string())?;
         match s.read(&mut head[len..]) {
             Ok(0) => return Err("closed before a status line".into()),

@@ -24,7 +24,6 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use monoio::io::{OwnedReadHalf, OwnedWriteHalf};
 use monoio::net::TcpStream;
 
 use crate::capture;
@@ -43,8 +42,8 @@ use crate::state::Generation;
 use crate::tunnel::tunnel;
 use crate::upstream::{UpstreamConn, UpstreamPool};
 
-type UpRead = OwnedReadHalf<TcpStream>;
-type UpWrite = OwnedWriteHalf<TcpStream>;
+type UpRead = crate::stream::Reader;
+type UpWrite = crate::stream::Writer;
 
 /// How long an upstream may take to answer before the client is watched
 /// for a close: a fast exchange pays nothing for the watch.

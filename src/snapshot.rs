@@ -156,6 +156,12 @@ impl Snapshot {
             if !used {
                 warnings.push(format!("upstream '{}' is used by no route", u.name));
             }
+            if u.tls.as_ref().is_some_and(|t| t.insecure) {
+                warnings.push(config.warning(
+                    &format!("upstream.{i}.tls.insecure_skip_verify"),
+                    "the upstream's certificates are not verified: anyone on the path can pose as it",
+                ));
+            }
         }
         warnings.extend(contradictions(&config));
         for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {

@@ -1,5 +1,6 @@
-//! A client connection's two halves, plain TCP or TLS: what `Conn` reads
-//! requests from and writes responses to, whichever the listener speaks.
+//! A connection's two halves, plain TCP or TLS: what `Conn` reads requests
+//! from and writes responses to, whichever the listener speaks, and what
+//! `proxy` talks to an upstream through, whichever the upstream speaks.
 
 use std::io;
 
@@ -13,17 +14,19 @@ use monoio::net::TcpStream;
 
 use crate::tls::{TlsRead, TlsWrite};
 
-pub enum ClientRead {
+/// The reading half.
+pub enum Reader {
     Plain(OwnedReadHalf<TcpStream>),
     Tls(TlsRead),
 }
 
-pub enum ClientWrite {
+/// The writing half.
+pub enum Writer {
     Plain(OwnedWriteHalf<TcpStream>),
     Tls(TlsWrite),
 }
 
-impl ClientRead {
+impl Reader {
     /// Waits for the socket's next byte, raw (ciphertext on TLS), into
     /// `byte`: how a quiet connection waits holding no buffer.
     pub async fn wait_byte(
@@ -32,8 +35,8 @@ impl ClientRead {
         c: CancelHandle,
     ) -> BufResult<usize, Box<[u8; 1]>> {
         match self {
-            ClientRead::Plain(r) => r.cancelable_read(byte, c).await,
-            ClientRead::Tls(t) => t.tcp().cancelable_read(byte, c).await,
+            Reader::Plain(r) => r.cancelable_read(byte, c).await,
+            Reader::Tls(t) => t.tcp().cancelable_read(byte, c).await,
         }
     }
 
@@ -42,62 +45,62 @@ impl ClientRead {
     /// to the session; `None`).
     pub fn resume(&mut self, byte: u8) -> io::Result<Option<u8>> {
         match self {
-            ClientRead::Plain(_) => Ok(Some(byte)),
-            ClientRead::Tls(t) => t.push(&[byte]).map(|()| None),
+            Reader::Plain(_) => Ok(Some(byte)),
+            Reader::Tls(t) => t.push(&[byte]).map(|()| None),
         }
     }
 
     /// The subject of the client's verified certificate, if it sent one.
     pub fn client_subject(&self) -> Option<&str> {
         match self {
-            ClientRead::Plain(_) => None,
-            ClientRead::Tls(t) => t.client_subject(),
+            Reader::Plain(_) => None,
+            Reader::Tls(t) => t.client_subject(),
         }
     }
 
     /// The listener's certificate chosen for a TLS connection's SNI.
     pub fn tls_cert(&self) -> Option<usize> {
         match self {
-            ClientRead::Plain(_) => None,
-            ClientRead::Tls(t) => Some(t.cert()),
+            Reader::Plain(_) => None,
+            Reader::Tls(t) => Some(t.cert()),
         }
     }
 }
 
-impl ClientWrite {
+impl Writer {
     /// Lets go of what a quiet connection need not hold.
     pub fn release(&mut self) {
-        if let ClientWrite::Tls(t) = self {
+        if let Writer::Tls(t) = self {
             t.release();
         }
     }
 }
 
-impl AsyncReadRent for ClientRead {
+impl AsyncReadRent for Reader {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
-            ClientRead::Plain(r) => r.read(buf).await,
-            ClientRead::Tls(t) => t.read(buf).await,
+            Reader::Plain(r) => r.read(buf).await,
+            Reader::Tls(t) => t.read(buf).await,
         }
     }
 
     async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
-            ClientRead::Plain(r) => r.readv(buf).await,
-            ClientRead::Tls(t) => t.readv(buf).await,
+            Reader::Plain(r) => r.readv(buf).await,
+            Reader::Tls(t) => t.readv(buf).await,
         }
     }
 }
 
-impl CancelableAsyncReadRent for ClientRead {
+impl CancelableAsyncReadRent for Reader {
     async fn cancelable_read<T: IoBufMut>(
         &mut self,
         buf: T,
         c: CancelHandle,
     ) -> BufResult<usize, T> {
         match self {
-            ClientRead::Plain(r) => r.cancelable_read(buf, c).await,
-            ClientRead::Tls(t) => t.cancelable_read(buf, c).await,
+            Reader::Plain(r) => r.cancelable_read(buf, c).await,
+            Reader::Tls(t) => t.cancelable_read(buf, c).await,
         }
     }
 
@@ -107,38 +110,38 @@ impl CancelableAsyncReadRent for ClientRead {
         c: CancelHandle,
     ) -> BufResult<usize, T> {
         match self {
-            ClientRead::Plain(r) => r.cancelable_readv(buf, c).await,
-            ClientRead::Tls(t) => t.cancelable_readv(buf, c).await,
+            Reader::Plain(r) => r.cancelable_readv(buf, c).await,
+            Reader::Tls(t) => t.cancelable_readv(buf, c).await,
         }
     }
 }
 
-impl AsyncWriteRent for ClientWrite {
+impl AsyncWriteRent for Writer {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
-            ClientWrite::Plain(w) => w.write(buf).await,
-            ClientWrite::Tls(t) => t.write(buf).await,
+            Writer::Plain(w) => w.write(buf).await,
+            Writer::Tls(t) => t.write(buf).await,
         }
     }
 
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
-            ClientWrite::Plain(w) => w.writev(buf).await,
-            ClientWrite::Tls(t) => t.writev(buf).await,
+            Writer::Plain(w) => w.writev(buf).await,
+            Writer::Tls(t) => t.writev(buf).await,
         }
     }
 
     async fn flush(&mut self) -> io::Result<()> {
         match self {
-            ClientWrite::Plain(w) => w.flush().await,
-            ClientWrite::Tls(t) => t.flush().await,
+            Writer::Plain(w) => w.flush().await,
+            Writer::Tls(t) => t.flush().await,
         }
     }
 
     async fn shutdown(&mut self) -> io::Result<()> {
         match self {
-            ClientWrite::Plain(w) => w.shutdown().await,
-            ClientWrite::Tls(t) => t.shutdown().await,
+            Writer::Plain(w) => w.shutdown().await,
+            Writer::Tls(t) => t.shutdown().await,
         }
     }
 }

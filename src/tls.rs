@@ -27,12 +27,13 @@ use monoio::io::{
     OwnedReadHalf, OwnedWriteHalf,
 };
 use monoio::net::TcpStream;
-use rustls::ServerConnection;
+use rustls::pki_types::ServerName;
 
-/// One TLS session, shared by the halves of its connection.
+/// One TLS session, shared by the halves of its connection: a client's
+/// with ringway as the server, or an upstream's with ringway the client.
 pub struct Session {
-    conn: ServerConnection,
-    /// The listener's certificate chosen by the client's SNI.
+    conn: rustls::Connection,
+    /// On a listener: its certificate chosen by the client's SNI.
     pub cert: usize,
     /// Ciphertext rustls could not take yet (its plaintext queue was full);
     /// empty, and unallocated, but after a burst of more than 16 KiB.
@@ -40,32 +41,52 @@ pub struct Session {
 }
 
 impl Session {
+    fn new(conn: rustls::Connection) -> Session {
+        Session {
+            conn,
+            cert: 0,
+            carry: Vec::new(),
+        }
+    }
+
     /// Hands ciphertext to rustls and decrypts it; what rustls cannot take
     /// yet goes to `carry`, to be fed once the plaintext is read.
-    fn feed(&mut self, mut input: &[u8]) -> io::Result<()> {
+    fn feed(&mut self, mut input: &[u8]) -> Result<(), rustls::Error> {
         // Never an empty slice: rustls takes a read of 0 bytes for the end.
         while !input.is_empty() {
             if self.conn.read_tls(&mut input).is_err() {
                 self.carry.extend_from_slice(input);
                 return Ok(());
             }
-            self.conn
-                .process_new_packets()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            self.conn.process_new_packets()?;
         }
         Ok(())
     }
 }
 
 /// How a handshake ended short of a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Refused {
-    /// Not done within the listener's `handshake_timeout`.
+    /// Not done within the time it had.
     TimedOut,
     /// The client sent an HTTP request instead of a ClientHello; it got a 400.
     PlainHttp,
-    /// Not TLS, a TLS error, or the client went away.
+    /// Not TLS, or the peer went away.
     Failed,
+    /// What rustls refused: a certificate that did not verify, no protocol
+    /// or cipher in common, a malformed message.
+    Tls(rustls::Error),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::TimedOut => f.write_str("the TLS handshake timed out"),
+            Refused::PlainHttp => f.write_str("plain HTTP on a TLS port"),
+            Refused::Failed => f.write_str("the peer closed or failed during the TLS handshake"),
+            Refused::Tls(e) => write!(f, "TLS: {e}"),
+        }
+    }
 }
 
 /// The answer to plain HTTP on a TLS port, as nginx gives it.
@@ -75,22 +96,51 @@ Content-Length: 67\r\nConnection: close\r\n\r\n\
 
 /// Runs the server side of a handshake on `stream` within `limit`, with
 /// `buf` (a slab buffer, left empty) for what the client sends.
-pub async fn handshake(
+pub async fn accept(
     stream: &mut TcpStream,
     config: Arc<rustls::ServerConfig>,
     certs: &crate::certs::Certificates,
     buf: &mut Vec<u8>,
     limit: Duration,
 ) -> Result<Session, Refused> {
-    let conn = ServerConnection::new(config).map_err(|_| Refused::Failed)?;
-    let mut session = Session {
-        conn,
-        cert: 0,
-        carry: Vec::new(),
-    };
+    let conn = rustls::ServerConnection::new(config).map_err(Refused::Tls)?;
+    let mut session = Session::new(conn.into());
+    run(stream, &mut session, buf, limit, true).await?;
+    if let rustls::Connection::Server(c) = &session.conn {
+        session.cert = certs.index_for(c.server_name());
+    }
+    Ok(session)
+}
+
+/// Runs the client side of a handshake with an upstream on `stream`,
+/// within `limit`, offering `name` as SNI and verifying the upstream's
+/// certificate for it.
+pub async fn connect(
+    stream: &mut TcpStream,
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+    limit: Duration,
+) -> Result<Session, Refused> {
+    let conn = rustls::ClientConnection::new(config, name).map_err(Refused::Tls)?;
+    let mut session = Session::new(conn.into());
+    // What an upstream sends in a handshake: its certificates, a few KiB.
+    let mut buf = Vec::with_capacity(16 << 10);
+    run(stream, &mut session, &mut buf, limit, false).await?;
+    Ok(session)
+}
+
+/// Sends and receives handshake messages until the handshake is done.
+/// `listening`: the peer speaks first, and plain HTTP from it gets a 400.
+async fn run(
+    stream: &mut TcpStream,
+    session: &mut Session,
+    buf: &mut Vec<u8>,
+    limit: Duration,
+    listening: bool,
+) -> Result<(), Refused> {
     let mut out = Vec::new();
     let done = monoio::time::timeout(limit, async {
-        let mut first = true;
+        let mut first = listening;
         loop {
             flush(&mut session.conn, stream, &mut out).await?;
             if !session.conn.is_handshaking() {
@@ -116,27 +166,20 @@ pub async fn handshake(
             first = false;
             let fed = session.feed(&buf[..n]);
             buf.clear();
-            if fed.is_err() {
-                // rustls has an alert for the client.
+            if let Err(e) = fed {
+                // rustls has an alert for the peer.
                 let _ = flush(&mut session.conn, stream, &mut out).await;
-                return Err(Refused::Failed);
+                return Err(Refused::Tls(e));
             }
         }
     })
     .await;
-    match done {
-        Ok(Ok(())) => {
-            session.cert = certs.index_for(session.conn.server_name());
-            Ok(session)
-        }
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(Refused::TimedOut),
-    }
+    done.unwrap_or(Err(Refused::TimedOut))
 }
 
 /// Writes what rustls has for the peer.
 async fn flush<W: AsyncWriteRent>(
-    conn: &mut ServerConnection,
+    conn: &mut rustls::Connection,
     w: &mut W,
     out: &mut Vec<u8>,
 ) -> Result<(), Refused> {
@@ -205,7 +248,10 @@ impl TlsRead {
     /// Gives rustls ciphertext read outside the session (the byte a quiet
     /// connection waited for).
     pub fn push(&mut self, ciphertext: &[u8]) -> io::Result<()> {
-        self.session.borrow_mut().feed(ciphertext)
+        self.session
+            .borrow_mut()
+            .feed(ciphertext)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
     /// The TCP half, to wait on without the session.
@@ -220,7 +266,7 @@ impl TlsRead {
         if !s.carry.is_empty() {
             let carry = std::mem::take(&mut s.carry);
             if let Err(e) = s.feed(&carry) {
-                return Some(Err(e));
+                return Some(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
             }
         }
         let mut reader = s.conn.reader();

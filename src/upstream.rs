@@ -18,7 +18,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use monoio::io::{OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::io::Splitable;
 use monoio::net::TcpStream;
 
 use crate::balance::{Balancer, PickKey};
@@ -27,10 +27,11 @@ use crate::error::UpstreamError;
 use crate::io::{Peeked, peek};
 use crate::metrics::{UpstreamMetrics, bump};
 use crate::retry::Budget;
+use crate::stream::{Reader, Writer};
 
 pub struct UpstreamConn {
-    pub r: OwnedReadHalf<TcpStream>,
-    pub w: OwnedWriteHalf<TcpStream>,
+    pub r: Reader,
+    pub w: Writer,
     fd: RawFd,
     endpoint: usize,
     created: Instant,
@@ -87,7 +88,13 @@ pub struct UpstreamPool {
     active: Rc<Cell<u32>>,
     active_cap: Option<u32>,
     next_waiter: Cell<u64>,
+    /// When a failed TLS handshake was last logged: once per
+    /// `TLS_LOG_EVERY`, not once per request.
+    tls_logged: Cell<Option<Instant>>,
 }
+
+/// How often a pool says why its TLS handshakes fail.
+const TLS_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// A request's place under `max_concurrent`, given back when it ends.
 pub struct Admission<'a>(&'a Cell<u32>);
@@ -115,7 +122,11 @@ impl UpstreamPool {
                 .iter()
                 .map(|e| {
                     let addr = e.addr;
-                    let kept = previous.and_then(|p| p.endpoints.iter().find(|e| e.addr == addr));
+                    // Pooled connections speak what the upstream spoke:
+                    // a change of its TLS settings starts them afresh.
+                    let kept = previous
+                        .filter(|p| p.cfg.tls == cfg.tls)
+                        .and_then(|p| p.endpoints.iter().find(|e| e.addr == addr));
                     match kept {
                         Some(ep) => ep.clone(),
                         None => Rc::new(Endpoint {
@@ -140,6 +151,7 @@ impl UpstreamPool {
                 .map(|max| max.div_ceil(shards.max(1) as u32)),
             cfg: cfg.clone(),
             next_waiter: Cell::new(0),
+            tls_logged: Cell::new(previous.and_then(|p| p.tls_logged.get())),
         }
     }
 
@@ -350,7 +362,7 @@ impl UpstreamPool {
             TcpStream::connect_addr(ep.addr),
         )
         .await;
-        let stream = match connected {
+        let mut stream = match connected {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 log::debug!("connect to {} failed: {e}", ep.addr);
@@ -364,10 +376,31 @@ impl UpstreamPool {
                 return Err(UpstreamError::Connect);
             }
         };
-        bump(&self.metrics.connects);
         let _ = stream.set_nodelay(true);
         let fd = stream.as_raw_fd();
-        let (r, w) = stream.into_split();
+        let (r, w) = match &self.cfg.tls {
+            None => {
+                let (r, w) = stream.into_split();
+                (Reader::Plain(r), Writer::Plain(w))
+            }
+            Some(tls) => {
+                let limit = crate::io::budget(timeouts.upstream_connect.0, deadline);
+                let name = tls.names[endpoint].clone();
+                match crate::tls::connect(&mut stream, tls.client.clone(), name, limit).await {
+                    Ok(session) => {
+                        let (r, w) = crate::tls::split(stream, session);
+                        (Reader::Tls(r), Writer::Tls(w))
+                    }
+                    Err(e) => {
+                        self.tls_failed(ep.addr, &e);
+                        self.release(ep);
+                        bump(&self.metrics.failures);
+                        return Err(UpstreamError::Connect);
+                    }
+                }
+            }
+        };
+        bump(&self.metrics.connects);
         Ok((
             UpstreamConn {
                 r,
@@ -379,6 +412,20 @@ impl UpstreamPool {
             },
             false,
         ))
+    }
+
+    /// Says why a TLS handshake with `addr` failed, at most once per
+    /// `TLS_LOG_EVERY`: the client gets a 502 (or a retry elsewhere) each time.
+    fn tls_failed(&self, addr: SocketAddr, e: &crate::tls::Refused) {
+        let now = Instant::now();
+        if self
+            .tls_logged
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= TLS_LOG_EVERY)
+        {
+            self.tls_logged.set(Some(now));
+            log::warn!("upstream '{}': {addr}: {e}", self.cfg.name);
+        }
     }
 
     /// Waits until a connection slot frees or an idle connection comes back.

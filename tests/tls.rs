@@ -534,3 +534,175 @@ fn certificates_reload_under_load_without_a_failed_request() {
     assert!(leaves.contains(&old) && leaves.contains(&new));
     drop(child);
 }
+
+/// An HTTPS origin: a TLS server with the `file` certificate of `pki`
+/// answering every request with `body`, keep-alive; counts connections.
+struct TlsOrigin {
+    addr: SocketAddr,
+    connections: Arc<AtomicU64>,
+}
+
+impl TlsOrigin {
+    fn start(pki: &Pki, file: &str, body: &'static str) -> TlsOrigin {
+        use rustls::pki_types::pem::PemObject;
+        let chain = CertificateDer::pem_file_iter(pki.path(&format!("{file}.pem")))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(pki.path(&format!("{file}.key"))).unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicU64::new(0));
+        let counted = connections.clone();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { return };
+                counted.fetch_add(1, Ordering::Relaxed);
+                let config = config.clone();
+                std::thread::spawn(move || {
+                    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    let mut s = StreamOwned::new(conn, tcp);
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while find(&buf, b"\r\n\r\n").is_none() {
+                            match s.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = find(&buf, b"\r\n\r\n").unwrap() + 4;
+                        buf.drain(..end);
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(reply.as_bytes())
+                            .and_then(|()| s.flush())
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        TlsOrigin { addr, connections }
+    }
+}
+
+/// A plain listener in front of an upstream spoken to over TLS, `tls` its
+/// upstream setting.
+fn to_tls_upstream(origin: SocketAddr, tls: &str, more: &str) -> String {
+    format!(
+        "[server]\nworkers = 1\npin_cores = false\n\n\
+         [[listener]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\n\n\
+         [[upstream]]\nname = \"secure\"\nendpoints = [\"{origin}\"]\ntls = {tls}\n{more}\n\n\
+         [[route]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"secure\"\n"
+    )
+}
+
+#[test]
+fn an_upstream_over_tls_is_verified_pooled_and_health_checked() {
+    let pki = Pki::new("up");
+    pki.leaf("origin", &["origin.test"]);
+    let origin = TlsOrigin::start(&pki, "origin", "secret");
+    let ca = pki.path("ca.pem");
+    let text = to_tls_upstream(
+        origin.addr,
+        &format!("{{ sni = \"origin.test\", ca = \"{}\" }}", ca.display()),
+        "health_check = { path = \"/health\", interval = \"100ms\", timeout = \"1s\" }",
+    );
+    let config = ringway::Config::parse(Path::new("up.toml"), &text).unwrap();
+    let proxy = ringway::Server::start(config).unwrap();
+    let mut c = Client::connect(proxy.addr());
+    for _ in 0..20 {
+        let r = get_over(&mut c, "t", "/");
+        assert_eq!((r.status, r.text().as_str()), (200, "secret"));
+    }
+    // Reused: one connection for the requests, and probes' own.
+    let probes = |m: &str| m.contains("ringway_upstream_endpoint_healthy{") && m.contains("} 1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = proxy.ask(ringway::control::Command::Metrics).unwrap();
+        let text = reply["text"].as_str().unwrap().to_string();
+        if probes(&text) && origin.connections.load(Ordering::Relaxed) >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no healthy probe over TLS:\n{text}"
+        );
+        std::thread::yield_now();
+    }
+    let r = get_over(&mut c, "t", "/");
+    assert_eq!((r.status, r.text().as_str()), (200, "secret"));
+}
+
+#[test]
+fn an_upstream_certificate_that_does_not_verify_is_a_502_logged_once() {
+    let pki = Pki::new("wrongca");
+    pki.leaf("origin", &["origin.test"]);
+    let origin = TlsOrigin::start(&pki, "origin", "secret");
+    let other = Pki::new("otherca");
+    let text = to_tls_upstream(
+        origin.addr,
+        &format!(
+            "{{ sni = \"origin.test\", ca = \"{}\" }}",
+            other.path("ca.pem").display()
+        ),
+        "",
+    );
+    let path = write_config("tls-wrong-ca.toml", &text);
+    let (child, addr, logs) = start_with(&path, &[]);
+    let _running = Running(Some(child));
+    let mut c = Client::connect(addr);
+    for _ in 0..10 {
+        let r = get_over(&mut c, "t", "/");
+        assert_eq!(r.status, 502, "{}", r.text());
+    }
+    // The same name with the wrong CA, and insecure_skip_verify: served,
+    // and `check` warns.
+    let text = to_tls_upstream(
+        origin.addr,
+        &format!(
+            "{{ sni = \"origin.test\", ca = \"{}\", insecure_skip_verify = true }}",
+            other.path("ca.pem").display()
+        ),
+        "",
+    );
+    let insecure = write_config("tls-insecure.toml", &text);
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&insecure)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("insecure_skip_verify") && said.contains("not verified"),
+        "{said}"
+    );
+    let config = ringway::Config::parse(&insecure, &text).unwrap();
+    let proxy = ringway::Server::start(config).unwrap();
+    assert_eq!(
+        get_over(&mut Client::connect(proxy.addr()), "t", "/").status,
+        200
+    );
+
+    // Every line the proxy wrote: the reader ends with its stderr.
+    drop(_running);
+    let lines: Vec<String> = logs.iter().collect();
+    let said: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("upstream 'secure'"))
+        .collect();
+    assert_eq!(said.len(), 1, "{lines:#?}");
+    assert!(said[0].contains("certificate"), "{}", said[0]);
+}

@@ -32,7 +32,7 @@ pub use route::{
 pub use server::{
     Endpoints, Limits, Listener, MAX_BUFFERS, MAX_HEADERS_CAP, Server, Steer, Timeouts,
 };
-pub use tls::ListenerTls;
+pub use tls::{ListenerTls, UpstreamTls};
 pub use units::{Cidr, Dur, Size, parse_duration, parse_size};
 pub use upstream::{
     Balance, Endpoint, HealthCheck, MAX_IDLE_PER_ENDPOINT, MAX_WEIGHT, Outlier, RetryBudget,

@@ -1,14 +1,16 @@
-//! A listener's `tls` table: its certificates, loaded and checked as the
-//! config is (so `ringway check` and a reload refuse a bad one, naming the
-//! file), and the rustls config its handshakes use.
+//! TLS settings. A listener's `tls` table: its certificates, loaded and
+//! checked as the config is (so `ringway check` and a reload refuse a bad
+//! one, naming the file), and the rustls config its handshakes use. An
+//! upstream's `tls`: the name to verify, the roots to verify it against.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
+use rustls::pki_types::ServerName;
 use serde::Deserialize;
 
-use super::{ConfigError, ConfigValidator, Dur};
+use super::{ConfigError, ConfigValidator, Dur, Endpoint};
 use crate::certs::{self, Certificates, Pair, Resumption};
 
 /// A TLS listener as configured and loaded.
@@ -134,5 +136,91 @@ impl ConfigValidator<'_> {
             client_subject_header: t.client_subject_header.clone(),
             warnings,
         })
+    }
+}
+
+/// An upstream spoken to over TLS.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    pub client: Arc<rustls::ClientConfig>,
+    /// The name each endpoint is sent as SNI and verified for, in the order
+    /// of the endpoints: `sni`, else the host the endpoint is written with.
+    pub names: Vec<ServerName<'static>>,
+    /// The settings as written, to tell a reload that changed them (pooled
+    /// connections are then not carried over).
+    pub written: String,
+    /// Certificates are not verified (`insecure_skip_verify`).
+    pub insecure: bool,
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.written == other.written
+    }
+}
+
+/// `tls = true`, or its settings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum FileUpstreamTls {
+    On(bool),
+    Settings(FileUpstreamTlsSettings),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileUpstreamTlsSettings {
+    sni: Option<String>,
+    ca: Option<PathBuf>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
+}
+
+impl ConfigValidator<'_> {
+    /// An upstream's `tls`, for its endpoints written as `hosts` (the text
+    /// before the port).
+    pub(super) fn upstream_tls(
+        &self,
+        key: &str,
+        tls: &FileUpstreamTls,
+        endpoints: &[Endpoint],
+        hosts: &[&str],
+    ) -> Result<Option<Arc<UpstreamTls>>, ConfigError> {
+        let default = FileUpstreamTlsSettings::default();
+        let t = match tls {
+            FileUpstreamTls::On(false) => return Ok(None),
+            FileUpstreamTls::On(true) => &default,
+            FileUpstreamTls::Settings(t) => t,
+        };
+        let roots = match &t.ca {
+            Some(ca) => {
+                let path = self.path.parent().unwrap_or(Path::new(".")).join(ca);
+                certs::roots(&path).map_err(|e| self.error(&format!("{key}.ca"), e))?
+            }
+            None => certs::system_roots().map_err(|e| self.error(key, e))?,
+        };
+        let client =
+            certs::client_config(roots, t.insecure_skip_verify).map_err(|e| self.error(key, e))?;
+        let mut names = Vec::with_capacity(endpoints.len());
+        for (e, host) in endpoints.iter().zip(hosts) {
+            let name = t.sni.as_deref().unwrap_or(host);
+            let name = ServerName::try_from(name.to_string()).map_err(|_| {
+                let at = if t.sni.is_some() { "sni" } else { "endpoints" };
+                self.error(
+                    &format!("{key}.{at}"),
+                    format!(
+                        "'{name}' ({}) is not a DNS name or an IP address to verify",
+                        e.addr
+                    ),
+                )
+            })?;
+            names.push(name);
+        }
+        Ok(Some(Arc::new(UpstreamTls {
+            client,
+            names,
+            written: format!("{:?} {:?} {}", t.sni, t.ca, t.insecure_skip_verify),
+            insecure: t.insecure_skip_verify,
+        })))
     }
 }

@@ -6,8 +6,11 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 
+use super::tls::{FileUpstreamTls, UpstreamTls};
 use super::{ConfigError, ConfigValidator, Dur, yes};
 
 #[derive(Debug, Clone)]
@@ -38,6 +41,8 @@ pub struct Upstream {
     pub outlier: Option<Outlier>,
     /// How many retries the upstream takes; `None`: no bound.
     pub retry_budget: Option<RetryBudget>,
+    /// Spoken to over TLS.
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 /// `retry_budget`: retries sent to an upstream are held, over the last
@@ -184,6 +189,7 @@ pub(super) struct FileUpstream {
     retry: bool,
     outlier_detection: Option<FileOutlier>,
     retry_budget: Option<FileBudget>,
+    tls: Option<FileUpstreamTls>,
 }
 
 /// `"host:port"` or `{ addr = "host:port", weight = 3 }`.
@@ -309,6 +315,7 @@ impl ConfigValidator<'_> {
                 return Err(self.error(&key("endpoints"), "needs at least one host:port"));
             }
             let mut endpoints: Vec<Endpoint> = Vec::new();
+            let mut hosts: Vec<&str> = Vec::new();
             for (j, e) in u.endpoints.iter().enumerate() {
                 let (text, weight) = match e {
                     FileEndpoint::Addr(a) => (a, 1),
@@ -337,7 +344,14 @@ impl ConfigValidator<'_> {
                     ));
                 }
                 endpoints.push(Endpoint { addr, weight });
+                // The host as written, for TLS: "[::1]:443" → "::1".
+                let host = text.rsplit_once(':').map_or(text.as_str(), |(h, _)| h);
+                hosts.push(host.trim_start_matches('[').trim_end_matches(']'));
             }
+            let tls = match &u.tls {
+                Some(t) => self.upstream_tls(&key("tls"), t, &endpoints, &hosts)?,
+                None => None,
+            };
             let balance = match u.balance.as_deref() {
                 None | Some("round-robin") => Balance::RoundRobin,
                 Some("least-conn") => Balance::LeastConn,
@@ -426,6 +440,7 @@ impl ConfigValidator<'_> {
                         Some(*o)
                     }
                 },
+                tls,
                 retry_budget: match &u.retry_budget {
                     None | Some(FileBudget::On(true)) => Some(RetryBudget::default()),
                     Some(FileBudget::On(false)) => None,
