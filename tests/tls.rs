@@ -706,3 +706,68 @@ fn an_upstream_certificate_that_does_not_verify_is_a_502_logged_once() {
     assert_eq!(said.len(), 1, "{lines:#?}");
     assert!(said[0].contains("certificate"), "{}", said[0]);
 }
+
+#[test]
+fn big_bodies_both_ways_and_a_quiet_connection_over_tls() {
+    let pki = Pki::new("big");
+    pki.leaf("a", &["a.test"]);
+    let origin = Origin::start(|s| match s.target.as_str() {
+        "/down" => Reply::Big(3 << 20),
+        _ => ok(&format!("{} {}", s.body_len, s.body_sum)),
+    });
+    let proxy = tls_proxy(origin.addr, &pki.table(&["a"], ""), "");
+    let client = Arc::new(pki.client());
+    let mut c = tls_client(proxy.addr(), "a.test", &client);
+
+    // 3 MiB down: more than rustls takes in at once (16 KiB of plaintext).
+    let r = get_over(&mut c, "a.test", "/down");
+    assert_eq!(r.status, 200);
+    let piece = big_piece();
+    assert_eq!(r.body.len(), 3 << 20);
+    assert!(
+        r.body
+            .chunks(piece.len())
+            .all(|chunk| chunk == &piece[..chunk.len()])
+    );
+
+    // 2 MiB up, then a request right behind it in the same writes.
+    let body: Vec<u8> = (0..2u32 << 20).map(|i| (i % 253) as u8).collect();
+    let sum: u64 = body.iter().map(|&b| u64::from(b)).sum();
+    let mut raw = format!(
+        "POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    raw.extend_from_slice(b"GET /after HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    c.send(&raw);
+    assert_eq!(
+        c.read(false).unwrap().text(),
+        format!("{} {sum}", body.len())
+    );
+    assert_eq!(c.read(false).unwrap().text(), "0 0");
+
+    // Quiet: the shard demotes the connection (no buffer leased), and it
+    // is served again from its next byte.
+    let leased = |proxy: &ringway::Server| {
+        let reply = proxy.ask(ringway::control::Command::Metrics).unwrap();
+        let text = reply["text"].as_str().unwrap().to_string();
+        text.lines()
+            .find(|l| l.starts_with("ringway_buffers_leased "))
+            .map(|l| l.split(' ').nth(1).unwrap().to_string())
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leased(&proxy) != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the quiet connection kept its buffer"
+        );
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+    assert_eq!(get_over(&mut c, "a.test", "/again").text(), "0 0");
+    // Pipelined after the quiet spell: two in one write.
+    c.send(b"GET /1 HTTP/1.1\r\nHost: a.test\r\n\r\nGET /2 HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    assert_eq!(c.read(false).unwrap().status, 200);
+    assert_eq!(c.read(false).unwrap().status, 200);
+}
