@@ -69,7 +69,9 @@ impl Pki {
     fn client(&self) -> ClientConfig {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca.der().clone()).unwrap();
-        let mut c = ClientConfig::builder()
+        let mut c = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
         c.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -96,6 +98,12 @@ impl Drop for Pki {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The provider ringway uses (the tests are built with ring too, for
+/// benches/tls.rs, so rustls has no default of its own).
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Connects and finishes the handshake with `sni` as the server name.
@@ -175,8 +183,10 @@ impl ServerCertVerifier for AnyCert {
 }
 
 fn any_cert() -> ClientConfig {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    ClientConfig::builder()
+    let provider = provider();
+    ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
         .with_no_client_auth()
@@ -371,7 +381,9 @@ fn client_certificates_verified_and_their_subject_passed_upstream() {
         rustls::pki_types::pem::PemObject::from_pem_file(pki.path("alice.key")).unwrap();
     let mut roots = RootCertStore::empty();
     roots.add(pki.ca.der().clone()).unwrap();
-    let with_cert = ClientConfig::builder()
+    let with_cert = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .unwrap();
@@ -551,7 +563,9 @@ impl TlsOrigin {
             .unwrap();
         let key = PrivateKeyDer::from_pem_file(pki.path(&format!("{file}.key"))).unwrap();
         let config = Arc::new(
-            rustls::ServerConfig::builder()
+            rustls::ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
                 .with_no_client_auth()
                 .with_single_cert(chain, key)
                 .unwrap(),
