@@ -216,6 +216,24 @@ impl Snapshot {
     /// The compiled routes, one line each, for `ringway check`.
     pub fn describe(&self) -> String {
         let mut out = String::new();
+        for l in &self.config.listeners {
+            let Some(tls) = &l.tls else { continue };
+            for i in 0..tls.certs.len() {
+                let until = tls.certs.not_after(i).map_or(String::new(), |t| {
+                    let left = t
+                        .duration_since(std::time::SystemTime::now())
+                        .map_or(0, |d| d.as_secs() / 86_400);
+                    format!(", {left} days left")
+                });
+                let _ = writeln!(
+                    out,
+                    "listener {:<13} https certificate {} [{}]{until}",
+                    l.name,
+                    i + 1,
+                    tls.certs.names(i).join(", ")
+                );
+            }
+        }
         for r in &self.config.routes {
             let target = match &r.action {
                 Action::Proxy(u) => {
