@@ -16,9 +16,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::{Duration, Instant, SystemTime};
-
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use monoio::io::{AsyncWriteRent, CancelableAsyncReadRent, Splitable};
 use monoio::net::TcpStream;
@@ -508,15 +507,16 @@ impl Conn<'_> {
         }
     }
 
-    /// Parses the head in the read buffer and decides what to do with it.
-    /// Responses decided here are written into `out`; a proxied request's
-    /// rewritten head is too. `Ok(None)`: the head is not complete yet.
     /// The header that carries the client certificate's subject upstream,
     /// and the subject, on a listener that passes it on.
     fn client_cert(&self) -> Option<(&str, Option<&str>)> {
         let header = self.side.tls.as_ref()?.client_subject_header.as_deref()?;
         Some((header, self.r.client_subject()))
     }
+
+    /// Parses the head in the read buffer and decides what to do with it.
+    /// Responses decided here are written into `out`; a proxied request's
+    /// rewritten head is too. `Ok(None)`: the head is not complete yet.
 
     fn plan<'s>(
         &self,
