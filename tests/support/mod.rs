@@ -7,6 +7,8 @@
 // synchronisation.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
+pub mod tls;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
