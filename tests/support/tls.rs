@@ -4,6 +4,7 @@
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::pki_types::ServerName;
@@ -93,6 +94,11 @@ impl Drop for Pki {
 pub fn connect(addr: SocketAddr, sni: &str, config: Arc<ClientConfig>) -> std::io::Result<Tls> {
     let tcp = TcpStream::connect(addr)?;
     tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+    handshake(tcp, sni, config)
+}
+
+/// Finishes a handshake over `tcp`, already connected.
+pub fn handshake(tcp: TcpStream, sni: &str, config: Arc<ClientConfig>) -> std::io::Result<Tls> {
     let name = ServerName::try_from(sni.to_string()).unwrap();
     let conn = ClientConnection::new(config, name).unwrap();
     let mut s = StreamOwned::new(conn, tcp);
@@ -100,4 +106,35 @@ pub fn connect(addr: SocketAddr, sni: &str, config: Arc<ClientConfig>) -> std::i
         s.conn.complete_io(&mut s.sock)?;
     }
     Ok(s)
+}
+
+/// A TLS listener's certificate, from a CA of its own, and a client that
+/// trusts it: what `proxy_with(Transport::Tls, ..)` serves and connects with.
+pub struct ListenerCert {
+    pki: Pki,
+    client: Arc<ClientConfig>,
+}
+
+impl ListenerCert {
+    /// The name the certificate covers, and the SNI the client sends.
+    pub const NAME: &str = "proxy.test";
+
+    pub fn new() -> ListenerCert {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pki = Pki::new(&format!("listener-{n}"));
+        pki.leaf("proxy", &[Self::NAME]);
+        let client = Arc::new(pki.client());
+        ListenerCert { pki, client }
+    }
+
+    /// The listener's `tls` table.
+    pub fn table(&self) -> String {
+        self.pki.table(&["proxy"], "")
+    }
+
+    /// Finishes a handshake over `tcp`, connected to the listener.
+    pub fn handshake(&self, tcp: TcpStream) -> Tls {
+        handshake(tcp, Self::NAME, self.client.clone()).expect("the TLS handshake completes")
+    }
 }
