@@ -330,7 +330,7 @@ fn fill(s: &mut impl Read, buf: &mut Vec<u8>) -> bool {
 }
 
 /// Reads from `s` until a whole head is in; returns everything read.
-pub fn read_head(s: &mut TcpStream) -> Vec<u8> {
+pub fn read_head(s: &mut impl Read) -> Vec<u8> {
     let mut buf = Vec::new();
     while find(&buf, b"\r\n\r\n").is_none() {
         assert!(fill(s, &mut buf), "closed before a whole head arrived");
@@ -575,7 +575,7 @@ impl Conn {
 
     /// Leaves as a client that is done does: on TLS a close_notify, then
     /// both directions of the socket shut.
-    pub fn close(mut self) {
+    pub fn close(&mut self) {
         self.shutdown_write();
         let _ = self.tcp().shutdown(Shutdown::Both);
     }
