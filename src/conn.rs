@@ -517,7 +517,6 @@ impl Conn<'_> {
     /// Parses the head in the read buffer and decides what to do with it.
     /// Responses decided here are written into `out`; a proxied request's
     /// rewritten head is too. `Ok(None)`: the head is not complete yet.
-
     fn plan<'s>(
         &self,
         snap: &'s Generation,

@@ -5,119 +5,19 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, date_time_ymd,
-};
+use rcgen::{CertificateParams, DnType, date_time_ymd};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, StreamOwned};
+use support::tls::{Pki, Tls, connect, provider};
 use support::*;
-
-type Tls = StreamOwned<ClientConnection, TcpStream>;
-
-/// A test CA in a directory of its own, and the leaves it signs there.
-struct Pki {
-    dir: PathBuf,
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("ringway-tls-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("ringway test CA {name}"));
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        Pki { dir, ca }
-    }
-
-    /// Writes `file`.pem (leaf, then the CA) and `file`.key for `names`;
-    /// returns the leaf's DER.
-    fn leaf(&self, file: &str, names: &[&str]) -> Vec<u8> {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, file);
-        self.sign(file, params)
-    }
-
-    fn sign(&self, file: &str, params: CertificateParams) -> Vec<u8> {
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        let chain = format!("{}{}", cert.pem(), self.ca.pem());
-        std::fs::write(self.path(&format!("{file}.pem")), chain).unwrap();
-        std::fs::write(self.path(&format!("{file}.key")), key.serialize_pem()).unwrap();
-        cert.der().to_vec()
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.join(file)
-    }
-
-    /// A client config that trusts this CA, offers http/1.1, and sends SNI.
-    fn client(&self) -> ClientConfig {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.ca.der().clone()).unwrap();
-        let mut c = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        c.alpn_protocols = vec![b"http/1.1".to_vec()];
-        c
-    }
-
-    /// A listener `tls` table with the given pairs (file stems).
-    fn table(&self, pairs: &[&str], extra: &str) -> String {
-        let pairs: Vec<String> = pairs
-            .iter()
-            .map(|p| {
-                format!(
-                    "{{ cert = \"{}\", key = \"{}\" }}",
-                    self.path(&format!("{p}.pem")).display(),
-                    self.path(&format!("{p}.key")).display()
-                )
-            })
-            .collect();
-        format!("tls = {{ certificates = [{}]{extra} }}", pairs.join(", "))
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The provider ringway uses (the tests are built with ring too, for
-/// benches/tls.rs, so rustls has no default of its own).
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-/// Connects and finishes the handshake with `sni` as the server name.
-fn connect(addr: SocketAddr, sni: &str, config: Arc<ClientConfig>) -> std::io::Result<Tls> {
-    let tcp = TcpStream::connect(addr)?;
-    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
-    let name = ServerName::try_from(sni.to_string()).unwrap();
-    let conn = ClientConnection::new(config, name).unwrap();
-    let mut s = StreamOwned::new(conn, tcp);
-    while s.conn.is_handshaking() {
-        s.conn.complete_io(&mut s.sock)?;
-    }
-    Ok(s)
-}
 
 fn tls_client(addr: SocketAddr, sni: &str, config: &Arc<ClientConfig>) -> Client<Tls> {
     Client::over(connect(addr, sni, config.clone()).expect("the handshake completes"))

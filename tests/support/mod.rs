@@ -7,6 +7,8 @@
 // synchronisation.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
+pub mod tls;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -328,7 +330,7 @@ fn fill(s: &mut impl Read, buf: &mut Vec<u8>) -> bool {
 }
 
 /// Reads from `s` until a whole head is in; returns everything read.
-pub fn read_head(s: &mut TcpStream) -> Vec<u8> {
+pub fn read_head(s: &mut impl Read) -> Vec<u8> {
     let mut buf = Vec::new();
     while find(&buf, b"\r\n\r\n").is_none() {
         assert!(fill(s, &mut buf), "closed before a whole head arrived");
@@ -378,23 +380,37 @@ impl Client {
         Client { s, buf: Vec::new() }
     }
 
-    /// True if the proxy closed the connection (EOF, or reset) with nothing more to read.
-    pub fn is_closed(&mut self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let mut b = [0u8; 1];
-        matches!(self.s.read(&mut b), Ok(0) | Err(_))
-    }
-
     pub fn shutdown_write(&mut self) {
         let _ = self.s.shutdown(Shutdown::Write);
+    }
+}
+
+impl Client<Conn> {
+    pub fn shutdown_write(&mut self) {
+        self.s.shutdown_write();
     }
 }
 
 impl<S: Read + Write> Client<S> {
     pub fn over(s: S) -> Client<S> {
         Client { s, buf: Vec::new() }
+    }
+
+    /// True if the proxy closed the connection (EOF, close_notify, or
+    /// reset) with nothing more to read. A read that times out is no close.
+    pub fn is_closed(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        match self.s.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
     }
 
     pub fn send(&mut self, raw: &[u8]) -> &mut Client<S> {
@@ -490,7 +506,12 @@ pub fn get(addr: SocketAddr, path: &str) -> Response {
 /// Starts the proxy in-process on 127.0.0.1:0 with `body` added to a
 /// minimal config (one shard, unless the body sets [server]).
 pub fn proxy(body: &str) -> Server {
-    let text = format!("[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\n\n{body}");
+    start_proxy("", body)
+}
+
+/// `listener`: more keys for the one listener.
+fn start_proxy(listener: &str, body: &str) -> Server {
+    let text = format!("[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\n{listener}\n{body}");
     let text = if body.contains("[server]") {
         text
     } else {
@@ -502,9 +523,144 @@ pub fn proxy(body: &str) -> Server {
 
 /// A config body with one upstream "o" at `origin` and one route "/" to it.
 pub fn proxy_to(origin: SocketAddr, extra: &str) -> Server {
-    proxy(&format!(
+    proxy(&to_origin(origin, extra))
+}
+
+fn to_origin(origin: SocketAddr, extra: &str) -> String {
+    format!(
         "{extra}\n[[upstream]]\nname = \"o\"\nendpoints = [\"{origin}\"]\n\n[[route]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"o\"\n"
-    ))
+    )
+}
+
+/// How a client reaches the proxy's listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Plain,
+    Tls,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Plain => "plain",
+            Transport::Tls => "tls",
+        })
+    }
+}
+
+/// A client's stream to the proxy: plain TCP, or TLS over it.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tls::Tls>),
+}
+
+impl Conn {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(t) => &t.sock,
+        }
+    }
+
+    /// Ends the client's sending side and says so: a FIN, after a
+    /// close_notify on TLS.
+    pub fn shutdown_write(&mut self) {
+        if let Conn::Tls(t) = self {
+            t.conn.send_close_notify();
+            let _ = t.flush();
+        }
+        let _ = self.tcp().shutdown(Shutdown::Write);
+    }
+
+    /// Leaves as a client that is done does: on TLS a close_notify, then
+    /// both directions of the socket shut.
+    pub fn close(&mut self) {
+        self.shutdown_write();
+        let _ = self.tcp().shutdown(Shutdown::Both);
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(t) => t.flush(),
+        }
+    }
+}
+
+/// The proxy in-process, its listener plain or TLS, and how to reach it.
+pub struct Proxy {
+    pub server: Server,
+    pub transport: Transport,
+    /// On TLS, the listener's certificate (its files live as long as it).
+    cert: Option<tls::ListenerCert>,
+}
+
+/// `proxy(body)`, its listener speaking `transport`.
+pub fn proxy_with(transport: Transport, body: &str) -> Proxy {
+    let cert = (transport == Transport::Tls).then(tls::ListenerCert::new);
+    let listener = cert.as_ref().map(|c| c.table()).unwrap_or_default();
+    Proxy {
+        server: start_proxy(&listener, body),
+        transport,
+        cert,
+    }
+}
+
+/// `proxy_to(origin, extra)`, its listener speaking `transport`.
+pub fn proxy_to_with(transport: Transport, origin: SocketAddr, extra: &str) -> Proxy {
+    proxy_with(transport, &to_origin(origin, extra))
+}
+
+impl Proxy {
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// Speaks the proxy's transport over `tcp`, connected to it: on TLS,
+    /// after a handshake.
+    pub fn over(&self, tcp: TcpStream) -> Conn {
+        tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        match &self.cert {
+            None => Conn::Plain(tcp),
+            Some(cert) => Conn::Tls(Box::new(cert.handshake(tcp))),
+        }
+    }
+
+    /// A new connection, its handshake done on TLS.
+    pub fn connect(&self) -> Client<Conn> {
+        Client::over(self.over(TcpStream::connect(self.addr()).unwrap()))
+    }
+
+    /// One request on a new connection.
+    pub fn request(&self, raw: &str) -> Response {
+        self.connect()
+            .send(raw.as_bytes())
+            .read(raw.starts_with("HEAD "))
+            .unwrap_or_else(|| panic!("[{}] no response to {raw:?}", self.transport))
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.request(&format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"))
+    }
 }
 
 // ---- the real binary ----
