@@ -351,6 +351,66 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The subject of a verified client certificate as a header value: its
+/// distinguished name in RFC 4514's string form (last RDN first, `,`
+/// between them, `+` inside one, special characters escaped with `\`) and
+/// every byte that is not printable ASCII written `\HH`, so no value can
+/// end the header line or start another. `None` if it does not parse.
+pub fn subject(leaf: &[u8]) -> Option<Box<str>> {
+    let (_, cert) = X509Certificate::from_der(leaf).ok()?;
+    let registry = x509_parser::objects::oid_registry();
+    let mut out = String::new();
+    for (i, rdn) in cert
+        .subject()
+        .iter_rdn()
+        .collect::<Vec<_>>()
+        .iter()
+        .rev()
+        .enumerate()
+    {
+        if i > 0 {
+            out.push(',');
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            match x509_parser::objects::oid2abbrev(attr.attr_type(), registry) {
+                Ok(name) => out.push_str(name),
+                Err(_) => out.push_str(&attr.attr_type().to_id_string()),
+            }
+            out.push('=');
+            match attr.as_str() {
+                Ok(value) => escape_dn_value(&mut out, value.as_bytes()),
+                // Not a string type: its DER bytes in hex, as RFC 4514 has it.
+                Err(_) => {
+                    out.push('#');
+                    for b in attr.attr_value().data {
+                        out.push_str(&format!("{b:02x}"));
+                    }
+                }
+            }
+        }
+    }
+    Some(out.into_boxed_str())
+}
+
+/// Escapes one attribute value (RFC 4514 §2.4), and whatever is not
+/// printable ASCII as `\HH`.
+fn escape_dn_value(out: &mut String, value: &[u8]) {
+    for (k, &b) in value.iter().enumerate() {
+        let edge = (k == 0 && (b == b' ' || b == b'#')) || (k == value.len() - 1 && b == b' ');
+        if edge || b",+\"\\<>;=".contains(&b) {
+            out.push('\\');
+            out.push(b as char);
+        } else if (0x20..0x7f).contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\{b:02X}"));
+        }
+    }
+}
+
 /// The CA certificates in the PEM file `path`, for verifying an upstream's
 /// certificate. Errors name the file.
 pub fn roots(path: &Path) -> Result<RootCertStore, String> {
@@ -868,5 +928,22 @@ mod tests {
             let resumption = Resumption::new(0).unwrap();
             server_config(Arc::new(certs), &resumption, Some(verifier)).unwrap();
         }
+    }
+
+    #[test]
+    fn a_subject_is_one_header_value_in_rfc_4514_form() {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Smith, Jones");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "alice\r\nX-Evil: 1 #é");
+        let cert = leaf(params);
+        // rcgen writes CN first; RFC 4514 says the last RDN first.
+        assert_eq!(
+            subject(&cert.der).as_deref(),
+            Some("O=Smith\\, Jones,CN=alice\\0D\\0AX-Evil: 1 #\\C3\\A9")
+        );
     }
 }

@@ -343,8 +343,9 @@ impl Server {
             }
             let how = if kept { ", taken over" } else { "" };
             log::info!(
-                "listener '{}' on http://{addr} ({workers} shards{how})",
-                l.name
+                "listener '{}' on {}://{addr} ({workers} shards{how})",
+                l.name,
+                scheme(l)
             );
             listeners.push(Bound {
                 name: l.name.clone(),
@@ -1089,9 +1090,11 @@ impl Control {
         }
         self.listeners.retain(|b| !removed.contains(&b.name));
         for b in &added {
+            let l = snapshot.config.listeners.iter().find(|l| l.name == b.name);
             log::info!(
-                "listener '{}' on http://{} (added by reload)",
+                "listener '{}' on {}://{} (added by reload)",
                 b.name,
+                l.map_or("http", scheme),
                 b.addr
             );
         }
@@ -1255,6 +1258,14 @@ fn send(mailbox: &Mailbox, mut msg: ToShard) -> Result<(), String> {
             }
             Err(_) => return Err("a shard's queue stayed full for 1s".into()),
         }
+    }
+}
+
+/// How a listener's address is written in the log.
+fn scheme(l: &crate::config::Listener) -> &'static str {
+    match l.tls {
+        Some(_) => "https",
+        None => "http",
     }
 }
 

@@ -204,8 +204,7 @@ pub fn split(stream: TcpStream, session: Session) -> (TlsRead, TlsWrite) {
         .conn
         .peer_certificates()
         .and_then(|chain| chain.first())
-        .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
-        .map(|(_, cert)| cert.subject().to_string().into_boxed_str());
+        .and_then(|leaf| crate::certs::subject(leaf));
     let session = Rc::new(RefCell::new(session));
     (
         TlsRead {

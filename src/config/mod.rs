@@ -293,6 +293,16 @@ impl ConfigValidator<'_> {
         }
     }
 
+    /// A warning placed as an error is: "file:line: `key`: reason".
+    fn warning(&self, key: &str, reason: impl fmt::Display) -> String {
+        format!(
+            "{}:{}: `{}`: {reason}",
+            self.path.display(),
+            self.keys.line(key),
+            display_key(key)
+        )
+    }
+
     fn validate(self, file: FileConfig) -> Result<Config, ConfigError> {
         self.check_limits(&file.limits)?;
         if file.server.max_connections == 0 {

@@ -89,6 +89,10 @@ impl ConfigValidator<'_> {
             .collect();
         let (certs, warnings) = Certificates::load(&pairs, SystemTime::now())
             .map_err(|e| self.error(&key("certificates"), e))?;
+        let warnings = warnings
+            .iter()
+            .map(|w| self.warning(&key("certificates"), w))
+            .collect();
         let client_auth = match (&t.client_ca, t.client_auth) {
             (Some(ca), auth) => Some(
                 certs::client_verifier(&base.join(ca), auth != Some(ClientAuth::Optional))

@@ -705,7 +705,8 @@ pub fn spawn(cmd: &mut Command) -> (Child, SocketAddr, mpsc::Receiver<String>) {
     let (log_tx, log_rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("on http://").nth(1) {
+            let at = line.split(" on http://").nth(1);
+            if let Some(rest) = at.or_else(|| line.split(" on https://").nth(1)) {
                 let addr = rest.split(' ').next().unwrap().to_string();
                 let _ = tx.send(addr);
             }
