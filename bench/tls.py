@@ -342,7 +342,7 @@ def markdown(report):
         f"per run, {total // 60} min {total % 60} s in all; load generator, origin and proxy share the machine, "
         f"and other work took {info['other_cpu_share']:.0%} of its CPU time during the run. "
         f"{info['ringway']} (rustls, aws-lc-rs); {info['nginx']}; {info['haproxy'].split(' - ')[0]} "
-        f"(both on {info['openssl']}); {info['wrk'].split(' Copyright')[0]}; {info['python']}.",
+        f"(both on the system's {info['openssl'].split(' (')[0]}); {info['wrk'].split(' Copyright')[0]}; {info['python']}.",
         "",
         f"One certificate for all, ECDSA P-256, made for the run: `{cmds['certificate']}`. Every proxy keeps "
         "sessions both ways: ringway with tickets and a cache of 10,240 sessions, nginx with "
@@ -377,11 +377,13 @@ def markdown(report):
                      f"{fmt(r['p99_ms'], 3)} | {r['errors']} | {fmt(r['cpu_us_per_request'], 1)} | "
                      f"{fmt(adds, 1)} | {fmt(r['peak_rss_mib'], 1)} |")
 
-    for key, title, text in (
+    for key, title, text, note in (
         ("full", "Full handshakes",
-         "a new TLS connection per request, never resumed (a fresh session each time)"),
+         "a new TLS connection per request, never resumed (a fresh session each time)", ""),
         ("resumed", "Resumed handshakes",
-         "a new TLS connection per request, each resuming the session its client's previous connection got"),
+         "a new TLS connection per request, each resuming the session its client's previous connection got",
+         " A TLS 1.3 resumption as these clients ask for it (psk_dhe_ke) still runs an X25519 exchange: "
+         "it saves the certificate and its signature."),
     ):
         lines += [
             "",
@@ -389,7 +391,8 @@ def markdown(report):
             "",
             f"{info['handshake_clients']} Python ssl clients, each {text}: connect, handshake, one request with "
             "`Connection: close`, read to the close. The proxy's CPU time over the run divided by the connections "
-            "completed; connections/s is bound by the clients, which share the cores with the proxy.",
+            "completed, so each figure holds a TCP connection, a request and a close besides the handshake; "
+            "connections/s is bound by the clients, which share the cores with the proxy." + note,
             "",
             "| proxy | conn/s | resumed | errors | proxy CPU µs/connection |",
             "|---|---:|---:|---:|---:|",
