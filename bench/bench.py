@@ -29,8 +29,15 @@ send one request through each HTTP proxy, then stay open and quiet; the
 proxy's resident memory (VmRSS of all its processes) before and 15 s
 after, divided by the connections, is what one quiet client costs.
 
+TLS, opt-in (BENCH_PARTS=tls; about 3 minutes, which would take the
+default run past 10): each proxy terminating TLS with one certificate, kept
+alive, full and resumed handshakes, idle TLS clients; bench/tls.py says
+how. It writes results/TLS.md and tls.json.
+
 BENCH_PARTS picks the parts (default "closed,added,idle"); a run of "idle"
-alone writes results/IDLE.md and idle.json and leaves the rest alone.
+alone writes results/IDLE.md and idle.json, one of "tls" alone TLS.md and
+tls.json, and each leaves the rest alone. The binaries are taken from
+$CARGO_TARGET_DIR/release when it is set, else target/release.
 
 Every process started here is stopped here, also on error or Ctrl-C.
 """
@@ -47,9 +54,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import tls
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-TARGET = ROOT / "target" / "release"
+TARGET = ROOT / os.environ.get("CARGO_TARGET_DIR", "target") / "release"
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", str(os.cpu_count() or 2)))
 PROXIES = os.environ.get("BENCH_PROXIES", "ringway,nginx,haproxy,relay").split(",")
@@ -161,8 +170,13 @@ def peak_rss_mib(pid):
     return status_kib(pid, "VmHWM") / 1024
 
 
-def proxy_cmd(name, tmp, port, origin):
+def proxy_cmd(name, tmp, port, origin, tls_pair=None):
+    """The command that runs proxy `name` on `port`; with `tls_pair`, a
+    (cert, key) pair of files, it terminates TLS there (bench/tls.py)."""
     if name == "ringway":
+        listener_tls = ""
+        if tls_pair:
+            listener_tls = f'tls = {{ certificates = [ {{ cert = "{tls_pair[0]}", key = "{tls_pair[1]}" }} ] }}'
         conf = tmp / "ringway.toml"
         conf.write_text(f"""[server]
 workers = {WORKERS}
@@ -170,6 +184,7 @@ pin_cores = true
 [[listener]]
 name = "bench"
 bind = "127.0.0.1:{port}"
+{listener_tls}
 [[upstream]]
 name = "origin"
 endpoints = ["127.0.0.1:{origin}"]
@@ -181,6 +196,15 @@ upstream = "origin"
 """)
         return [str(TARGET / "ringway"), "--config", str(conf)]
     if name == "nginx":
+        ssl, server_tls = "", ""
+        if tls_pair:
+            # nginx 1.22 leaves TLS 1.3 out by default.
+            ssl = " ssl"
+            server_tls = f"""ssl_certificate {tls_pair[0]};
+        ssl_certificate_key {tls_pair[1]};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets on;"""
         conf = tmp / "nginx.conf"
         conf.write_text(f"""worker_processes {WORKERS};
 worker_cpu_affinity auto;
@@ -201,12 +225,14 @@ http {{
         keepalive_requests 1000000;
     }}
     server {{
-        listen 127.0.0.1:{port} reuseport backlog=4096;
+        listen 127.0.0.1:{port}{ssl} reuseport backlog=4096;
+        {server_tls}
         location / {{
             proxy_pass http://origin;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            {"proxy_set_header X-Forwarded-Proto $scheme;" if tls_pair else ""}
         }}
     }}
 }}
@@ -231,6 +257,7 @@ backend origin
 """)
         return ["haproxy", "-db", "-f", str(conf)]
     if name == "haproxy":
+        bind_tls = f" ssl crt {tmp / 'bench-haproxy.pem'}" if tls_pair else ""
         conf = tmp / "haproxy.cfg"
         conf.write_text(f"""global
     nbthread {WORKERS}
@@ -246,7 +273,8 @@ defaults
     option forwardfor
     http-reuse always
 frontend bench
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{bind_tls}
+    {"http-request set-header X-Forwarded-Proto https" if tls_pair else ""}
     default_backend origin
 backend origin
     server origin 127.0.0.1:{origin}
@@ -495,12 +523,18 @@ def main():
         elif "added" in PARTS:
             print(f"skipping added latency: no HTTP proxy ran '{CAPACITY_SCENARIO}'", file=sys.stderr)
         idle = idle_memory(tmp, origin_port) if "idle" in PARTS else []
+        if "tls" in PARTS:
+            tls.write(tls.part(sys.modules[__name__], tmp, origin_port, origin.pid), RESULTS)
+            print(f"wrote {RESULTS / 'TLS.md'} and tls.json")
         stop(origin)
     if idle:
         (RESULTS / "idle.json").write_text(json.dumps(idle, indent=2) + "\n")
         (RESULTS / "IDLE.md").write_text(idle_markdown(idle))
     if not results:
-        print(f"\nwrote {RESULTS / 'IDLE.md'}" if idle else "nothing measured")
+        if idle:
+            print(f"\nwrote {RESULTS / 'IDLE.md'}")
+        elif "tls" not in PARTS:
+            print("nothing measured")
         return
     info["total_seconds"] = round(time.time() - began)
     report = {"machine": info, "commands": commands, "results": results, "added_latency": added,
