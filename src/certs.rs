@@ -129,10 +129,25 @@ impl Certificates {
     }
 }
 
+thread_local! {
+    /// The index `resolve` last chose on this thread.
+    static CHOSEN: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Takes the index of the certificate `resolve` chose since the last call
+/// on this thread. rustls calls `resolve` inside the call that processes a
+/// ClientHello, and a shard runs one such call at a time, so the handshake
+/// that made the call takes its own answer; its unbuffered connection has
+/// no `server_name()` to ask afterwards.
+pub fn take_chosen() -> Option<usize> {
+    CHOSEN.take()
+}
+
 /// Answers each ClientHello with `index_for(sni)`'s certified key.
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let index = self.index_for(client_hello.server_name());
+        CHOSEN.set(Some(index));
         self.entries.get(index).map(|entry| entry.key.clone())
     }
 }

@@ -230,7 +230,7 @@ async fn handshake(
         return None;
     };
     let limit = tls.handshake_timeout.0;
-    let done = crate::tls::accept(stream, tls.server.clone(), &tls.certs, buf, limit).await;
+    let done = crate::tls::accept(stream, tls.server.clone(), buf, limit).await;
     let outcome = match done {
         Ok(_) => 0,
         Err(Refused::Failed | Refused::Tls(_)) => 1,

@@ -1,0 +1,202 @@
+//! TLS on client and upstream connections: the handshake, then the two
+//! halves a connection reads and writes through, each speaking plaintext
+//! over the ciphertext of one TCP socket.
+//!
+//! The session (`session`) is rustls's unbuffered connection: rustls keeps
+//! no buffer of ciphertext, in or out, and none of plaintext to send; it is
+//! handed records and hands records back. Both halves share it
+//! (`Rc<RefCell<_>>`: one shard, and no borrow is held across an await).
+//!
+//! Lifecycle: `accept` or `connect` runs the handshake in a buffer it is
+//! lent (the connection's slab lease on a listener); `split` makes the
+//! halves. The read half (`read`) decrypts records in the caller's buffer
+//! and keeps a record cut by a read until the rest comes; the write half
+//! (`write`) seals into a buffer of its own, given back while the
+//! connection is quiet. What the read half produces for the peer (an
+//! alert, the answer to a KeyUpdate) waits in the session until the write
+//! half's next write, flush or shutdown: the halves write to the socket
+//! separately.
+//!
+//! rustls 0.23 still moves each record's plaintext through a `Vec` of its
+//! own on the way in (`take_received_plaintext`), and each sealed record on
+//! the way out (`encrypt_outgoing`): one allocation per record each way,
+//! which only its announced in-place decryption and encryption take away.
+
+mod read;
+mod session;
+#[cfg(test)]
+mod tests;
+mod write;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use rustls::pki_types::ServerName;
+
+use read::Stash;
+pub use read::TlsRead;
+pub use session::Session;
+use session::{MAX_RECORD, Need};
+pub use write::TlsWrite;
+
+/// The most a handshake reads before it is done (a client's or server's
+/// certificate chain, split over records).
+const MAX_HANDSHAKE_READ: usize = (64 << 10) + MAX_RECORD;
+
+/// How a handshake ended short of a session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refused {
+    /// Not done within the time it had.
+    TimedOut,
+    /// The client sent an HTTP request instead of a ClientHello; it got a 400.
+    PlainHttp,
+    /// Not TLS, or the peer went away.
+    Failed,
+    /// What rustls refused: a certificate that did not verify, no protocol
+    /// or cipher in common, a malformed message.
+    Tls(rustls::Error),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::TimedOut => f.write_str("the TLS handshake timed out"),
+            Refused::PlainHttp => f.write_str("plain HTTP on a TLS port"),
+            Refused::Failed => f.write_str("the peer closed or failed during the TLS handshake"),
+            Refused::Tls(e) => write!(f, "TLS: {e}"),
+        }
+    }
+}
+
+/// The answer to plain HTTP on a TLS port, as nginx gives it.
+const PLAIN_HTTP: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n\
+Content-Length: 67\r\nConnection: close\r\n\r\n\
+{\"error\":\"plain HTTP request was sent to HTTPS port\",\"status\":400}\n";
+
+/// Runs the server side of a handshake on `stream` within `limit`, with
+/// `buf` (a slab buffer, left empty) for what the client sends.
+pub async fn accept(
+    stream: &mut TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    buf: &mut Vec<u8>,
+    limit: Duration,
+) -> Result<Session, Refused> {
+    let mut session = Session::server(config).map_err(Refused::Tls)?;
+    run(stream, &mut session, buf, limit, true).await?;
+    Ok(session)
+}
+
+/// Runs the client side of a handshake with an upstream on `stream`,
+/// within `limit`, offering `name` as SNI and verifying the upstream's
+/// certificate for it.
+pub async fn connect(
+    stream: &mut TcpStream,
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+    limit: Duration,
+) -> Result<Session, Refused> {
+    let mut session = Session::client(config, name).map_err(Refused::Tls)?;
+    // What an upstream sends in a handshake: its certificates, a few KiB.
+    let mut buf = Vec::with_capacity(16 << 10);
+    run(stream, &mut session, &mut buf, limit, false).await?;
+    Ok(session)
+}
+
+/// Sends and receives handshake messages until the handshake is done.
+/// `listening`: the peer speaks first, and plain HTTP from it gets a 400.
+async fn run(
+    stream: &mut TcpStream,
+    session: &mut Session,
+    buf: &mut Vec<u8>,
+    limit: Duration,
+    listening: bool,
+) -> Result<(), Refused> {
+    buf.clear();
+    let mut out = Vec::new();
+    let done = monoio::time::timeout(limit, async {
+        let mut first = listening;
+        if listening {
+            let _ = crate::certs::take_chosen();
+        }
+        loop {
+            let step = session.step(buf, &mut out);
+            if listening && let Some(cert) = crate::certs::take_chosen() {
+                session.cert = cert;
+            }
+            if !out.is_empty() {
+                let (res, back) = stream.write_all(std::mem::take(&mut out)).await;
+                out = back;
+                out.clear();
+                if res.is_err() {
+                    return Err(Refused::Failed);
+                }
+            }
+            match step.map_err(Refused::Tls)? {
+                Need::Done { plaintext } => return Ok(plaintext),
+                Need::Read => {}
+            }
+            let len = buf.len();
+            if len == buf.capacity() {
+                if len >= MAX_HANDSHAKE_READ {
+                    return Err(Refused::Failed);
+                }
+                buf.reserve(len.max(4 << 10));
+            }
+            let cap = buf.capacity();
+            let (res, slice) = stream.read(std::mem::take(buf).slice_mut(len..cap)).await;
+            *buf = slice.into_inner();
+            match res {
+                Ok(0) | Err(_) => return Err(Refused::Failed),
+                Ok(_) => {}
+            }
+            // A TLS record starts with its type, 22 for a handshake; an HTTP
+            // request with a method's first letter.
+            if first && buf[0] != 22 {
+                if buf[0].is_ascii_uppercase() {
+                    let _ = stream.write_all(PLAIN_HTTP).await;
+                    return Err(Refused::PlainHttp);
+                }
+                return Err(Refused::Failed);
+            }
+            first = false;
+        }
+    })
+    .await;
+    let plaintext = done.unwrap_or(Err(Refused::TimedOut))?;
+    // The rest of the last read (the client's first request, sent with its
+    // Finished) is the read half's to start with.
+    session.early = Stash::after_handshake(session, buf, plaintext);
+    buf.clear();
+    Ok(())
+}
+
+/// Splits a connection whose handshake is done into its two halves.
+pub fn split(stream: TcpStream, mut session: Session) -> (TlsRead, TlsWrite) {
+    use monoio::io::Splitable;
+    let (r, w) = stream.into_split();
+    // Verified by rustls in the handshake; read once, for every request.
+    let subject = session
+        .peer_leaf()
+        .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
+        .map(|(_, cert)| cert.subject().to_string().into_boxed_str());
+    let stash = std::mem::take(&mut session.early);
+    let session = Rc::new(RefCell::new(session));
+    (
+        TlsRead {
+            tcp: r,
+            session: session.clone(),
+            subject,
+            stash,
+        },
+        TlsWrite {
+            tcp: w,
+            session,
+            out: Vec::new(),
+        },
+    )
+}
