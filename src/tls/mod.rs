@@ -180,10 +180,7 @@ pub fn split(stream: TcpStream, mut session: Session) -> (TlsRead, TlsWrite) {
     use monoio::io::Splitable;
     let (r, w) = stream.into_split();
     // Verified by rustls in the handshake; read once, for every request.
-    let subject = session
-        .peer_leaf()
-        .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
-        .map(|(_, cert)| cert.subject().to_string().into_boxed_str());
+    let subject = session.peer_leaf().and_then(crate::certs::subject);
     let stash = std::mem::take(&mut session.early);
     let session = Rc::new(RefCell::new(session));
     (
