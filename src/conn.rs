@@ -230,7 +230,8 @@ async fn handshake(
         return None;
     };
     let limit = tls.handshake_timeout.0;
-    let done = crate::tls::accept(stream, tls.server.clone(), buf, limit).await;
+    let date = shard.date.get();
+    let done = crate::tls::accept(stream, tls.server.clone(), buf, limit, &date).await;
     let outcome = match done {
         Ok(_) => 0,
         Err(Refused::Failed | Refused::Tls(_)) => 1,

@@ -175,6 +175,11 @@ fn plain_http_garbage_and_a_truncated_client_hello_never_reach_the_upstream() {
         .expect("a 400");
     assert_eq!(r.status, 400);
     assert!(
+        r.header("date").is_some_and(|d| d.ends_with(" GMT")),
+        "{}",
+        r.head
+    );
+    assert!(
         r.text()
             .contains("plain HTTP request was sent to HTTPS port")
     );

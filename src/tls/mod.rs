@@ -74,20 +74,22 @@ impl std::fmt::Display for Refused {
 }
 
 /// The answer to plain HTTP on a TLS port, as nginx gives it.
-const PLAIN_HTTP: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n\
+const PLAIN_HTTP: &[u8] = b"Content-Type: application/json\r\n\
 Content-Length: 67\r\nConnection: close\r\n\r\n\
 {\"error\":\"plain HTTP request was sent to HTTPS port\",\"status\":400}\n";
 
 /// Runs the server side of a handshake on `stream` within `limit`, with
-/// `buf` (a slab buffer, left empty) for what the client sends.
+/// `buf` (a slab buffer, left empty) for what the client sends; `date`
+/// dates the 400 that plain HTTP gets.
 pub async fn accept(
     stream: &mut TcpStream,
     config: Arc<rustls::ServerConfig>,
     buf: &mut Vec<u8>,
     limit: Duration,
+    date: &[u8],
 ) -> Result<Session, Refused> {
     let mut session = Session::server(config).map_err(Refused::Tls)?;
-    run(stream, &mut session, buf, limit, true).await?;
+    run(stream, &mut session, buf, limit, Some(date)).await?;
     Ok(session)
 }
 
@@ -103,29 +105,32 @@ pub async fn connect(
     let mut session = Session::client(config, name).map_err(Refused::Tls)?;
     // What an upstream sends in a handshake: its certificates, a few KiB.
     let mut buf = Vec::with_capacity(16 << 10);
-    run(stream, &mut session, &mut buf, limit, false).await?;
+    run(stream, &mut session, &mut buf, limit, None).await?;
     Ok(session)
 }
 
 /// Sends and receives handshake messages until the handshake is done.
-/// `listening`: the peer speaks first, and plain HTTP from it gets a 400.
+/// `listening` (with the `Date` to give): the peer speaks first, and plain
+/// HTTP from it gets a 400.
 async fn run(
     stream: &mut TcpStream,
     session: &mut Session,
     buf: &mut Vec<u8>,
     limit: Duration,
-    listening: bool,
+    listening: Option<&[u8]>,
 ) -> Result<(), Refused> {
     buf.clear();
     let mut out = Vec::new();
     let done = monoio::time::timeout(limit, async {
-        let mut first = listening;
-        if listening {
+        let mut first = listening.is_some();
+        if listening.is_some() {
             let _ = crate::certs::take_chosen();
         }
         loop {
             let step = session.step(buf, &mut out);
-            if listening && let Some(cert) = crate::certs::take_chosen() {
+            if listening.is_some()
+                && let Some(cert) = crate::certs::take_chosen()
+            {
                 session.cert = cert;
             }
             if !out.is_empty() {
@@ -158,7 +163,13 @@ async fn run(
             // request with a method's first letter.
             if first && buf[0] != 22 {
                 if buf[0].is_ascii_uppercase() {
-                    let _ = stream.write_all(PLAIN_HTTP).await;
+                    let date = listening.unwrap_or_default();
+                    out.clear();
+                    out.extend_from_slice(b"HTTP/1.1 400 Bad Request\r\nDate: ");
+                    out.extend_from_slice(date);
+                    out.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(PLAIN_HTTP);
+                    let _ = stream.write_all(std::mem::take(&mut out)).await;
                     return Err(Refused::PlainHttp);
                 }
                 return Err(Refused::Failed);

@@ -207,7 +207,8 @@ fn as_server(version: &'static SupportedProtocolVersion, fragment: Option<usize>
             let listener = monoio::net::TcpListener::bind(addr).unwrap();
             let (mut tcp, _) = listener.accept().await.unwrap();
             let mut buf = Vec::with_capacity(32 << 10);
-            let session = accept(&mut tcp, server, &mut buf, Duration::from_secs(10))
+            let date = b"Mon, 23 Nov 2026 00:00:00 GMT";
+            let session = accept(&mut tcp, server, &mut buf, Duration::from_secs(10), date)
                 .await
                 .unwrap();
             assert!(buf.is_empty(), "the handshake leaves its buffer empty");
