@@ -355,14 +355,24 @@ pub fn server_config(
     let builder = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS settings: {e}"))?;
+    let verifies = client_auth.is_some();
     let builder = match client_auth {
         Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(certs);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config.ticketer = resumption.ticketer.clone();
-    config.session_storage = resumption.cache.clone();
+    if verifies {
+        // A resumed session skips the verifier and brings back the client
+        // certificate it was made with: one from another listener, a CA a
+        // reload took away, a certificate expired since. No resumption
+        // here (rustls's builder issues no tickets); every handshake is
+        // verified.
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+    } else {
+        config.ticketer = resumption.ticketer.clone();
+        config.session_storage = resumption.cache.clone();
+    }
     Ok(Arc::new(config))
 }
 

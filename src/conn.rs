@@ -508,11 +508,16 @@ impl Conn<'_> {
         }
     }
 
-    /// The header that carries the client certificate's subject upstream,
-    /// and the subject, on a listener that passes it on.
-    fn client_cert(&self) -> Option<(&str, Option<&str>)> {
-        let header = self.side.tls.as_ref()?.client_subject_header.as_deref()?;
-        Some((header, self.r.client_subject()))
+    /// The header that carries a client certificate's subject upstream (if
+    /// any listener passes one: dropped from every client), and the subject
+    /// on a listener that passes it on.
+    fn client_cert<'a>(&'a self, header: Option<&'a str>) -> Option<(&'a str, Option<&'a str>)> {
+        let passes = self
+            .side
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_subject_header.is_some());
+        Some((header?, self.r.client_subject().filter(|_| passes)))
     }
 
     /// Parses the head in the read buffer and decides what to do with it.
@@ -696,7 +701,7 @@ impl Conn<'_> {
                     fallback_host,
                     underscores: route.underscores_in_headers,
                     https: self.side.tls.is_some(),
-                    client_cert: self.client_cert(),
+                    client_cert: self.client_cert(cfg.subject_header.as_deref()),
                 };
                 request_fields(out, &req, &fwd, policy.request_drops());
                 if !policy.is_empty() {

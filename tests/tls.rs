@@ -292,12 +292,36 @@ fn client_certificates_verified_and_their_subject_passed_upstream() {
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .unwrap();
-    let mut c = tls_client(proxy.addr(), "a.test", &Arc::new(with_cert));
+    let with_cert = Arc::new(with_cert);
+    let mut c = tls_client(proxy.addr(), "a.test", &with_cert);
     let r = c
         .send(b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Client-Subject: CN=mallory\r\n\r\n")
         .read(false)
         .unwrap();
     assert_eq!(r.text(), "CN=alice");
+    // No resumption where certificates are verified: a resumed session
+    // would skip the verifier.
+    let c = tls_client(proxy.addr(), "a.test", &with_cert);
+    assert_eq!(c.s.conn.handshake_kind(), Some(rustls::HandshakeKind::Full));
+
+    // A plain listener beside the one that passes subjects: a client's
+    // forged subject is dropped there too (routes are every listener's).
+    let text = format!(
+        "[server]\nworkers = 1\npin_cores = false\n\n\
+         [[listener]]\nname = \"plain\"\nbind = \"127.0.0.1:0\"\n\n\
+         [[listener]]\nname = \"mtls\"\nbind = \"127.0.0.1:0\"\n{tls}\n\n\
+         [[upstream]]\nname = \"o\"\nendpoints = [\"{}\"]\n\n\
+         [[route]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"o\"\n",
+        origin.addr
+    );
+    let config = ringway::Config::parse(Path::new("tls.toml"), &text).unwrap();
+    let both = ringway::Server::start(config).unwrap();
+    let plain = both.addrs().iter().find(|(n, _)| n == "plain").unwrap().1;
+    let r = Client::connect(plain)
+        .send(b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Client-Subject: CN=admin\r\n\r\n")
+        .read(false)
+        .unwrap();
+    assert_eq!(r.text(), "none");
 
     // Required: a client without one does not get through.
     let tls = pki.table(&["a"], &format!(", client_ca = \"{}\"", ca.display()));

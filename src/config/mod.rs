@@ -85,6 +85,9 @@ pub struct Config {
     pub keys: KeyLines,
     /// The file as it was read: what `ringway ctl config` shows.
     pub text: String,
+    /// The header a listener passes a client certificate's subject in:
+    /// every client's own lines of it are dropped, on every listener.
+    pub subject_header: Option<String>,
 }
 
 // ---- the file as written ----
@@ -320,6 +323,9 @@ impl ConfigValidator<'_> {
         }
         self.check_timeouts(&file.timeouts)?;
         let listeners = self.listeners(&file.listener)?;
+        let subject_header = listeners
+            .iter()
+            .find_map(|l| l.tls.as_ref()?.client_subject_header.clone());
         let upstreams = self.upstreams(&file.upstream)?;
         let routes = self.routes(&file.route, &upstreams, file.request_id.as_ref())?;
         let endpoints = self.endpoints(&file.endpoints)?;
@@ -339,6 +345,7 @@ impl ConfigValidator<'_> {
             endpoints,
             keys: self.keys,
             text: String::new(),
+            subject_header,
         })
     }
 }

@@ -272,6 +272,30 @@ impl ConfigValidator<'_> {
                 strict_sni: l.strict_sni,
             });
         }
+        // Routes are every listener's: the header a listener passes a
+        // subject in is dropped from every client, on every listener, so
+        // there is one.
+        let mut named: Option<(&str, &str)> = None;
+        for (i, l) in listeners.iter().enumerate() {
+            let Some(h) = l
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_subject_header.as_deref())
+            else {
+                continue;
+            };
+            match named {
+                Some((other, by)) if !other.eq_ignore_ascii_case(h) => {
+                    return Err(self.error(
+                        &format!("listener.{i}.tls.client_subject_header"),
+                        format!(
+                            "'{h}': listener '{by}' passes the subject in '{other}'; every listener must use one header"
+                        ),
+                    ));
+                }
+                _ => named = Some((h, &l.name)),
+            }
+        }
         Ok(listeners)
     }
 

@@ -120,6 +120,27 @@ impl ConfigValidator<'_> {
                 format!("'{h}' is not a header name (letters, digits and '-')"),
             ));
         }
+        if let Some(h) = &t.client_subject_header {
+            let lower = h.to_ascii_lowercase();
+            let framing = [
+                "content-length",
+                "transfer-encoding",
+                "host",
+                "via",
+                "forwarded",
+            ];
+            if crate::http1::encode::HOP_BY_HOP.contains(&lower.as_str())
+                || framing.contains(&lower.as_str())
+                || lower.starts_with("x-forwarded-")
+            {
+                return Err(self.error(
+                    &key("client_subject_header"),
+                    format!(
+                        "'{h}' frames, routes or traces the request: dropping the client's own lines of it would change what the upstream reads; use a header of its own, e.g. X-Client-Subject"
+                    ),
+                ));
+            }
+        }
         let handshake_timeout = t.handshake_timeout.unwrap_or(Dur::secs(10));
         if handshake_timeout.0.is_zero() {
             return Err(self.error(&key("handshake_timeout"), "must be more than 0"));
