@@ -13,9 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rcgen::{CertificateParams, DnType, date_time_ymd};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, StreamOwned};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use support::tls::{Pki, Tls, connect, provider};
 use support::*;
 
@@ -40,56 +39,10 @@ fn tls_proxy(origin: SocketAddr, tls: &str, listener: &str) -> ringway::Server {
     ringway::Server::start(config).expect("proxy starts")
 }
 
-/// Accepts any certificate: to see which one the server chose for a name
-/// it has none for.
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn any_cert() -> ClientConfig {
-    let provider = provider();
-    ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth()
+/// Takes any certificate (the proxy's own `insecure_skip_verify` config):
+/// to see which one the server chose for a name it has none for.
+fn any_cert() -> Arc<ClientConfig> {
+    ringway::certs::client_config(RootCertStore::empty(), true).unwrap()
 }
 
 fn get_over<S: Read + Write>(c: &mut Client<S>, host: &str, path: &str) -> Response {
@@ -128,10 +81,10 @@ fn https_request_with_sni_choosing_the_certificate_and_1000_on_one_connection() 
     no_sni.enable_sni = false;
     let c = tls_client(proxy.addr(), "a.test", &Arc::new(no_sni));
     assert_eq!(leaf_of(&c.s), a);
-    let c = tls_client(proxy.addr(), "unknown.test", &Arc::new(any_cert()));
+    let c = tls_client(proxy.addr(), "unknown.test", &any_cert());
     assert_eq!(leaf_of(&c.s), a);
     // One label only under a wildcard.
-    let c = tls_client(proxy.addr(), "x.y.b.test", &Arc::new(any_cert()));
+    let c = tls_client(proxy.addr(), "x.y.b.test", &any_cert());
     assert_eq!(leaf_of(&c.s), a);
     assert!(connect(proxy.addr(), "x.y.b.test", client.clone()).is_err());
 }
@@ -432,7 +385,7 @@ fn certificates_reload_under_load_without_a_failed_request() {
         let deadline = Instant::now() + Duration::from_secs(20);
         while served.load(Ordering::Relaxed) < n {
             assert!(Instant::now() < deadline, "load stalled at {n}");
-            std::thread::yield_now();
+            std::thread::park_timeout(Duration::from_millis(10));
         }
     };
     wait_for(200);
@@ -583,7 +536,7 @@ fn an_upstream_over_tls_is_verified_pooled_and_health_checked() {
             Instant::now() < deadline,
             "no healthy probe over TLS:\n{text}"
         );
-        std::thread::yield_now();
+        std::thread::park_timeout(Duration::from_millis(10));
     }
     let r = get_over(&mut c, "t", "/");
     assert_eq!((r.status, r.text().as_str()), (200, "secret"));
