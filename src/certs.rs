@@ -362,6 +362,8 @@ pub fn server_config(
     };
     let mut config = builder.with_cert_resolver(certs);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The traffic keys go to ringway's own records after the handshake.
+    config.enable_secret_extraction = true;
     if verifies {
         // A resumed session skips the verifier and brings back the client
         // certificate it was made with: one from another listener, a CA a
@@ -493,6 +495,8 @@ pub fn client_config(roots: RootCertStore, insecure: bool) -> Result<Arc<ClientC
             .with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The traffic keys go to ringway's own records after the handshake.
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 

@@ -347,6 +347,7 @@ impl Conn<'_> {
         } else {
             Instant::now() + t.keepalive_idle.0
         };
+        self.r.release();
         self.w.release();
         IdleConn {
             r: self.r,

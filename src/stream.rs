@@ -58,6 +58,13 @@ impl Reader {
         }
     }
 
+    /// Lets go of what a quiet connection need not hold.
+    pub fn release(&mut self) {
+        if let Reader::Tls(t) = self {
+            t.release();
+        }
+    }
+
     /// The listener's certificate chosen for a TLS connection's SNI.
     pub fn tls_cert(&self) -> Option<usize> {
         match self {

@@ -2,27 +2,27 @@
 //! halves a connection reads and writes through, each speaking plaintext
 //! over the ciphertext of one TCP socket.
 //!
-//! The session (`session`) is rustls's unbuffered connection: rustls keeps
-//! no buffer of ciphertext, in or out, and none of plaintext to send; it is
-//! handed records and hands records back. Both halves share it
-//! (`Rc<RefCell<_>>`: one shard, and no borrow is held across an await).
+//! The handshake is rustls's unbuffered connection (`session::Handshake`):
+//! rustls keeps no buffer of ciphertext, in or out, and is handed records
+//! and hands records back. Once it is done, rustls hands over the traffic
+//! keys and ringway seals and opens the records itself (`record`), in the
+//! buffers the halves read into and write from; rustls keeps only what a
+//! key update or an upstream's ticket needs (`session::Session`). Both
+//! halves share the session (`Rc<RefCell<_>>`: one shard, and no borrow is
+//! held across an await).
 //!
 //! Lifecycle: `accept` or `connect` runs the handshake in a buffer it is
 //! lent (the connection's slab lease on a listener); `split` makes the
-//! halves. The read half (`read`) decrypts records in the caller's buffer
+//! halves. The read half (`read`) opens records in the caller's buffer
 //! and keeps a record cut by a read until the rest comes; the write half
 //! (`write`) seals into a buffer of its own, given back while the
 //! connection is quiet. What the read half produces for the peer (an
 //! alert, the answer to a KeyUpdate) waits in the session until the write
 //! half's next write, flush or shutdown: the halves write to the socket
 //! separately.
-//!
-//! rustls 0.23 still moves each record's plaintext through a `Vec` of its
-//! own on the way in (`take_received_plaintext`), and each sealed record on
-//! the way out (`encrypt_outgoing`): one allocation per record each way,
-//! which only its announced in-place decryption and encryption take away.
 
 mod read;
+mod record;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -41,7 +41,7 @@ use rustls::pki_types::ServerName;
 use read::Stash;
 pub use read::TlsRead;
 pub use session::Session;
-use session::{MAX_RECORD, Need};
+use session::{Handshake, MAX_RECORD, Need};
 pub use write::TlsWrite;
 
 /// The most a handshake reads before it is done (a client's or server's
@@ -88,9 +88,8 @@ pub async fn accept(
     limit: Duration,
     date: &[u8],
 ) -> Result<Session, Refused> {
-    let mut session = Session::server(config).map_err(Refused::Tls)?;
-    run(stream, &mut session, buf, limit, Some(date)).await?;
-    Ok(session)
+    let handshake = Handshake::server(config).map_err(Refused::Tls)?;
+    run(stream, handshake, buf, limit, Some(date)).await
 }
 
 /// Runs the client side of a handshake with an upstream on `stream`,
@@ -102,24 +101,26 @@ pub async fn connect(
     name: ServerName<'static>,
     limit: Duration,
 ) -> Result<Session, Refused> {
-    let mut session = Session::client(config, name).map_err(Refused::Tls)?;
+    let handshake = Handshake::client(config, name).map_err(Refused::Tls)?;
     // What an upstream sends in a handshake: its certificates, a few KiB.
     let mut buf = Vec::with_capacity(16 << 10);
-    run(stream, &mut session, &mut buf, limit, None).await?;
-    Ok(session)
+    run(stream, handshake, &mut buf, limit, None).await
 }
 
-/// Sends and receives handshake messages until the handshake is done.
-/// `listening` (with the `Date` to give): the peer speaks first, and plain
-/// HTTP from it gets a 400.
+/// Sends and receives handshake messages until the handshake is done,
+/// and makes the session. `listening` (with the `Date` to give): the peer
+/// speaks first, and plain HTTP from it gets a 400. `buf` is left empty,
+/// with the capacity it came with.
 async fn run(
     stream: &mut TcpStream,
-    session: &mut Session,
+    mut handshake: Handshake,
     buf: &mut Vec<u8>,
     limit: Duration,
     listening: Option<&[u8]>,
-) -> Result<(), Refused> {
+) -> Result<Session, Refused> {
     buf.clear();
+    let lent = buf.capacity();
+    let mut cert = 0;
     let mut out = Vec::new();
     let done = monoio::time::timeout(limit, async {
         let mut first = listening.is_some();
@@ -127,11 +128,11 @@ async fn run(
             let _ = crate::certs::take_chosen();
         }
         loop {
-            let step = session.step(buf, &mut out);
+            let step = handshake.step(buf, &mut out);
             if listening.is_some()
-                && let Some(cert) = crate::certs::take_chosen()
+                && let Some(chosen) = crate::certs::take_chosen()
             {
-                session.cert = cert;
+                cert = chosen;
             }
             if !out.is_empty() {
                 let (res, back) = stream.write_all(std::mem::take(&mut out)).await;
@@ -142,7 +143,7 @@ async fn run(
                 }
             }
             match step.map_err(Refused::Tls)? {
-                Need::Done { plaintext } => return Ok(plaintext),
+                Need::Done => return Ok(()),
                 Need::Read => {}
             }
             let len = buf.len();
@@ -178,20 +179,29 @@ async fn run(
         }
     })
     .await;
-    let plaintext = done.unwrap_or(Err(Refused::TimedOut))?;
-    // The rest of the last read (the client's first request, sent with its
-    // Finished) is the read half's to start with.
-    session.early = Stash::after_handshake(session, buf, plaintext);
+    let done = done.unwrap_or(Err(Refused::TimedOut));
+    let session = done.and_then(|()| {
+        // The rest of the last read (the client's first request, sent
+        // with its Finished) is the read half's to start with.
+        let mut early = Vec::new();
+        let mut session = handshake.finish(cert, &mut early).map_err(Refused::Tls)?;
+        session.early = Stash::after_handshake(early, buf);
+        Ok(session)
+    });
     buf.clear();
-    Ok(())
+    if buf.capacity() != lent {
+        // A handshake that outgrew the slab buffer it was lent gives back
+        // one of the size lent, for the slab to take back.
+        *buf = Vec::with_capacity(lent);
+    }
+    session
 }
 
 /// Splits a connection whose handshake is done into its two halves.
 pub fn split(stream: TcpStream, mut session: Session) -> (TlsRead, TlsWrite) {
     use monoio::io::Splitable;
     let (r, w) = stream.into_split();
-    // Verified by rustls in the handshake; read once, for every request.
-    let subject = session.peer_leaf().and_then(crate::certs::subject);
+    let subject = session.subject.take();
     let stash = std::mem::take(&mut session.early);
     let session = Rc::new(RefCell::new(session));
     (

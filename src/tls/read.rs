@@ -2,8 +2,8 @@
 //! caller's buffer and decrypted there, its plaintext gathered at the front.
 //!
 //! A read that ends inside a record leaves that record's beginning in the
-//! half's `Stash`, to go in front of the next read: allocated only while it
-//! holds something. A caller's buffer too small for what the stash holds
+//! half's `Stash`, to go in front of the next read: allocated from the
+//! first record a read cuts until the connection goes quiet. A caller's buffer too small for what the stash holds
 //! (the smallest is a few bytes left at the end of a read buffer) has the
 //! read go into the stash instead, and plaintext it has no room for wait
 //! there.
@@ -17,35 +17,19 @@ use monoio::buf::{IoBufMut, IoVecBufMut};
 use monoio::io::{AsyncReadRent, CancelHandle, CancelableAsyncReadRent, OwnedReadHalf};
 use monoio::net::TcpStream;
 
-use super::session::{MAX_RECORD, Session, holds_record, invalid};
+use super::session::{MAX_RECORD, Session, invalid};
 
-/// The most ciphertext a read half keeps between reads: a record cut short,
-/// behind handshake records rustls holds until a message split across
-/// them is whole (a post-handshake message, at most 64 KiB).
-const MAX_STASH: usize = (64 << 10) + MAX_RECORD;
-
-#[cfg(test)]
-thread_local! {
-    /// How often ciphertext was held, for the tests to see the rare path taken.
-    pub(super) static HELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// Leaves ciphertext rustls still refers to in the session, where both
-/// halves hand it to rustls.
-fn hold_on(session: &mut Session, held: Vec<u8>) {
-    #[cfg(test)]
-    HELD.set(HELD.get() + 1);
-    session.held = held;
-}
+/// The most ciphertext a read half keeps between reads: a record cut short.
+const MAX_STASH: usize = MAX_RECORD;
 
 /// What a read half keeps between reads: plaintext a caller's buffer had
-/// no room for (`buf[..plain]`), then ciphertext rustls has not finished
-/// with. Empty, and unallocated, but for a record cut by a read.
+/// no room for (`buf[..plain]`), then ciphertext of a record cut short.
+/// Empty, and unallocated, but then.
 #[derive(Default)]
 pub(super) struct Stash {
     buf: Vec<u8>,
     plain: usize,
-    /// Ciphertext not yet offered to rustls: it may hold whole records.
+    /// Ciphertext not yet opened: it may hold whole records.
     fresh: bool,
     /// A read into `buf` was dropped before it finished, taking the
     /// ciphertext with it: the stream cannot be read further.
@@ -53,26 +37,19 @@ pub(super) struct Stash {
 }
 
 impl Stash {
-    /// The read half's start: the plaintext rustls decrypted after the
-    /// handshake if `plaintext`, then what the handshake read and rustls
-    /// did not finish with.
-    pub(super) fn after_handshake(session: &mut Session, rest: &[u8], plaintext: bool) -> Stash {
-        let mut buf = Vec::new();
-        if plaintext {
-            session.take_early_plaintext(&mut buf);
-        } else if holds_record(rest) {
-            hold_on(session, rest.to_vec());
-            return Stash::default();
-        }
+    /// The read half's start: the plaintext rustls decrypted with the
+    /// handshake's last flight, then what that flight brought after it.
+    pub(super) fn after_handshake(mut buf: Vec<u8>, rest: &[u8]) -> Stash {
         let plain = buf.len();
         buf.extend_from_slice(rest);
-        Stash {
-            // Records after the one decrypted are yet to be.
-            fresh: plaintext && buf.len() > plain,
+        let mut stash = Stash {
+            fresh: !rest.is_empty(),
             buf,
             plain,
             lost: false,
-        }
+        };
+        stash.settle();
+        stash
     }
 
     /// Moves up to `room` bytes of plaintext to `dst`.
@@ -83,11 +60,11 @@ impl Stash {
         unsafe { std::ptr::copy_nonoverlapping(self.buf.as_ptr(), dst, n) };
         self.buf.drain(..n);
         self.plain -= n;
-        self.settle();
         n
     }
 
-    /// Lets go of the allocation once nothing is kept.
+    /// Lets go of the allocation if nothing is kept: a busy connection
+    /// keeps it between reads, a quiet one does not.
     fn settle(&mut self) {
         if self.buf.is_empty() {
             self.buf = Vec::new();
@@ -116,9 +93,6 @@ impl TlsRead {
     /// Takes ciphertext read outside the session (the byte a quiet
     /// connection waited for); the next read decrypts it.
     pub fn push(&mut self, ciphertext: &[u8]) -> io::Result<()> {
-        if !self.session.borrow().held.is_empty() {
-            return self.hold(ciphertext);
-        }
         if self.stash.buf.len() + ciphertext.len() > MAX_STASH {
             return Err(invalid("a TLS record longer than allowed"));
         }
@@ -127,35 +101,10 @@ impl TlsRead {
         Ok(())
     }
 
-    /// Adds ciphertext to what rustls holds, and decrypts: the rare path
-    /// of a handshake message split over records after the handshake.
-    /// The stash then holds plaintext only.
-    fn hold(&mut self, ciphertext: &[u8]) -> io::Result<()> {
-        let mut s = self.session.borrow_mut();
-        if s.held.len() + ciphertext.len() > MAX_STASH {
-            return Err(invalid("a TLS handshake message longer than allowed"));
-        }
-        s.held.extend_from_slice(ciphertext);
-        let (mut held, plain, taken) = s.open_held().map_err(invalid)?;
-        self.stash.buf.extend_from_slice(&held[..plain]);
-        self.stash.plain += plain;
-        if holds_record(&held[taken..]) {
-            held.drain(..taken);
-            hold_on(&mut s, held);
-        } else {
-            self.stash.buf.extend_from_slice(&held[taken..]);
-        }
-        Ok(())
-    }
-
-    /// Keeps the ciphertext `open` left: in the stash, or in the session
-    /// when rustls still refers to it.
-    fn keep(&mut self, rest: &[u8]) {
-        if holds_record(rest) {
-            hold_on(&mut self.session.borrow_mut(), rest.to_vec());
-        } else {
-            self.stash.buf.extend_from_slice(rest);
-        }
+    /// Lets go of the stash while the connection is quiet, unless it
+    /// holds something.
+    pub fn release(&mut self) {
+        self.stash.settle();
     }
 
     /// The TCP half, to wait on without the session.
@@ -164,36 +113,24 @@ impl TlsRead {
     }
 
     /// Decrypts the `filled` bytes of ciphertext at the front of `buf`,
-    /// keeping what rustls still needs in the stash. Returns the plaintext
-    /// now at the front of `buf`.
+    /// keeping a record cut short in the stash. Returns the plaintext now
+    /// at the front of `buf`.
     fn open_in<T: IoBufMut>(&mut self, buf: &mut T, filled: usize) -> io::Result<usize> {
         // SAFETY: `buf` has `filled` initialised bytes at `write_ptr` (the
         // stash's, then a read's), and is ours until it is handed back.
         let region = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), filled) };
-        let opened = self.session.borrow_mut().open(region);
-        let (plain, taken) = opened.map_err(invalid)?;
-        self.keep(&region[taken..]);
-        self.stash.settle();
+        let (plain, taken) = self.session.borrow_mut().open(region)?;
+        self.stash.buf.extend_from_slice(&region[taken..]);
         Ok(plain)
     }
 
     /// Decrypts the stash where it is: its plaintext to its front.
     fn open_stash(&mut self) -> io::Result<()> {
         let len = self.stash.buf.len();
-        let opened = self.session.borrow_mut().open(&mut self.stash.buf);
-        let (plain, taken) = opened.map_err(invalid)?;
-        if holds_record(&self.stash.buf[taken..]) {
-            hold_on(
-                &mut self.session.borrow_mut(),
-                self.stash.buf[taken..].to_vec(),
-            );
-            self.stash.buf.truncate(plain);
-        } else {
-            self.stash.buf.copy_within(taken..len, plain);
-            self.stash.buf.truncate(plain + len - taken);
-        }
+        let (plain, taken) = self.session.borrow_mut().open(&mut self.stash.buf)?;
+        self.stash.buf.copy_within(taken..len, plain);
+        self.stash.buf.truncate(plain + len - taken);
         self.stash.plain = plain;
-        self.stash.settle();
         Ok(())
     }
 
@@ -218,22 +155,6 @@ impl TlsRead {
             }
             if self.session.borrow().closed {
                 break Ok(0);
-            }
-            if !self.session.borrow().held.is_empty() {
-                // The rare path: read into `buf`, then add to what rustls holds.
-                let (res, back) = self.read_into(buf, 0, room, cancel.as_ref()).await;
-                buf = back;
-                match res {
-                    Ok(0) => break Ok(0),
-                    // SAFETY: the read put `n` bytes at `write_ptr`.
-                    Ok(n) => {
-                        match self.hold(unsafe { std::slice::from_raw_parts(buf.write_ptr(), n) }) {
-                            Ok(()) => continue,
-                            Err(e) => break Err(e),
-                        }
-                    }
-                    Err(e) => break Err(e),
-                }
             }
             let kept = self.stash.buf.len();
             if self.stash.fresh {

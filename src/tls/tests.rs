@@ -51,6 +51,7 @@ fn configs(
         .unwrap();
     server.max_fragment_size = fragment;
     server.send_tls13_tickets = 4;
+    server.enable_secret_extraction = true;
     let mut roots = RootCertStore::empty();
     roots.add(cert).unwrap();
     let mut client = ClientConfig::builder_with_provider(provider)
@@ -59,6 +60,7 @@ fn configs(
         .with_root_certificates(roots)
         .with_no_client_auth();
     client.max_fragment_size = fragment;
+    client.enable_secret_extraction = true;
     (Arc::new(server), Arc::new(client))
 }
 
@@ -133,8 +135,8 @@ async fn read_plain(r: &mut TlsRead, n: usize, room: usize) -> Vec<u8> {
     got
 }
 
-fn held_seen() -> u32 {
-    read::HELD.get()
+fn split_seen() -> u32 {
+    session::SPLIT.get()
 }
 
 /// ringway as the client of an upstream that splits every message over
@@ -158,7 +160,7 @@ fn as_client(version: &'static SupportedProtocolVersion) {
         let mut rest = Vec::new();
         assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
     });
-    let held_before = held_seen();
+    let split_before = split_seen();
     block_on(async move {
         let mut tcp = monoio::net::TcpStream::connect_addr(addr).await.unwrap();
         let name = ServerName::try_from("test.local").unwrap();
@@ -177,8 +179,8 @@ fn as_client(version: &'static SupportedProtocolVersion) {
     origin.join().unwrap();
     if version == &rustls::version::TLS13 {
         assert!(
-            held_seen() > held_before,
-            "a ticket split over records was held"
+            split_seen() > split_before,
+            "a ticket split over records was put together"
         );
     }
 }
@@ -318,4 +320,40 @@ fn a_tampered_record_is_invalid_data() {
     let rest = peer.join().unwrap();
     // An encrypted alert: a record of type 23 (TLS 1.3 hides the type).
     assert!(rest.first() == Some(&23), "{rest:?}");
+}
+
+/// After `KEY_UPDATE_AFTER` records (40 under test) a TLS 1.3 session
+/// sends a KeyUpdate and seals with the next keys; the peer reads on.
+#[test]
+fn keys_are_updated_after_their_share_of_records() {
+    let (server, client) = configs(&rustls::version::TLS13, None);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    const WRITES: usize = 100;
+    let peer = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let conn = rustls::ServerConnection::new(server).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        let mut got = vec![0; WRITES * 10];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, pattern(WRITES * 10, 1));
+        s.write_all(b"ok").unwrap();
+        s.flush().unwrap();
+    });
+    block_on(async move {
+        let mut tcp = monoio::net::TcpStream::connect_addr(addr).await.unwrap();
+        let name = ServerName::try_from("test.local").unwrap();
+        let session = connect(&mut tcp, client, name, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let (mut r, mut w) = split(tcp, session);
+        for chunk in pattern(WRITES * 10, 1).chunks(10) {
+            let (res, _) = w.write_all(chunk.to_vec()).await;
+            res.unwrap();
+        }
+        let sealed = w.session.borrow().sealed_with_these_keys();
+        assert!(sealed < 40, "{sealed} records sealed with one key");
+        assert_eq!(read_plain(&mut r, 2, 100).await, b"ok");
+    });
+    peer.join().unwrap();
 }

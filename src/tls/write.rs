@@ -17,8 +17,8 @@ pub struct TlsWrite {
     pub(super) tcp: OwnedWriteHalf<TcpStream>,
     pub(super) session: Rc<RefCell<Session>>,
     /// Ciphertext on its way out, at its front; every byte of it
-    /// initialised, so rustls can seal into it. Given back while the
-    /// connection is quiet.
+    /// initialised, so records are sealed in place there. Given back while
+    /// the connection is quiet.
     pub(super) out: Vec<u8>,
 }
 
