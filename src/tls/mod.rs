@@ -197,6 +197,58 @@ async fn run(
     session
 }
 
+/// What the fuzz targets drive: the record layer after the handshake.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use super::record::{Keys, Version};
+    use super::session::Seal;
+    pub use super::session::Session;
+    use rustls::ConnectionTrafficSecrets;
+    use rustls::crypto::cipher::{AeadKey, Iv};
+
+    fn keys(version: Version, chacha: bool) -> Keys {
+        let (key, iv) = (AeadKey::from([7; 32]), Iv::new([9; 12]));
+        let secrets = match chacha {
+            false => ConnectionTrafficSecrets::Aes256Gcm { key, iv },
+            true => ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv },
+        };
+        Keys::new(version, (0, secrets)).expect("fixed keys")
+    }
+
+    /// A session, and a peer whose records it opens.
+    pub fn pair(tls13: bool, chacha: bool) -> (Session, Session) {
+        let v = if tls13 {
+            Version::Tls13
+        } else {
+            Version::Tls12
+        };
+        let ours = Session::with_keys(v, keys(v, chacha), keys(v, chacha));
+        let peer = Session::with_keys(v, keys(v, chacha), keys(v, chacha));
+        (ours, peer)
+    }
+
+    /// Seals a record of `typ` holding `plain` (at most 16 KiB) after the
+    /// end of `out`.
+    pub fn seal(peer: &mut Session, typ: u8, plain: &[u8], out: &mut Vec<u8>) {
+        let mut filled = out.len();
+        peer.seal_record(typ, plain, out, &mut filled)
+            .expect("a record of at most 16 KiB");
+        out.truncate(filled);
+    }
+
+    /// `Session::open`: plaintext to the front of `buf`; (its length,
+    /// ciphertext taken).
+    pub fn open(s: &mut Session, buf: &mut [u8]) -> std::io::Result<(usize, usize)> {
+        s.open(buf)
+    }
+
+    /// What the session has to send: an alert, a KeyUpdate.
+    pub fn flush(s: &mut Session) -> std::io::Result<usize> {
+        let mut out = Vec::new();
+        s.seal(Seal::Nothing, &mut out).map(|(_, filled)| filled)
+    }
+}
+
 /// Splits a connection whose handshake is done into its two halves.
 pub fn split(stream: TcpStream, mut session: Session) -> (TlsRead, TlsWrite) {
     use monoio::io::Splitable;

@@ -286,6 +286,9 @@ fn step<C: Records>(
 enum Kernel {
     Server(KernelConnection<ServerConnectionData>),
     Client(KernelConnection<ClientConnectionData>),
+    /// A session made by the fuzz targets, with fixed keys: no key update.
+    #[cfg(fuzzing)]
+    None,
 }
 
 impl Kernel {
@@ -293,6 +296,23 @@ impl Kernel {
         match self {
             Kernel::Server(k) => k.protocol_version(),
             Kernel::Client(k) => k.protocol_version(),
+            #[cfg(fuzzing)]
+            Kernel::None => rustls::ProtocolVersion::TLSv1_3,
+        }
+    }
+
+    /// The next keys of one direction, at a key update.
+    fn update(
+        &mut self,
+        tx: bool,
+    ) -> Result<(u64, rustls::ConnectionTrafficSecrets), rustls::Error> {
+        match (self, tx) {
+            (Kernel::Server(k), true) => k.update_tx_secret(),
+            (Kernel::Server(k), false) => k.update_rx_secret(),
+            (Kernel::Client(k), true) => k.update_tx_secret(),
+            (Kernel::Client(k), false) => k.update_rx_secret(),
+            #[cfg(fuzzing)]
+            (Kernel::None, _) => Err(rustls::Error::HandshakeNotComplete),
         }
     }
 }
@@ -455,11 +475,9 @@ impl Session {
                     [1] => true,
                     _ => return Err(Refusal::DecodeError),
                 };
-                let next = match &mut self.kernel {
-                    Kernel::Server(k) => k.update_rx_secret(),
-                    Kernel::Client(k) => k.update_rx_secret(),
-                };
-                self.rx = next
+                self.rx = self
+                    .kernel
+                    .update(false)
                     .ok()
                     .and_then(|s| Keys::new(self.version, s))
                     .ok_or(Refusal::InternalError)?;
@@ -528,6 +546,27 @@ impl Session {
         Ok((data.len(), filled))
     }
 
+    /// A session with `keys` both ways and no rustls behind it (no key
+    /// update), for the fuzz targets.
+    #[cfg(fuzzing)]
+    pub(super) fn with_keys(version: Version, rx: Keys, tx: Keys) -> Session {
+        Session {
+            kernel: Kernel::None,
+            version,
+            rx,
+            tx,
+            cert: 0,
+            subject: None,
+            partial: Vec::new(),
+            update_tx: false,
+            alert: None,
+            closed: false,
+            failed: false,
+            said_close: false,
+            early: Stash::default(),
+        }
+    }
+
     /// Records sealed with the keys in use.
     #[cfg(test)]
     pub(super) fn sealed_with_these_keys(&self) -> u64 {
@@ -542,11 +581,9 @@ impl Session {
         // "update_not_requested": a KeyUpdate is never answered with one
         // asking again (RFC 8446 §4.6.3).
         self.seal_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], out, filled)?;
-        let next = match &mut self.kernel {
-            Kernel::Server(k) => k.update_tx_secret(),
-            Kernel::Client(k) => k.update_tx_secret(),
-        };
-        self.tx = next
+        self.tx = self
+            .kernel
+            .update(true)
             .ok()
             .and_then(|s| Keys::new(self.version, s))
             .ok_or_else(|| invalid("TLS key update"))?;
@@ -556,7 +593,7 @@ impl Session {
 
     /// Seals one record of `typ` holding `plain` after the `filled` bytes
     /// of `out`.
-    fn seal_record(
+    pub(super) fn seal_record(
         &mut self,
         typ: u8,
         plain: &[u8],
