@@ -31,7 +31,7 @@ use crate::http1::body::{BodyReader, Framing};
 use crate::http1::encode::{Forward, connection_line, request_fields};
 use crate::http1::parse::{HeadError, Request, parse_request};
 use crate::io::{Wait, budget, read_more, write_buf};
-use crate::metrics::{self, Record};
+use crate::metrics::{self, HandshakeOutcome, Record};
 use crate::policy::{RoutePolicy, Tags, Vars};
 use crate::ratelimit::{self, Policy, Spread, Ticket, Verdict, forwarded_client, ip_key};
 use crate::route::Match;
@@ -226,19 +226,18 @@ async fn handshake(
 ) -> Option<crate::tls::Session> {
     use crate::tls::Refused;
     let Some(_slot) = shard.handshake_slot(tls.max_handshakes) else {
-        metrics::bump(&shard.tls_handshakes[4]);
+        shard.handshake_ended(HandshakeOutcome::Refused);
         return None;
     };
     let limit = tls.handshake_timeout.0;
     let date = shard.date.get();
     let done = crate::tls::accept(stream, tls.server.clone(), buf, limit, &date).await;
-    let outcome = match done {
-        Ok(_) => 0,
-        Err(Refused::Failed | Refused::Tls(_)) => 1,
-        Err(Refused::TimedOut) => 2,
-        Err(Refused::PlainHttp) => 3,
-    };
-    metrics::bump(&shard.tls_handshakes[outcome]);
+    shard.handshake_ended(match done {
+        Ok(_) => HandshakeOutcome::Ok,
+        Err(Refused::Failed | Refused::Tls(_)) => HandshakeOutcome::Failed,
+        Err(Refused::TimedOut) => HandshakeOutcome::Timeout,
+        Err(Refused::PlainHttp) => HandshakeOutcome::PlainHttp,
+    });
     done.ok()
 }
 

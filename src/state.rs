@@ -21,7 +21,7 @@ use crate::accesslog::ShardLog;
 use crate::date::HttpDate;
 use crate::health::EndpointHealth;
 use crate::lease::Mesh;
-use crate::metrics::{Record, RouteMetrics, UNROUTED};
+use crate::metrics::{self, HandshakeOutcome, Record, RouteMetrics, UNROUTED};
 use crate::ratelimit::Limiter;
 use crate::slab::Slab;
 use crate::snapshot::Snapshot;
@@ -120,8 +120,8 @@ pub struct ShardState {
     pub requests: Cell<u64>,
     /// Client connections accepted.
     pub accepted: Cell<u64>,
-    /// TLS handshakes by how they ended (`metrics::TLS_RESULTS`).
-    pub tls_handshakes: [Cell<u64>; 5],
+    /// TLS handshakes by how they ended, indexed by `HandshakeOutcome`.
+    pub tls_handshakes: [Cell<u64>; HandshakeOutcome::COUNT],
     /// TLS handshakes in flight.
     handshaking: Cell<usize>,
     /// The event loop: "io_uring (Coop)", "epoll".
@@ -289,6 +289,11 @@ impl ShardState {
         for waits in waits.into_iter().chain(quiet) {
             waits.cancel();
         }
+    }
+
+    /// Counts a TLS handshake that has ended (or was refused).
+    pub fn handshake_ended(&self, outcome: HandshakeOutcome) {
+        metrics::bump(&self.tls_handshakes[outcome.index()]);
     }
 
     /// A place for one more handshake in flight, if fewer than `max` are;
