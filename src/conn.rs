@@ -37,7 +37,7 @@ use crate::ratelimit::{self, Policy, Spread, Ticket, Verdict, forwarded_client, 
 use crate::route::Match;
 use crate::slab::Lease;
 use crate::snapshot::Snapshot;
-use crate::state::{Generation, ShardState};
+use crate::state::{Generation, Handshakes, ShardState};
 
 pub type ClientRead = crate::stream::Reader;
 pub type ClientWrite = crate::stream::Writer;
@@ -168,12 +168,13 @@ pub enum Step<'s> {
 }
 
 /// Serves a new connection until it closes or goes quiet; on a TLS
-/// listener, after its handshake.
+/// listener, after its handshake (`handshakes`: those in flight on it).
 pub async fn serve(
     shard: &ShardState,
     mut stream: TcpStream,
     peer: SocketAddr,
     side: Side,
+    handshakes: &Handshakes,
 ) -> After {
     let _ = stream.set_nodelay(true);
     let Some(mut rbuf) = shard.slab.lease() else {
@@ -189,7 +190,7 @@ pub async fn serve(
             let (r, w) = stream.into_split();
             (ClientRead::Plain(r), ClientWrite::Plain(w))
         }
-        Some(tls) => match handshake(shard, &mut stream, tls, rbuf.get_mut()).await {
+        Some(tls) => match handshake(shard, &mut stream, tls, handshakes, rbuf.get_mut()).await {
             Some(session) => {
                 let (r, w) = crate::tls::split(stream, session);
                 (ClientRead::Tls(r), ClientWrite::Tls(w))
@@ -217,15 +218,17 @@ pub async fn serve(
     conn.run().await
 }
 
-/// A TLS handshake within the listener's bounds, counted by how it ended.
+/// A TLS handshake within the listener's bounds (`handshakes`: those in
+/// flight on it), counted by how it ended.
 async fn handshake(
     shard: &ShardState,
     stream: &mut TcpStream,
     tls: &ListenerTls,
+    handshakes: &Handshakes,
     buf: &mut Vec<u8>,
 ) -> Option<crate::tls::Session> {
     use crate::tls::Refused;
-    let Some(_slot) = shard.handshake_slot(tls.max_handshakes) else {
+    let Some(_slot) = handshakes.slot(tls.max_handshakes) else {
         shard.handshake_ended(HandshakeOutcome::Refused);
         return None;
     };

@@ -26,7 +26,7 @@ use crate::lease::{Mesh, Msg};
 use crate::mailbox::{FromShard, Mailbox, ShardStats, ToShard};
 use crate::metrics::{self, Report, Reset};
 use crate::snapshot::Snapshot;
-use crate::state::ShardState;
+use crate::state::{Handshakes, ShardState};
 
 pub struct ShardSpec {
     pub id: usize,
@@ -287,6 +287,14 @@ fn metrics_report(shard: &ShardState, latency: bool, reset: &Reset) -> Report {
     }
 }
 
+/// One listener as this shard serves it, shared by its accept task and the
+/// connections it accepted.
+#[derive(Default)]
+struct Listening {
+    /// Its TLS handshakes in flight here, bounded by its `max_handshakes`.
+    handshakes: Handshakes,
+}
+
 /// The accept tasks of a shard, by listener name; each stops on its own.
 #[derive(Default)]
 struct Listeners(HashMap<String, Stop>);
@@ -315,6 +323,7 @@ impl Listeners {
         let task = monoio::spawn(accept(
             shard.clone(),
             name.as_str().into(),
+            Rc::new(Listening::default()),
             listener,
             canceller.handle(),
             stopped.clone(),
@@ -364,6 +373,7 @@ impl Stop {
 async fn accept(
     shard: Rc<ShardState>,
     name: Rc<str>,
+    listening: Rc<Listening>,
     listener: TcpListener,
     cancel: CancelHandle,
     stopped: Rc<Cell<bool>>,
@@ -387,7 +397,13 @@ async fn accept(
                 if stopped.get() {
                     // Accepted as the stop came: serve it, then stop.
                     shard.conn_opened();
-                    monoio::spawn(serve_conn(shard.clone(), stream, peer, side));
+                    monoio::spawn(serve_conn(
+                        shard.clone(),
+                        stream,
+                        peer,
+                        side,
+                        listening.clone(),
+                    ));
                     return;
                 }
                 if shard.conns() >= config.server.max_connections {
@@ -398,7 +414,13 @@ async fn accept(
                     continue;
                 }
                 shard.conn_opened();
-                monoio::spawn(serve_conn(shard.clone(), stream, peer, side));
+                monoio::spawn(serve_conn(
+                    shard.clone(),
+                    stream,
+                    peer,
+                    side,
+                    listening.clone(),
+                ));
             }
             Err(_) if stopped.get() => return,
             Err(e) => {
@@ -473,8 +495,14 @@ async fn housekeeping(shard: Rc<ShardState>) {
 /// A connection's task while it is served. A connection that goes quiet
 /// moves to a small task of its own (`quiet_conn`), so the memory of this
 /// one, sized for a whole proxied exchange, is not kept while it waits.
-async fn serve_conn(shard: Rc<ShardState>, stream: TcpStream, peer: SocketAddr, side: Side) {
-    let after = conn::serve(&shard, stream, peer, side).await;
+async fn serve_conn(
+    shard: Rc<ShardState>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    side: Side,
+    listening: Rc<Listening>,
+) {
+    let after = conn::serve(&shard, stream, peer, side, &listening.handshakes).await;
     carry_on(shard, after);
 }
 

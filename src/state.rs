@@ -122,8 +122,6 @@ pub struct ShardState {
     pub accepted: Cell<u64>,
     /// TLS handshakes by how they ended, indexed by `HandshakeOutcome`.
     pub tls_handshakes: [Cell<u64>; HandshakeOutcome::COUNT],
-    /// TLS handshakes in flight.
-    handshaking: Cell<usize>,
     /// The event loop: "io_uring (Coop)", "epoll".
     pub driver: String,
     /// This shard's side of the access log, if there is one.
@@ -180,7 +178,6 @@ impl ShardState {
             requests: Cell::new(0),
             accepted: Cell::new(0),
             tls_handshakes: Default::default(),
-            handshaking: Cell::new(0),
             driver,
             log,
             limiter,
@@ -296,16 +293,6 @@ impl ShardState {
         metrics::bump(&self.tls_handshakes[outcome.index()]);
     }
 
-    /// A place for one more handshake in flight, if fewer than `max` are;
-    /// given back when the guard drops.
-    pub fn handshake_slot(&self, max: usize) -> Option<HandshakeSlot<'_>> {
-        let n = self.handshaking.get();
-        (n < max).then(|| {
-            self.handshaking.set(n + 1);
-            HandshakeSlot(&self.handshaking)
-        })
-    }
-
     pub(crate) fn conn_opened(&self) {
         self.conns.set(self.conns.get() + 1);
     }
@@ -351,11 +338,43 @@ const QUIET_BUCKETS: usize = 64;
 const REPLY_BUFFER: usize = 1024;
 const REPLY_BUFFERS: usize = 64;
 
-/// One handshake in flight (see `ShardState::handshake_slot`).
+/// The TLS handshakes in flight on one listener of a shard, which its
+/// `max_handshakes` bounds: each listener has its own (see `shard`).
+#[derive(Default)]
+pub struct Handshakes(Cell<usize>);
+
+impl Handshakes {
+    /// A place for one more handshake in flight, if fewer than `max` are;
+    /// given back when the guard drops.
+    pub fn slot(&self, max: usize) -> Option<HandshakeSlot<'_>> {
+        let n = self.0.get();
+        (n < max).then(|| {
+            self.0.set(n + 1);
+            HandshakeSlot(&self.0)
+        })
+    }
+}
+
+/// One handshake in flight (see `Handshakes::slot`).
 pub struct HandshakeSlot<'a>(&'a Cell<usize>);
 
 impl Drop for HandshakeSlot<'_> {
     fn drop(&mut self) {
         self.0.set(self.0.get() - 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handshake_slot_is_given_back_when_its_guard_drops() {
+        let (a, b) = (Handshakes::default(), Handshakes::default());
+        let first = a.slot(1).expect("a place");
+        assert!(a.slot(1).is_none(), "at max");
+        assert!(b.slot(1).is_some(), "another listener counts apart");
+        drop(first);
+        assert!(a.slot(1).is_some(), "given back");
     }
 }
