@@ -44,7 +44,7 @@ pub type ClientWrite = crate::stream::Writer;
 
 /// What a connection's listener asks of it, as the config in force when it
 /// was accepted has it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Side {
     /// A TLS listener's certificates and settings.
     pub tls: Option<Arc<ListenerTls>>,
