@@ -31,20 +31,20 @@ use crate::http1::body::{BodyReader, Framing};
 use crate::http1::encode::{Forward, connection_line, request_fields};
 use crate::http1::parse::{HeadError, Request, parse_request};
 use crate::io::{Wait, budget, read_more, write_buf};
-use crate::metrics::{self, Record};
+use crate::metrics::{self, HandshakeOutcome, Record};
 use crate::policy::{RoutePolicy, Tags, Vars};
 use crate::ratelimit::{self, Policy, Spread, Ticket, Verdict, forwarded_client, ip_key};
 use crate::route::Match;
 use crate::slab::Lease;
 use crate::snapshot::Snapshot;
-use crate::state::{Generation, ShardState};
+use crate::state::{Generation, Handshakes, ShardState};
 
 pub type ClientRead = crate::stream::Reader;
 pub type ClientWrite = crate::stream::Writer;
 
 /// What a connection's listener asks of it, as the config in force when it
 /// was accepted has it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Side {
     /// A TLS listener's certificates and settings.
     pub tls: Option<Arc<ListenerTls>>,
@@ -168,12 +168,13 @@ pub enum Step<'s> {
 }
 
 /// Serves a new connection until it closes or goes quiet; on a TLS
-/// listener, after its handshake.
+/// listener, after its handshake (`handshakes`: those in flight on it).
 pub async fn serve(
     shard: &ShardState,
     mut stream: TcpStream,
     peer: SocketAddr,
     side: Side,
+    handshakes: &Handshakes,
 ) -> After {
     let _ = stream.set_nodelay(true);
     let Some(mut rbuf) = shard.slab.lease() else {
@@ -189,7 +190,7 @@ pub async fn serve(
             let (r, w) = stream.into_split();
             (ClientRead::Plain(r), ClientWrite::Plain(w))
         }
-        Some(tls) => match handshake(shard, &mut stream, tls, rbuf.get_mut()).await {
+        Some(tls) => match handshake(shard, &mut stream, tls, handshakes, rbuf.get_mut()).await {
             Some(session) => {
                 let (r, w) = crate::tls::split(stream, session);
                 (ClientRead::Tls(r), ClientWrite::Tls(w))
@@ -217,28 +218,29 @@ pub async fn serve(
     conn.run().await
 }
 
-/// A TLS handshake within the listener's bounds, counted by how it ended.
+/// A TLS handshake within the listener's bounds (`handshakes`: those in
+/// flight on it), counted by how it ended.
 async fn handshake(
     shard: &ShardState,
     stream: &mut TcpStream,
     tls: &ListenerTls,
+    handshakes: &Handshakes,
     buf: &mut Vec<u8>,
 ) -> Option<crate::tls::Session> {
     use crate::tls::Refused;
-    let Some(_slot) = shard.handshake_slot(tls.max_handshakes) else {
-        metrics::bump(&shard.tls_handshakes[4]);
+    let Some(_slot) = handshakes.slot(tls.max_handshakes) else {
+        shard.handshake_ended(HandshakeOutcome::Refused);
         return None;
     };
     let limit = tls.handshake_timeout.0;
     let date = shard.date.get();
     let done = crate::tls::accept(stream, tls.server.clone(), buf, limit, &date).await;
-    let outcome = match done {
-        Ok(_) => 0,
-        Err(Refused::Failed | Refused::Tls(_)) => 1,
-        Err(Refused::TimedOut) => 2,
-        Err(Refused::PlainHttp) => 3,
-    };
-    metrics::bump(&shard.tls_handshakes[outcome]);
+    shard.handshake_ended(match done {
+        Ok(_) => HandshakeOutcome::Ok,
+        Err(Refused::Failed | Refused::Tls(_)) => HandshakeOutcome::Failed,
+        Err(Refused::TimedOut) => HandshakeOutcome::Timeout,
+        Err(Refused::PlainHttp) => HandshakeOutcome::PlainHttp,
+    });
     done.ok()
 }
 

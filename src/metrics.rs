@@ -335,12 +335,50 @@ pub struct Report {
     pub rate_limit_evicted: u64,
     /// Requests of a key another shard owns, decided without its lease.
     pub rate_limit_alone: u64,
-    /// TLS handshakes by how they ended (see `TLS_RESULTS`).
-    pub tls_handshakes: [u64; 5],
+    /// TLS handshakes by how they ended, indexed by `HandshakeOutcome`.
+    pub tls_handshakes: [u64; HandshakeOutcome::COUNT],
 }
 
-/// How a TLS handshake ended, as `ringway_tls_handshakes_total` labels it.
-pub const TLS_RESULTS: [&str; 5] = ["ok", "failed", "timeout", "plain_http", "refused"];
+/// How a TLS handshake on a client connection ended: the `result` label of
+/// `ringway_tls_handshakes_total`, and the index of its count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeOutcome {
+    Ok,
+    /// Not TLS, the peer closed, or rustls refused it.
+    Failed,
+    /// Not done within `handshake_timeout`.
+    Timeout,
+    /// Plain HTTP on the TLS port (answered 400).
+    PlainHttp,
+    /// Over the listener's `max_handshakes` on the shard.
+    Refused,
+}
+
+impl HandshakeOutcome {
+    pub const COUNT: usize = 5;
+    /// Every outcome, each at its own index.
+    pub const ALL: [HandshakeOutcome; Self::COUNT] = [
+        HandshakeOutcome::Ok,
+        HandshakeOutcome::Failed,
+        HandshakeOutcome::Timeout,
+        HandshakeOutcome::PlainHttp,
+        HandshakeOutcome::Refused,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            HandshakeOutcome::Ok => "ok",
+            HandshakeOutcome::Failed => "failed",
+            HandshakeOutcome::Timeout => "timeout",
+            HandshakeOutcome::PlainHttp => "plain_http",
+            HandshakeOutcome::Refused => "refused",
+        }
+    }
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// Which latency histograms a report clears once read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -651,11 +689,8 @@ impl prometheus_client::collector::Collector for Collect {
             &mut e,
             "ringway_tls_handshakes",
             "TLS handshakes on client connections, by how they ended (refused: over the listener's max_handshakes).",
-            &TLS_RESULTS
-                .iter()
-                .zip(r.tls_handshakes)
-                .map(|(result, n)| (vec![("result", *result)], n))
-                .collect::<Vec<_>>(),
+            &HandshakeOutcome::ALL
+                .map(|o| (vec![("result", o.label())], r.tls_handshakes[o.index()])),
         )?;
         counter(
             &mut e,
@@ -795,6 +830,15 @@ mod tests {
         assert_eq!(CLASSES[class_index(204)], "2xx");
         assert_eq!(CLASSES[class_index(503)], "5xx");
         assert_eq!(CLASSES[class_index(0)], "none");
+    }
+
+    #[test]
+    fn each_handshake_outcome_has_its_own_index_and_label() {
+        for (i, o) in HandshakeOutcome::ALL.into_iter().enumerate() {
+            assert_eq!(o.index(), i, "{o:?}");
+        }
+        let labels = HandshakeOutcome::ALL.map(HandshakeOutcome::label);
+        assert_eq!(labels, ["ok", "failed", "timeout", "plain_http", "refused"]);
     }
 
     #[test]

@@ -18,7 +18,7 @@
 
 use std::cell::Cell;
 use std::future::{Future, pending, poll_fn};
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::pin;
 use std::rc::Rc;
 use std::task::Poll;
@@ -118,6 +118,7 @@ pub async fn exchange(
         return fail(conn, snap, plan, wbuf, Reject::Unavailable, None).await;
     };
     let client_fd = conn.fd;
+    let client_tls = conn.side.tls.is_some();
     let route = plan.route.map(|i| &snap.config.routes[i]);
     let mut rules = Rules::new(
         route.and_then(|r| r.retry.as_ref()),
@@ -266,7 +267,8 @@ pub async fn exchange(
         // Without a body the pump is done at its first poll.
         let pump = pump(r, rbuf, plan, t, &mut up.w, &seen.bytes_in, kept_in);
         let relay = relay(&rx, &mut up.r, w, &mut ubuf, out, held, kept_out);
-        let (pumped, relayed) = drive(pump, relay, &head_done, plan, t, client_fd).await;
+        let (pumped, relayed) =
+            drive(pump, relay, &head_done, plan, t, client_fd, client_tls).await;
         held.clear();
 
         // Another attempt, for a failure the client has seen nothing of.
@@ -477,6 +479,7 @@ async fn drive<P, R>(
     plan: &Plan<'_>,
     t: &Timeouts,
     client_fd: RawFd,
+    client_tls: bool,
 ) -> (
     Option<Result<usize, PumpError>>,
     Option<Result<Relayed, RelayError>>,
@@ -521,7 +524,7 @@ where
                     return Poll::Ready((pumped.take(), Some(timeout)));
                 }
                 if watch.is_none() {
-                    watch.set(Some(client_gone(client_fd)));
+                    watch.set(Some(client_gone(client_fd, client_tls)));
                 }
                 timer.set(Some(monoio::time::sleep(deadline - now)));
             }
@@ -537,12 +540,20 @@ where
 }
 
 /// Resolves once the client has closed its connection or it failed; never
-/// while it is open, or once it has sent more (a pipelined request).
-/// `drive` starts it only after `WATCH_AFTER`, so an exchange answered
-/// sooner costs nothing; a slower one costs a poll on a duplicate of the
-/// socket, and a peek when that fires. Treats a client that half-closes as
-/// gone, as nginx does.
-async fn client_gone(fd: RawFd) {
+/// while it is open, or, on plain TCP, once it has sent more (a pipelined
+/// request). `drive` starts it only after `WATCH_AFTER`, so an exchange
+/// answered sooner costs nothing; a slower one costs a poll on a duplicate
+/// of the socket, and a peek when that fires. Treats a client that
+/// half-closes as gone, as nginx does.
+///
+/// Over TLS (`tls`) bytes on the socket tell nothing: a close_notify is
+/// ciphertext, as a pipelined request is, and a client that closes sends
+/// one before its FIN. There the FIN itself is watched for (`peer_shut`),
+/// whatever came before it.
+async fn client_gone(fd: RawFd, tls: bool) {
+    if tls {
+        return peer_shut(fd).await;
+    }
     // SAFETY: `fd` is the client's socket, which its `Conn` keeps open for
     // the whole exchange that polls this future.
     let client = unsafe { BorrowedFd::borrow_raw(fd) };
@@ -562,6 +573,50 @@ async fn client_gone(fd: RawFd) {
             Peeked::Empty => {}
         }
     }
+}
+
+/// Resolves once the peer of socket `fd` has shut its sending side (its
+/// FIN: `POLLRDHUP`), reset the connection, or it failed, however many
+/// bytes wait unread before that; never otherwise. monoio polls for
+/// `POLLIN` only, which unread bytes satisfy for good, so an epoll instance
+/// of this watch's own has `fd` registered for `EPOLLRDHUP` alone (errors
+/// and hang-ups are reported whatever the mask), and the shard's driver
+/// polls that instance, which is readable once the socket has one of
+/// those. Two system calls and a descriptor, when the watch starts.
+async fn peer_shut(fd: RawFd) {
+    let Ok(watch) = rdhup_watch(fd) else {
+        return pending().await;
+    };
+    if watch.readable(false).await.is_err() {
+        // The watch failed, not the client: no longer watched.
+        pending::<()>().await;
+    }
+}
+
+/// An epoll instance with `fd` registered for `EPOLLRDHUP`, as a monoio
+/// stream. monoio has no type for an arbitrary descriptor; its
+/// `TcpStream::readable` is a poll for `POLLIN` on whatever descriptor it
+/// holds (io_uring's `PollAdd`, or an epoll registration), and nothing else
+/// is done with this one.
+fn rdhup_watch(fd: RawFd) -> std::io::Result<TcpStream> {
+    // SAFETY: no pointer is passed; the descriptor returned is ours alone.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `ep` was just created and nothing else owns it.
+    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    let mut event = libc::epoll_event {
+        events: libc::EPOLLRDHUP as u32,
+        u64: 0,
+    };
+    // SAFETY: `fd` is the client's socket, which its `Conn` keeps open for
+    // the whole exchange (and closing it ends the registration); `event`
+    // outlives the call, which copies it.
+    if unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    TcpStream::from_std(std::net::TcpStream::from(ep))
 }
 
 /// Streams the request body from the client to the upstream, validating its

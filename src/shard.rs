@@ -7,7 +7,7 @@
 //! `mailbox`): an idle shard sleeps in the kernel until a message or a
 //! connection arrives.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -21,12 +21,13 @@ use monoio::io::{CancelHandle, Canceller};
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::accesslog::ShardLog;
+use crate::config::Config;
 use crate::conn::{self, After, IdleConn, Side};
 use crate::lease::{Mesh, Msg};
 use crate::mailbox::{FromShard, Mailbox, ShardStats, ToShard};
 use crate::metrics::{self, Report, Reset};
 use crate::snapshot::Snapshot;
-use crate::state::ShardState;
+use crate::state::{Handshakes, ShardState};
 
 pub struct ShardSpec {
     pub id: usize,
@@ -176,6 +177,7 @@ async fn serve(spec: ShardSpec, driver: String) -> std::io::Result<()> {
                 unlisten,
             } => {
                 shard.reload(snapshot, generation);
+                listeners.refresh(&shard.current().config);
                 for name in unlisten {
                     listeners.remove(&name).await;
                 }
@@ -287,12 +289,46 @@ fn metrics_report(shard: &ShardState, latency: bool, reset: &Reset) -> Report {
     }
 }
 
+/// One listener as this shard serves it, shared by its accept task and the
+/// connections it accepted.
+struct Listening {
+    /// What its connections are served with (TLS or not, strict SNI): the
+    /// config's in force when the listener started, then that of each
+    /// reload that keeps it. Each accept takes it from here, so a
+    /// connection accepted while a reload removes the listener is served as
+    /// the listener was, never as plain HTTP on a TLS port.
+    side: RefCell<Side>,
+    /// Its TLS handshakes in flight here, bounded by its `max_handshakes`.
+    handshakes: Handshakes,
+}
+
+impl Listening {
+    /// Listener `name` as `config` has it; `None` if it has none so named.
+    fn new(config: &Config, name: &str) -> Option<Listening> {
+        let l = config.listeners.iter().find(|l| l.name == name)?;
+        Some(Listening {
+            side: RefCell::new(Side::of(l)),
+            handshakes: Handshakes::default(),
+        })
+    }
+
+    /// Takes a reloaded config's settings for listener `name`: the next
+    /// handshake has its certificates. A listener the config no longer has
+    /// keeps its own until its accept task stops.
+    fn refresh(&self, config: &Config, name: &str) {
+        if let Some(l) = config.listeners.iter().find(|l| l.name == name) {
+            *self.side.borrow_mut() = Side::of(l);
+        }
+    }
+}
+
 /// The accept tasks of a shard, by listener name; each stops on its own.
 #[derive(Default)]
 struct Listeners(HashMap<String, Stop>);
 
 /// Stops one accept task: the flag says the cancelled accept was meant.
 struct Stop {
+    listening: Rc<Listening>,
     canceller: Canceller,
     stopped: Rc<Cell<bool>>,
     /// The listening socket, open for as long as the task runs.
@@ -308,18 +344,25 @@ impl Listeners {
         name: String,
         l: std::net::TcpListener,
     ) -> std::io::Result<()> {
+        let Some(listening) = Listening::new(&shard.current().config, &name) else {
+            return Err(std::io::Error::other(format!(
+                "listener '{name}' is not in the config in force"
+            )));
+        };
+        let listening = Rc::new(listening);
         let listener = TcpListener::from_std(l)?;
         let fd = listener.as_raw_fd();
         let canceller = Canceller::new();
         let stopped = Rc::new(Cell::new(false));
         let task = monoio::spawn(accept(
             shard.clone(),
-            name.as_str().into(),
+            listening.clone(),
             listener,
             canceller.handle(),
             stopped.clone(),
         ));
         let stop = Stop {
+            listening,
             canceller,
             stopped,
             fd,
@@ -329,6 +372,13 @@ impl Listeners {
             old.stop().await;
         }
         Ok(())
+    }
+
+    /// Each listener's settings as a reloaded `config` has them.
+    fn refresh(&self, config: &Config) {
+        for (name, s) in &self.0 {
+            s.listening.refresh(config, name);
+        }
     }
 
     /// Stops accepting on listener `name`, which a reload removed: on
@@ -363,7 +413,7 @@ impl Stop {
 /// Accepts until stopped; the listening socket closes when it returns.
 async fn accept(
     shard: Rc<ShardState>,
-    name: Rc<str>,
+    listening: Rc<Listening>,
     listener: TcpListener,
     cancel: CancelHandle,
     stopped: Rc<Cell<bool>>,
@@ -374,23 +424,20 @@ async fn accept(
             Ok((stream, peer)) => {
                 backoff.reset();
                 metrics::bump(&shard.accepted);
-                // The listener as the config in force has it: a reload
-                // that changes its certificates applies to the next handshake.
-                let current = shard.current();
-                let config = &current.config;
-                let side = config
-                    .listeners
-                    .iter()
-                    .find(|l| *l.name == *name)
-                    .map(Side::of);
-                let side = side.unwrap_or_default();
+                let side = listening.side.borrow().clone();
                 if stopped.get() {
                     // Accepted as the stop came: serve it, then stop.
                     shard.conn_opened();
-                    monoio::spawn(serve_conn(shard.clone(), stream, peer, side));
+                    monoio::spawn(serve_conn(
+                        shard.clone(),
+                        stream,
+                        peer,
+                        side,
+                        listening.clone(),
+                    ));
                     return;
                 }
-                if shard.conns() >= config.server.max_connections {
+                if shard.conns() >= shard.current().config.server.max_connections {
                     // A TLS client could not read a plain 503.
                     if side.tls.is_none() {
                         monoio::spawn(refuse(shard.clone(), stream));
@@ -398,7 +445,13 @@ async fn accept(
                     continue;
                 }
                 shard.conn_opened();
-                monoio::spawn(serve_conn(shard.clone(), stream, peer, side));
+                monoio::spawn(serve_conn(
+                    shard.clone(),
+                    stream,
+                    peer,
+                    side,
+                    listening.clone(),
+                ));
             }
             Err(_) if stopped.get() => return,
             Err(e) => {
@@ -473,8 +526,14 @@ async fn housekeeping(shard: Rc<ShardState>) {
 /// A connection's task while it is served. A connection that goes quiet
 /// moves to a small task of its own (`quiet_conn`), so the memory of this
 /// one, sized for a whole proxied exchange, is not kept while it waits.
-async fn serve_conn(shard: Rc<ShardState>, stream: TcpStream, peer: SocketAddr, side: Side) {
-    let after = conn::serve(&shard, stream, peer, side).await;
+async fn serve_conn(
+    shard: Rc<ShardState>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    side: Side,
+    listening: Rc<Listening>,
+) {
+    let after = conn::serve(&shard, stream, peer, side, &listening.handshakes).await;
     carry_on(shard, after);
 }
 
@@ -509,6 +568,70 @@ async fn refuse(shard: Rc<ShardState>, mut stream: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    /// Listener "http", plain, and, unless `https` is `None`, listener
+    /// "https" over TLS with `strict_sni = https`.
+    fn config(dir: &Path, https: Option<bool>) -> Config {
+        let mut text = String::from(
+            "[[listener]]\nname = \"http\"\nbind = \"127.0.0.1:0\"\n\n\
+             [[upstream]]\nname = \"o\"\nendpoints = [\"127.0.0.1:9\"]\n\n\
+             [[route]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"o\"\n",
+        );
+        if let Some(strict) = https {
+            let (cert, key) = (dir.join("a.pem"), dir.join("a.key"));
+            text += &format!(
+                "\n[[listener]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\n\
+                 strict_sni = {strict}\n\
+                 tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}\n",
+                cert.display(),
+                key.display()
+            );
+        }
+        Config::parse(&dir.join("ringway.toml"), &text).unwrap()
+    }
+
+    /// The race this guards against (a connection accepted in the same turn
+    /// of the loop as the reload that removes its listener) cannot be
+    /// forced over sockets: what it rests on is checked here instead. The
+    /// accept task takes its settings from its `Listening`, never from the
+    /// config in force, so a config without the listener leaves them be.
+    #[test]
+    fn a_listener_keeps_its_settings_until_a_reload_that_keeps_it_changes_them() {
+        let dir = std::env::temp_dir().join(format!("ringway-shard-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let made = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+        std::fs::write(dir.join("a.pem"), made.cert.pem()).unwrap();
+        std::fs::write(dir.join("a.key"), made.signing_key.serialize_pem()).unwrap();
+        let (loose, strict, without) = (
+            config(&dir, Some(false)),
+            config(&dir, Some(true)),
+            config(&dir, None),
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let https = Listening::new(&loose, "https").expect("in the config");
+        let side = https.side.borrow().clone();
+        assert!(side.tls.is_some() && !side.strict_sni);
+        assert!(Listening::new(&without, "https").is_none(), "not started");
+        assert!(
+            Listening::new(&loose, "http")
+                .unwrap()
+                .side
+                .borrow()
+                .tls
+                .is_none()
+        );
+
+        // A reload that removes the listener: until its accept task stops,
+        // what it accepts is still served over TLS.
+        https.refresh(&without, "https");
+        assert!(https.side.borrow().tls.is_some());
+        // One that keeps it: the next connection has its new settings.
+        https.refresh(&strict, "https");
+        let side = https.side.borrow().clone();
+        assert!(side.tls.is_some() && side.strict_sni);
+    }
 
     #[test]
     fn accept_backoff_doubles_and_logs_once_a_second() {

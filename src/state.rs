@@ -21,7 +21,7 @@ use crate::accesslog::ShardLog;
 use crate::date::HttpDate;
 use crate::health::EndpointHealth;
 use crate::lease::Mesh;
-use crate::metrics::{Record, RouteMetrics, UNROUTED};
+use crate::metrics::{self, HandshakeOutcome, Record, RouteMetrics, UNROUTED};
 use crate::ratelimit::Limiter;
 use crate::slab::Slab;
 use crate::snapshot::Snapshot;
@@ -120,10 +120,8 @@ pub struct ShardState {
     pub requests: Cell<u64>,
     /// Client connections accepted.
     pub accepted: Cell<u64>,
-    /// TLS handshakes by how they ended (`metrics::TLS_RESULTS`).
-    pub tls_handshakes: [Cell<u64>; 5],
-    /// TLS handshakes in flight.
-    handshaking: Cell<usize>,
+    /// TLS handshakes by how they ended, indexed by `HandshakeOutcome`.
+    pub tls_handshakes: [Cell<u64>; HandshakeOutcome::COUNT],
     /// The event loop: "io_uring (Coop)", "epoll".
     pub driver: String,
     /// This shard's side of the access log, if there is one.
@@ -180,7 +178,6 @@ impl ShardState {
             requests: Cell::new(0),
             accepted: Cell::new(0),
             tls_handshakes: Default::default(),
-            handshaking: Cell::new(0),
             driver,
             log,
             limiter,
@@ -291,14 +288,9 @@ impl ShardState {
         }
     }
 
-    /// A place for one more handshake in flight, if fewer than `max` are;
-    /// given back when the guard drops.
-    pub fn handshake_slot(&self, max: usize) -> Option<HandshakeSlot<'_>> {
-        let n = self.handshaking.get();
-        (n < max).then(|| {
-            self.handshaking.set(n + 1);
-            HandshakeSlot(&self.handshaking)
-        })
+    /// Counts a TLS handshake that has ended (or was refused).
+    pub fn handshake_ended(&self, outcome: HandshakeOutcome) {
+        metrics::bump(&self.tls_handshakes[outcome.index()]);
     }
 
     pub(crate) fn conn_opened(&self) {
@@ -346,11 +338,43 @@ const QUIET_BUCKETS: usize = 64;
 const REPLY_BUFFER: usize = 1024;
 const REPLY_BUFFERS: usize = 64;
 
-/// One handshake in flight (see `ShardState::handshake_slot`).
+/// The TLS handshakes in flight on one listener of a shard, which its
+/// `max_handshakes` bounds: each listener has its own (see `shard`).
+#[derive(Default)]
+pub struct Handshakes(Cell<usize>);
+
+impl Handshakes {
+    /// A place for one more handshake in flight, if fewer than `max` are;
+    /// given back when the guard drops.
+    pub fn slot(&self, max: usize) -> Option<HandshakeSlot<'_>> {
+        let n = self.0.get();
+        (n < max).then(|| {
+            self.0.set(n + 1);
+            HandshakeSlot(&self.0)
+        })
+    }
+}
+
+/// One handshake in flight (see `Handshakes::slot`).
 pub struct HandshakeSlot<'a>(&'a Cell<usize>);
 
 impl Drop for HandshakeSlot<'_> {
     fn drop(&mut self) {
         self.0.set(self.0.get() - 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handshake_slot_is_given_back_when_its_guard_drops() {
+        let (a, b) = (Handshakes::default(), Handshakes::default());
+        let first = a.slot(1).expect("a place");
+        assert!(a.slot(1).is_none(), "at max");
+        assert!(b.slot(1).is_some(), "another listener counts apart");
+        drop(first);
+        assert!(a.slot(1).is_some(), "given back");
     }
 }

@@ -42,6 +42,8 @@ over_plain_and_tls!(
     every_response_carries_a_date,
     no_error_response_after_a_response_was_committed,
     client_close_while_the_upstream_is_slow_closes_the_upstream_at_once,
+    client_close_notify_while_the_upstream_is_slow_closes_the_upstream_at_once,
+    a_pipelined_request_while_the_upstream_is_slow_is_no_close,
     tunnel_loses_no_byte_while_the_other_side_keeps_it_alive,
 );
 
@@ -375,17 +377,40 @@ fn client_close_while_the_upstream_is_slow_closes_the_upstream_at_once(t: Transp
     });
 }
 
-// TODO(tls): a client that closes as TLS would have it, a close_notify and
-// then its FIN, is not seen to leave: `proxy::client_gone` peeks the
-// socket, finds bytes (the close_notify record, ciphertext it cannot tell
-// from a pipelined request), and stops watching, so the upstream
-// connection stays open until the upstream answers or
-// upstream_response_header runs out (30 s by default). The TCP close above
-// passes over TLS; this one fails until ringway sees close_notify there.
-#[test]
-#[ignore = "TODO(tls): close_notify then FIN from the client hides its close from proxy::client_gone"]
-fn client_close_notify_while_the_upstream_is_slow_closes_the_upstream_at_once() {
-    client_leaves_while_the_upstream_is_slow(Transport::Tls, Conn::close);
+/// A client that closes as TLS would have it, a close_notify and then its
+/// FIN (on plain TCP, the FIN alone). A peek finds bytes there, the
+/// close_notify record, ciphertext it cannot tell from a pipelined
+/// request: the proxy must see the FIN itself.
+fn client_close_notify_while_the_upstream_is_slow_closes_the_upstream_at_once(t: Transport) {
+    client_leaves_while_the_upstream_is_slow(t, Conn::close);
+}
+
+/// A request sent while the one before waits on a slow upstream: bytes the
+/// watch on the client finds unread (over TLS, ciphertext as a close_notify
+/// is), and no close. Both are answered, in order.
+fn a_pipelined_request_while_the_upstream_is_slow_is_no_close(t: Transport) {
+    let (slow_tx, slow_rx) = mpsc::channel();
+    let origin = Origin::start(move |s| match s.target.as_str() {
+        "/slow" => {
+            slow_tx.send(()).unwrap();
+            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow";
+            Reply::Delay(Duration::from_millis(300), answer.to_vec())
+        }
+        _ => ok("fast"),
+    });
+    let proxy = proxy_to_with(t, origin.addr, "");
+    let mut c = proxy.connect();
+    c.send(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n");
+    slow_rx
+        .recv_timeout(IO_TIMEOUT)
+        .unwrap_or_else(|_| panic!("[{t}] the upstream got the first request"));
+    c.send(b"GET /fast HTTP/1.1\r\nHost: h\r\n\r\n");
+    for body in ["slow", "fast"] {
+        let r = c
+            .read(false)
+            .unwrap_or_else(|| panic!("[{t}] no response for /{body}"));
+        assert_eq!((r.status, r.text().as_str()), (200, body), "[{t}]");
+    }
 }
 
 fn client_leaves_while_the_upstream_is_slow(t: Transport, leave: fn(&mut Conn)) {

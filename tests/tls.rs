@@ -173,6 +173,72 @@ fn plain_http_garbage_and_a_truncated_client_hello_never_reach_the_upstream() {
     }
 }
 
+/// A handshake begun and left waiting for the client's Finished: the proxy
+/// has read the ClientHello and answered, so the handshake is in flight
+/// there until the stream is dropped (or `handshake_timeout`).
+fn stalled_handshake(addr: SocketAddr, pki: &Pki) -> std::net::TcpStream {
+    let mut conn =
+        ClientConnection::new(Arc::new(pki.client()), "a.test".try_into().unwrap()).unwrap();
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    conn.write_tls(&mut tcp).unwrap();
+    let mut b = [0u8; 1];
+    assert_eq!(
+        tcp.read(&mut b).unwrap(),
+        1,
+        "the proxy answers the ClientHello"
+    );
+    tcp
+}
+
+#[test]
+fn max_handshakes_counts_each_listener_apart() {
+    let pki = Pki::new("handshakes");
+    pki.leaf("a", &["a.test"]);
+    let origin = Origin::start(|_| ok("in"));
+    // A long handshake_timeout on both: a stalled handshake stays in
+    // flight for the whole test.
+    let text = format!(
+        "[server]\nworkers = 1\npin_cores = false\n\n\
+         [[listener]]\nname = \"limited\"\nbind = \"127.0.0.1:0\"\n{}\n\n\
+         [[listener]]\nname = \"open\"\nbind = \"127.0.0.1:0\"\n{}\n\n\
+         [[upstream]]\nname = \"o\"\nendpoints = [\"{}\"]\n\n\
+         [[route]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"o\"\n",
+        pki.table(&["a"], ", max_handshakes = 1, handshake_timeout = \"60s\""),
+        pki.table(&["a"], ", handshake_timeout = \"60s\""),
+        origin.addr
+    );
+    let config = ringway::Config::parse(Path::new("tls.toml"), &text).unwrap();
+    let proxy = ringway::Server::start(config).unwrap();
+    let addr = |name: &str| proxy.addrs().iter().find(|(n, _)| n == name).unwrap().1;
+    let (limited, open) = (addr("limited"), addr("open"));
+    let client = Arc::new(pki.client());
+
+    // A handshake in flight on the other listener takes no place of this one's.
+    let _open_busy = stalled_handshake(open, &pki);
+    let mut c = tls_client(limited, "a.test", &client);
+    assert_eq!(get_over(&mut c, "a.test", "/").status, 200);
+
+    // This one's one place taken: the next is closed unanswered, and the
+    // other listener still completes handshakes.
+    let _limited_busy = stalled_handshake(limited, &pki);
+    let mut hello = Vec::new();
+    let mut conn = ClientConnection::new(client.clone(), "a.test".try_into().unwrap()).unwrap();
+    conn.write_tls(&mut hello).unwrap();
+    let mut refused = Client::connect(limited);
+    refused.send(&hello);
+    assert!(refused.is_closed(), "over max_handshakes: closed");
+    let mut c = tls_client(open, "a.test", &client);
+    assert_eq!(get_over(&mut c, "a.test", "/").status, 200);
+
+    let reply = proxy.ask(ringway::control::Command::Metrics).unwrap();
+    let metrics = reply["text"].as_str().unwrap().to_string();
+    for (result, n) in [("ok", 2), ("refused", 1)] {
+        let line = format!("ringway_tls_handshakes_total{{result=\"{result}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+}
+
 #[test]
 fn sessions_resume_by_ticket_across_shards() {
     let pki = Pki::new("resume");
