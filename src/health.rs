@@ -352,11 +352,26 @@ fn probe(
     let tcp = TcpStream::connect_timeout(&addr, check.timeout).map_err(|e| e.to_string())?;
     let tcp = Bounded { tcp, deadline };
     match tls {
-        None => exchange(addr, check, tcp),
+        None => exchange(&addr.to_string(), check, tcp),
         Some((config, name)) => {
+            let host = host_of(&name, addr.port());
             let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
-            exchange(addr, check, rustls::StreamOwned::new(conn, tcp))
+            exchange(&host, check, rustls::StreamOwned::new(conn, tcp))
         }
+    }
+}
+
+/// The Host a TLS probe sends: the name it sends as SNI and verifies (an
+/// upstream that serves several names answers for that one), with the
+/// port unless it is https's own.
+fn host_of(name: &ServerName<'_>, port: u16) -> String {
+    let host = match name {
+        ServerName::IpAddress(rustls::pki_types::IpAddr::V6(_)) => format!("[{}]", name.to_str()),
+        _ => name.to_str().into_owned(),
+    };
+    match port {
+        443 => host,
+        port => format!("{host}:{port}"),
     }
 }
 
@@ -412,9 +427,9 @@ impl Write for Bounded {
 
 /// Sends the request and reads the status line over `s` (TCP, or TLS over
 /// it, where the handshake happens with the first write).
-fn exchange(addr: SocketAddr, check: &HealthCheck, mut s: impl Read + Write) -> Result<(), String> {
+fn exchange(host: &str, check: &HealthCheck, mut s: impl Read + Write) -> Result<(), String> {
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ringway-health-check\r\nConnection: close\r\n\r\n",
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringway-health-check\r\nConnection: close\r\n\r\n",
         check.path
     );
     s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
@@ -537,6 +552,16 @@ mod tests {
             );
             drip.join().unwrap();
         }
+    }
+
+    #[test]
+    fn a_tls_probe_sends_the_name_it_verifies_as_host() {
+        let name = |n: &str| ServerName::try_from(n.to_string()).unwrap();
+        assert_eq!(host_of(&name("api.internal"), 443), "api.internal");
+        assert_eq!(host_of(&name("api.internal"), 8443), "api.internal:8443");
+        assert_eq!(host_of(&name("10.0.0.7"), 8443), "10.0.0.7:8443");
+        assert_eq!(host_of(&name("::1"), 443), "[::1]");
+        assert_eq!(host_of(&name("::1"), 8443), "[::1]:8443");
     }
 
     #[test]

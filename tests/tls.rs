@@ -2,14 +2,17 @@
 //! test CA and leaves signed by it), a rustls client, the proxy in-process
 //! or as the built binary.
 
+// A Mutex for what the test origins saw; no shard runs here.
+#![allow(clippy::disallowed_types)]
+
 mod support;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rcgen::{CertificateParams, DnType, date_time_ymd};
@@ -430,10 +433,12 @@ fn certificates_reload_under_load_without_a_failed_request() {
 }
 
 /// An HTTPS origin: a TLS server with the `file` certificate of `pki`
-/// answering every request with `body`, keep-alive; counts connections.
+/// answering every request with `body`, keep-alive; counts connections,
+/// and keeps the Host of each request to `/health`.
 struct TlsOrigin {
     addr: SocketAddr,
     connections: Arc<AtomicU64>,
+    health_hosts: Arc<Mutex<Vec<String>>>,
 }
 
 impl TlsOrigin {
@@ -455,12 +460,13 @@ impl TlsOrigin {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicU64::new(0));
-        let counted = connections.clone();
+        let health_hosts = Arc::new(Mutex::new(Vec::new()));
+        let (counted, hosts) = (connections.clone(), health_hosts.clone());
         std::thread::spawn(move || {
             for tcp in listener.incoming() {
                 let Ok(tcp) = tcp else { return };
                 counted.fetch_add(1, Ordering::Relaxed);
-                let config = config.clone();
+                let (config, hosts) = (config.clone(), hosts.clone());
                 std::thread::spawn(move || {
                     tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
                     let conn = rustls::ServerConnection::new(config).unwrap();
@@ -475,7 +481,15 @@ impl TlsOrigin {
                             }
                         }
                         let end = find(&buf, b"\r\n\r\n").unwrap() + 4;
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
                         buf.drain(..end);
+                        if head.starts_with("GET /health ") {
+                            let host = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("Host: "))
+                                .unwrap_or("(none)");
+                            hosts.lock().unwrap().push(host.to_string());
+                        }
                         let reply = format!(
                             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
                             body.len()
@@ -490,7 +504,11 @@ impl TlsOrigin {
                 });
             }
         });
-        TlsOrigin { addr, connections }
+        TlsOrigin {
+            addr,
+            connections,
+            health_hosts,
+        }
     }
 }
 
@@ -540,6 +558,14 @@ fn an_upstream_over_tls_is_verified_pooled_and_health_checked() {
     }
     let r = get_over(&mut c, "t", "/");
     assert_eq!((r.status, r.text().as_str()), (200, "secret"));
+    // Probes ask for the name they verify, as a client of it would.
+    let hosts = origin.health_hosts.lock().unwrap().clone();
+    let port = origin.addr.port();
+    assert!(!hosts.is_empty());
+    assert!(
+        hosts.iter().all(|h| *h == format!("origin.test:{port}")),
+        "{hosts:?}"
+    );
 }
 
 #[test]
