@@ -357,11 +357,10 @@ impl UpstreamPool {
             }
         }
         ep.open.set(ep.open.get() + 1);
-        let connected = monoio::time::timeout(
-            crate::io::budget(timeouts.upstream_connect.0, deadline),
-            TcpStream::connect_addr(ep.addr),
-        )
-        .await;
+        // One budget for the TCP connect and the TLS handshake after it.
+        let limit = crate::io::budget(timeouts.upstream_connect.0, deadline);
+        let connect_by = Instant::now() + limit;
+        let connected = monoio::time::timeout(limit, TcpStream::connect_addr(ep.addr)).await;
         let mut stream = match connected {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -384,7 +383,7 @@ impl UpstreamPool {
                 (Reader::Plain(r), Writer::Plain(w))
             }
             Some(tls) => {
-                let limit = crate::io::budget(timeouts.upstream_connect.0, deadline);
+                let limit = connect_by.saturating_duration_since(Instant::now());
                 let name = tls.names[endpoint].clone();
                 match crate::tls::connect(&mut stream, tls.client.clone(), name, limit).await {
                     Ok(session) => {

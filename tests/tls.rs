@@ -568,6 +568,70 @@ fn an_upstream_over_tls_is_verified_pooled_and_health_checked() {
     );
 }
 
+/// `timeouts.upstream_connect` bounds the TCP connect and the TLS
+/// handshake together. The origin's accept queue is full when the proxy
+/// connects, so the proxy's SYN is dropped and sent again a second later
+/// (the kernel's first retransmission); the origin then takes the
+/// connection and never answers the ClientHello.
+#[test]
+fn upstream_connect_bounds_the_connect_and_the_tls_handshake_together() {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    listener.bind(&any.into()).unwrap();
+    // A queue of two (the kernel takes one more than the backlog), filled.
+    listener.listen(1).unwrap();
+    listener.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let origin = listener.local_addr().unwrap().as_socket().unwrap();
+    let fillers = [(); 2].map(|()| std::net::TcpStream::connect(origin).unwrap());
+    let text = to_tls_upstream(origin, "{ insecure_skip_verify = true }", "")
+        + "\n[timeouts]\nupstream_connect = \"1500ms\"\n";
+    let config = ringway::Config::parse(Path::new("connect.toml"), &text).unwrap();
+    let proxy = ringway::Server::start(config).unwrap();
+    let mut c = Client::connect(proxy.addr());
+    let began = Instant::now();
+    c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    // The proxy's SYN went unanswered: its socket waits in SYN-SENT.
+    let deadline = began + Duration::from_secs(5);
+    while !syn_sent_to(origin) {
+        assert!(Instant::now() < deadline, "the proxy never connected");
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+    for _ in &fillers {
+        listener.accept().unwrap();
+    }
+    let (_held, _) = listener.accept().expect("the SYN sent again is taken");
+    let connected = began.elapsed();
+    let r = c.read(false).expect("a response");
+    let took = began.elapsed();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        connected >= Duration::from_millis(800),
+        "connected after {connected:?}: the SYN was not dropped"
+    );
+    assert!(
+        took < Duration::from_millis(1500 + 400),
+        "502 after {took:?}, the TCP connect done after {connected:?}"
+    );
+}
+
+/// Whether a socket of this host is in SYN-SENT towards `to` (IPv4).
+fn syn_sent_to(to: SocketAddr) -> bool {
+    let SocketAddr::V4(v4) = to else {
+        return false;
+    };
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(2) == Some(&want.as_str()) && f.get(3) == Some(&"02")
+    })
+}
+
 #[test]
 fn an_upstream_certificate_that_does_not_verify_is_a_502_logged_once() {
     let pki = Pki::new("wrongca");
