@@ -120,15 +120,24 @@ impl UpstreamPool {
             endpoints: cfg
                 .endpoints
                 .iter()
-                .map(|e| {
+                .enumerate()
+                .map(|(i, e)| {
                     let addr = e.addr;
-                    // Pooled connections speak what the upstream spoke:
-                    // a change of its TLS settings starts them afresh.
-                    let kept = previous
-                        .filter(|p| p.cfg.tls == cfg.tls)
-                        .and_then(|p| p.endpoints.iter().find(|e| e.addr == addr));
+                    // Pooled connections speak what the upstream spoke: an
+                    // endpoint it would now connect to otherwise (TLS or
+                    // not, the CA certificates, the name verified) starts
+                    // afresh.
+                    let kept = previous.and_then(|p| {
+                        let j = p.endpoints.iter().position(|e| e.addr == addr)?;
+                        let alike = match (&p.cfg.tls, &cfg.tls) {
+                            (None, None) => true,
+                            (Some(old), Some(new)) => old.connects_alike(j, new, i),
+                            _ => false,
+                        };
+                        alike.then(|| p.endpoints[j].clone())
+                    });
                     match kept {
-                        Some(ep) => ep.clone(),
+                        Some(ep) => ep,
                         None => Rc::new(Endpoint {
                             addr,
                             idle: RefCell::new(Vec::with_capacity(cfg.max_idle_per_endpoint)),

@@ -443,6 +443,10 @@ struct TlsOrigin {
 
 impl TlsOrigin {
     fn start(pki: &Pki, file: &str, body: &'static str) -> TlsOrigin {
+        TlsOrigin::start_on("127.0.0.1:0".parse().unwrap(), pki, file, body)
+    }
+
+    fn start_on(bind: SocketAddr, pki: &Pki, file: &str, body: &'static str) -> TlsOrigin {
         use rustls::pki_types::pem::PemObject;
         let chain = CertificateDer::pem_file_iter(pki.path(&format!("{file}.pem")))
             .unwrap()
@@ -457,7 +461,7 @@ impl TlsOrigin {
                 .with_single_cert(chain, key)
                 .unwrap(),
         );
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = std::net::TcpListener::bind(bind).unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicU64::new(0));
         let health_hosts = Arc::new(Mutex::new(Vec::new()));
@@ -514,7 +518,7 @@ impl TlsOrigin {
 
 /// A plain listener in front of an upstream spoken to over TLS, `tls` its
 /// upstream setting.
-fn to_tls_upstream(origin: SocketAddr, tls: &str, more: &str) -> String {
+fn to_tls_upstream(origin: impl std::fmt::Display, tls: &str, more: &str) -> String {
     format!(
         "[server]\nworkers = 1\npin_cores = false\n\n\
          [[listener]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\n\n\
@@ -566,6 +570,54 @@ fn an_upstream_over_tls_is_verified_pooled_and_health_checked() {
         hosts.iter().all(|h| *h == format!("origin.test:{port}")),
         "{hosts:?}"
     );
+}
+
+/// A reload keeps an upstream's pooled TLS connections only while it
+/// would connect alike: the CA file rewritten in place, or an endpoint
+/// written with another name for the same address, starts the endpoint
+/// afresh, and its next request is verified again.
+#[test]
+fn a_reload_that_changes_the_ca_file_or_an_endpoints_name_drops_pooled_tls_connections() {
+    use ringway::control::Command;
+    use std::net::ToSocketAddrs;
+    let pki = Pki::new("up-reload");
+    pki.leaf("origin", &["localhost"]);
+    let other = Pki::new("up-reload-other");
+    // Where the proxy resolves "localhost" to, so that the endpoint can be
+    // written both ways.
+    #[allow(clippy::disallowed_methods)]
+    let local = ("localhost", 0).to_socket_addrs().unwrap().next().unwrap();
+    let origin = TlsOrigin::start_on(local, &pki, "origin", "secret");
+    let ca = pki.path("upstream-ca.pem");
+    std::fs::copy(pki.path("ca.pem"), &ca).unwrap();
+    let config =
+        |endpoint: &str| to_tls_upstream(endpoint, &format!("{{ ca = \"{}\" }}", ca.display()), "");
+    let by_name = format!("localhost:{}", origin.addr.port());
+    let path = write_config("tls-upstream-reload.toml", &config(&by_name));
+    let proxy = ringway::Server::start(ringway::Config::load(&path).unwrap()).unwrap();
+    let get = || get_over(&mut Client::connect(proxy.addr()), "t", "/").status;
+    let reload = || proxy.ask(Command::Reload).expect("reload");
+    let connections = || origin.connections.load(Ordering::Relaxed);
+
+    assert_eq!((get(), get(), connections()), (200, 200, 1));
+    // Nothing changed: the pooled connection goes on.
+    reload();
+    assert_eq!((get(), connections()), (200, 1));
+    // Another CA written over the same file: the origin no longer verifies,
+    // and the connection verified before is not used.
+    std::fs::copy(other.path("ca.pem"), &ca).unwrap();
+    reload();
+    assert_eq!(get(), 502);
+    // The right CA again: a new connection, verified.
+    std::fs::copy(pki.path("ca.pem"), &ca).unwrap();
+    reload();
+    let before = connections();
+    assert_eq!((get(), get(), connections()), (200, 200, before + 1));
+    // The same address written as an IP address: verified for that, which
+    // the certificate does not cover.
+    std::fs::write(&path, config(&origin.addr.to_string())).unwrap();
+    reload();
+    assert_eq!(get(), 502);
 }
 
 /// `timeouts.upstream_connect` bounds the TCP connect and the TLS
