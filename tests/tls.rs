@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -433,12 +433,23 @@ fn certificates_reload_under_load_without_a_failed_request() {
 }
 
 /// An HTTPS origin: a TLS server with the `file` certificate of `pki`
-/// answering every request with `body`, keep-alive; counts connections,
-/// and keeps the Host of each request to `/health`.
+/// answering every request with `body`, keep-alive, and `/health` with
+/// the status the test sets (200 until then).
 struct TlsOrigin {
     addr: SocketAddr,
-    connections: Arc<AtomicU64>,
-    health_hosts: Arc<Mutex<Vec<String>>>,
+    seen: Arc<Observed>,
+}
+
+/// What a `TlsOrigin`'s connections tell the test.
+#[derive(Default)]
+struct Observed {
+    connections: AtomicU64,
+    /// Connections that carried a request other than to `/health`.
+    serving: AtomicU64,
+    /// The Host of each request to `/health`.
+    health_hosts: Mutex<Vec<String>>,
+    /// The status `/health` answers; 0 is 200.
+    health: AtomicU16,
 }
 
 impl TlsOrigin {
@@ -463,55 +474,65 @@ impl TlsOrigin {
         );
         let listener = std::net::TcpListener::bind(bind).unwrap();
         let addr = listener.local_addr().unwrap();
-        let connections = Arc::new(AtomicU64::new(0));
-        let health_hosts = Arc::new(Mutex::new(Vec::new()));
-        let (counted, hosts) = (connections.clone(), health_hosts.clone());
+        let seen = Arc::new(Observed::default());
+        let shared = seen.clone();
         std::thread::spawn(move || {
             for tcp in listener.incoming() {
                 let Ok(tcp) = tcp else { return };
-                counted.fetch_add(1, Ordering::Relaxed);
-                let (config, hosts) = (config.clone(), hosts.clone());
+                shared.connections.fetch_add(1, Ordering::Relaxed);
+                let (config, seen) = (config.clone(), shared.clone());
                 std::thread::spawn(move || {
                     tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
                     let conn = rustls::ServerConnection::new(config).unwrap();
-                    let mut s = StreamOwned::new(conn, tcp);
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        while find(&buf, b"\r\n\r\n").is_none() {
-                            match s.read(&mut chunk) {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        let end = find(&buf, b"\r\n\r\n").unwrap() + 4;
-                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                        buf.drain(..end);
-                        if head.starts_with("GET /health ") {
-                            let host = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("Host: "))
-                                .unwrap_or("(none)");
-                            hosts.lock().unwrap().push(host.to_string());
-                        }
-                        let reply = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if s.write_all(reply.as_bytes())
-                            .and_then(|()| s.flush())
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
+                    TlsOrigin::serve(StreamOwned::new(conn, tcp), body, &seen);
                 });
             }
         });
-        TlsOrigin {
-            addr,
-            connections,
-            health_hosts,
+        TlsOrigin { addr, seen }
+    }
+
+    fn serve(
+        mut s: StreamOwned<rustls::ServerConnection, std::net::TcpStream>,
+        body: &str,
+        seen: &Observed,
+    ) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut serving = false;
+        loop {
+            while find(&buf, b"\r\n\r\n").is_none() {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let end = find(&buf, b"\r\n\r\n").unwrap() + 4;
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            buf.drain(..end);
+            let reply = if head.starts_with("GET /health ") {
+                let host = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Host: "))
+                    .unwrap_or("(none)");
+                seen.health_hosts.lock().unwrap().push(host.to_string());
+                let status = seen.health.load(Ordering::Relaxed).max(200);
+                format!("HTTP/1.1 {status} Health\r\nContent-Length: 0\r\n\r\n")
+            } else {
+                if !serving {
+                    serving = true;
+                    seen.serving.fetch_add(1, Ordering::Relaxed);
+                }
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+            };
+            if s.write_all(reply.as_bytes())
+                .and_then(|()| s.flush())
+                .is_err()
+            {
+                return;
+            }
         }
     }
 }
@@ -532,38 +553,48 @@ fn an_upstream_over_tls_is_verified_pooled_and_health_checked() {
     let pki = Pki::new("up");
     pki.leaf("origin", &["origin.test"]);
     let origin = TlsOrigin::start(&pki, "origin", "secret");
+    origin.seen.health.store(503, Ordering::Relaxed);
     let ca = pki.path("ca.pem");
     let text = to_tls_upstream(
         origin.addr,
         &format!("{{ sni = \"origin.test\", ca = \"{}\" }}", ca.display()),
-        "health_check = { path = \"/health\", interval = \"100ms\", timeout = \"1s\" }",
+        "health_check = { path = \"/health\", interval = \"100ms\", timeout = \"1s\", \
+         unhealthy_after = 2, healthy_after = 2 }",
     );
     let config = ringway::Config::parse(Path::new("up.toml"), &text).unwrap();
     let proxy = ringway::Server::start(config).unwrap();
+    let series = format!(
+        "ringway_upstream_endpoint_healthy{{upstream=\"secure\",endpoint=\"{}\"}}",
+        origin.addr
+    );
+    let healthy_is = |value: f64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let reply = proxy.ask(ringway::control::Command::Metrics).unwrap();
+            let text = reply["text"].as_str().unwrap().to_string();
+            if sample(&text, &series) == Some(value) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{series} never {value}:\n{text}");
+            std::thread::park_timeout(Duration::from_millis(10));
+        }
+    };
+    // Probed over TLS: marked down while /health says 503 (requests are
+    // then answered 503 at once), up again once it says 200.
+    healthy_is(0.0);
+    let r = get_over(&mut Client::connect(proxy.addr()), "t", "/");
+    assert_eq!(r.status, 503, "{}", r.text());
+    origin.seen.health.store(200, Ordering::Relaxed);
+    healthy_is(1.0);
     let mut c = Client::connect(proxy.addr());
     for _ in 0..20 {
         let r = get_over(&mut c, "t", "/");
         assert_eq!((r.status, r.text().as_str()), (200, "secret"));
     }
-    // Reused: one connection for the requests, and probes' own.
-    let probes = |m: &str| m.contains("ringway_upstream_endpoint_healthy{") && m.contains("} 1");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = proxy.ask(ringway::control::Command::Metrics).unwrap();
-        let text = reply["text"].as_str().unwrap().to_string();
-        if probes(&text) && origin.connections.load(Ordering::Relaxed) >= 3 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no healthy probe over TLS:\n{text}"
-        );
-        std::thread::park_timeout(Duration::from_millis(10));
-    }
-    let r = get_over(&mut c, "t", "/");
-    assert_eq!((r.status, r.text().as_str()), (200, "secret"));
+    // Pooled: one connection carried the requests.
+    assert_eq!(origin.seen.serving.load(Ordering::Relaxed), 1);
     // Probes ask for the name they verify, as a client of it would.
-    let hosts = origin.health_hosts.lock().unwrap().clone();
+    let hosts = origin.seen.health_hosts.lock().unwrap().clone();
     let port = origin.addr.port();
     assert!(!hosts.is_empty());
     assert!(
@@ -597,7 +628,7 @@ fn a_reload_that_changes_the_ca_file_or_an_endpoints_name_drops_pooled_tls_conne
     let proxy = ringway::Server::start(ringway::Config::load(&path).unwrap()).unwrap();
     let get = || get_over(&mut Client::connect(proxy.addr()), "t", "/").status;
     let reload = || proxy.ask(Command::Reload).expect("reload");
-    let connections = || origin.connections.load(Ordering::Relaxed);
+    let connections = || origin.seen.connections.load(Ordering::Relaxed);
 
     assert_eq!((get(), get(), connections()), (200, 200, 1));
     // Nothing changed: the pooled connection goes on.
