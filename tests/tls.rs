@@ -432,6 +432,61 @@ fn certificates_reload_under_load_without_a_failed_request() {
     drop(child);
 }
 
+/// With `watch_config`, a certificate and key renewed in place, the
+/// config file untouched, are reloaded: a new handshake soon gets the new
+/// certificate. (A tick between the two writes finds a key that does not
+/// match, rejects that reload and keeps the old pair; the key's own change
+/// then reloads again.)
+#[test]
+fn watch_config_reloads_a_certificate_renewed_in_place() {
+    let pki = Pki::new("renew");
+    let old = pki.leaf("a", &["a.test"]);
+    let origin = Origin::start(|_| ok("in"));
+    let text = format!(
+        "[server]\nworkers = 1\npin_cores = false\nwatch_config = true\n\n\
+         [[listener]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\n{}\n\n\
+         [[upstream]]\nname = \"o\"\nendpoints = [\"{}\"]\n\n\
+         [[route]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"o\"\n",
+        pki.table(&["a"], ""),
+        origin.addr
+    );
+    let path = write_config("tls-renew.toml", &text);
+    let (child, addr, logs) = start_with(&path, &[]);
+    let _running = Running(Some(child));
+    // Full handshakes only: a resumed one keeps its session's certificate.
+    let mut fresh = pki.client();
+    fresh.resumption = rustls::client::Resumption::disabled();
+    let client = Arc::new(fresh);
+    let leaf = || {
+        let mut c = tls_client(addr, "a.test", &client);
+        assert_eq!(get_over(&mut c, "a.test", "/").status, 200);
+        leaf_of(&c.s)
+    };
+    assert_eq!(leaf(), old);
+
+    let new = pki.leaf("a", &["a.test"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = leaf();
+        if now == new {
+            break;
+        }
+        assert_eq!(now, old, "neither certificate");
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was never loaded"
+        );
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+    let said: Vec<String> = logs.try_iter().collect();
+    assert!(
+        said.iter()
+            .any(|l| l.contains("a.pem changed: reloading")
+                || l.contains("a.key changed: reloading")),
+        "{said:#?}"
+    );
+}
+
 /// An HTTPS origin: a TLS server with the `file` certificate of `pki`
 /// answering every request with `body`, keep-alive, and `/health` with
 /// the status the test sets (200 until then).

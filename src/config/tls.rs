@@ -87,16 +87,19 @@ impl ConfigValidator<'_> {
                 key: base.join(&p.key),
             })
             .collect();
-        let (certs, warnings) = Certificates::load(&pairs, SystemTime::now())
-            .map_err(|e| self.error(&key("certificates"), e))?;
+        let (certs, warnings) =
+            Certificates::load(&pairs, SystemTime::now(), &|p| self.files.read(p))
+                .map_err(|e| self.error(&key("certificates"), e))?;
         let warnings = warnings
             .iter()
             .map(|w| self.warning(&key("certificates"), w))
             .collect();
         let client_auth = match (&t.client_ca, t.client_auth) {
             (Some(ca), auth) => Some(
-                certs::client_verifier(&base.join(ca), auth != Some(ClientAuth::Optional))
-                    .map_err(|e| self.error(&key("client_ca"), e))?,
+                certs::client_verifier(&base.join(ca), auth != Some(ClientAuth::Optional), &|p| {
+                    self.files.read(p)
+                })
+                .map_err(|e| self.error(&key("client_ca"), e))?,
             ),
             (None, Some(_)) => {
                 return Err(self.error(
@@ -227,7 +230,8 @@ impl ConfigValidator<'_> {
         let (roots, ca_roots) = match &t.ca {
             Some(ca) => {
                 let path = self.path.parent().unwrap_or(Path::new(".")).join(ca);
-                let roots = certs::roots(&path).map_err(|e| self.error(&format!("{key}.ca"), e))?;
+                let roots = certs::roots(&path, &|p| self.files.read(p))
+                    .map_err(|e| self.error(&format!("{key}.ca"), e))?;
                 let anchors = roots.roots.clone();
                 (roots, Some(anchors))
             }
