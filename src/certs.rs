@@ -67,7 +67,13 @@ impl Certificates {
     /// key (PKCS#8, PKCS#1 or SEC1) and that it matches the leaf, and that
     /// the leaf is valid at `now`. Errors name the file. Also returns one
     /// warning per leaf that expires within 14 days.
-    pub fn load(pairs: &[Pair], now: SystemTime) -> Result<(Certificates, Vec<String>), String> {
+    /// Files are read through `read` (`certs::read`, or a reader that
+    /// keeps what a config load read).
+    pub fn load(
+        pairs: &[Pair],
+        now: SystemTime,
+        read: ReadFile,
+    ) -> Result<(Certificates, Vec<String>), String> {
         if pairs.is_empty() {
             return Err("a TLS listener needs at least one certificate".to_string());
         }
@@ -75,7 +81,7 @@ impl Certificates {
         let mut entries = Vec::with_capacity(pairs.len());
         let mut warnings = Vec::new();
         for pair in pairs {
-            let (entry, warning) = load_pair(pair, now)?;
+            let (entry, warning) = load_pair(pair, now, read)?;
             entries.push(entry);
             warnings.extend(warning);
         }
@@ -179,7 +185,7 @@ fn dns_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
-fn load_pair(pair: &Pair, now: i64) -> Result<(Entry, Option<String>), String> {
+fn load_pair(pair: &Pair, now: i64, read: ReadFile) -> Result<(Entry, Option<String>), String> {
     let cert_path = pair.cert.display();
     let key_path = pair.key.display();
 
@@ -302,7 +308,11 @@ fn pem_error(e: &pem::Error) -> String {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, String> {
+/// How the functions here read a file: its bytes, or an error that names it.
+pub type ReadFile<'a> = &'a dyn Fn(&Path) -> Result<Vec<u8>, String>;
+
+/// Reads a file, the error naming it.
+pub fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -439,8 +449,8 @@ fn escape_dn_value(out: &mut String, value: &[u8]) {
 }
 
 /// The CA certificates in the PEM file `path`, for verifying an upstream's
-/// certificate. Errors name the file.
-pub fn roots(path: &Path) -> Result<RootCertStore, String> {
+/// certificate, read through `read`. Errors name the file.
+pub fn roots(path: &Path, read: ReadFile) -> Result<RootCertStore, String> {
     let shown = path.display();
     let bytes = read(path)?;
     let mut roots = RootCertStore::empty();
@@ -545,9 +555,13 @@ impl ServerCertVerifier for NoVerification {
 /// A client-certificate verifier for mTLS that trusts the CA certificates in
 /// the PEM file `ca`. Unless `required`, a client may send no certificate,
 /// but one it sends must verify. Errors name the file.
-pub fn client_verifier(ca: &Path, required: bool) -> Result<Arc<dyn ClientCertVerifier>, String> {
+pub fn client_verifier(
+    ca: &Path,
+    required: bool,
+    read: ReadFile,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
     let path = ca.display();
-    let roots = roots(ca)?;
+    let roots = roots(ca, read)?;
     let builder = WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         Arc::new(aws_lc_rs::default_provider()),
@@ -640,7 +654,7 @@ mod tests {
         let a = named(&["a.example.com"]);
         let b = named(&["*.other.test", "Other.Test", "127.0.0.1", "::1"]);
         let pairs = [pair(dir, "a", &a), pair(dir, "b", &b)];
-        let (certs, warnings) = Certificates::load(&pairs, SystemTime::now()).unwrap();
+        let (certs, warnings) = Certificates::load(&pairs, SystemTime::now(), &read).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         (certs, a, b)
     }
@@ -708,7 +722,7 @@ mod tests {
             .push(DnType::CommonName, "Legacy.Example.com");
         let legacy = leaf(params);
         let (certs, _) =
-            Certificates::load(&[pair(&dir, "legacy", &legacy)], SystemTime::now()).unwrap();
+            Certificates::load(&[pair(&dir, "legacy", &legacy)], SystemTime::now(), &read).unwrap();
         assert_eq!(certs.names(0), ["legacy.example.com"]);
         assert!(certs.covers(0, "LEGACY.example.com"));
     }
@@ -722,7 +736,7 @@ mod tests {
             cert: dir.write("a.pem", &a.cert),
             key: dir.write("b.key", &b.key),
         }];
-        let err = Certificates::load(&pairs, SystemTime::now()).unwrap_err();
+        let err = Certificates::load(&pairs, SystemTime::now(), &read).unwrap_err();
         let key = dir.0.join("b.key");
         let cert = dir.0.join("a.pem");
         assert_eq!(
@@ -746,6 +760,7 @@ mod tests {
                 key: dir.write("a.key", &a.key),
             }],
             SystemTime::now(),
+            &read,
         )
         .unwrap_err();
         assert!(err.starts_with(&format!("{}: ", cert.display())), "{err}");
@@ -757,6 +772,7 @@ mod tests {
                 key: key.clone(),
             }],
             SystemTime::now(),
+            &read,
         )
         .unwrap_err();
         assert!(err.starts_with(&format!("{}: ", key.display())), "{err}");
@@ -773,6 +789,7 @@ mod tests {
                 key: dir.write("a.key", &a.key),
             }],
             SystemTime::now(),
+            &read,
         )
         .unwrap_err();
         assert!(err.contains("a.pem: no certificate found"), "{err}");
@@ -783,11 +800,12 @@ mod tests {
                 key: dir.write("a.key", &a.cert),
             }],
             SystemTime::now(),
+            &read,
         )
         .unwrap_err();
         assert!(err.contains("a.key: no private key found"), "{err}");
 
-        let err = Certificates::load(&[], SystemTime::now()).unwrap_err();
+        let err = Certificates::load(&[], SystemTime::now(), &read).unwrap_err();
         assert!(err.contains("at least one certificate"), "{err}");
     }
 
@@ -805,7 +823,7 @@ mod tests {
                 cert: dir.write("a.pem", garbage),
                 key: key.clone(),
             }];
-            let err = Certificates::load(&pairs, SystemTime::now()).unwrap_err();
+            let err = Certificates::load(&pairs, SystemTime::now(), &read).unwrap_err();
             assert!(
                 err.starts_with(&format!("{}: ", dir.0.join("a.pem").display())),
                 "{err}"
@@ -821,7 +839,7 @@ mod tests {
             cert: dir.write("a.pem", &chain),
             key,
         }];
-        let err = Certificates::load(&pairs, SystemTime::now()).unwrap_err();
+        let err = Certificates::load(&pairs, SystemTime::now(), &read).unwrap_err();
         assert!(err.contains("certificate 2 is not valid X.509"), "{err}");
 
         let pairs = [Pair {
@@ -831,7 +849,7 @@ mod tests {
                 "-----BEGIN PRIVATE KEY-----\naGVsbG8=\n-----END PRIVATE KEY-----\n",
             ),
         }];
-        let err = Certificates::load(&pairs, SystemTime::now()).unwrap_err();
+        let err = Certificates::load(&pairs, SystemTime::now(), &read).unwrap_err();
         assert!(err.contains("a.key: unusable private key"), "{err}");
     }
 
@@ -840,7 +858,7 @@ mod tests {
         let dir = Dir::new("expired");
         let old = dated(&["a.example.com"], (2025, 1, 1), (2026, 1, 2));
         let pairs = [pair(&dir, "a", &old)];
-        let err = Certificates::load(&pairs, at(2026, 3, 1)).unwrap_err();
+        let err = Certificates::load(&pairs, at(2026, 3, 1), &read).unwrap_err();
         assert_eq!(
             err,
             format!(
@@ -848,7 +866,7 @@ mod tests {
                 pairs[0].cert.display()
             )
         );
-        let err = Certificates::load(&pairs, at(2024, 6, 1)).unwrap_err();
+        let err = Certificates::load(&pairs, at(2024, 6, 1), &read).unwrap_err();
         assert_eq!(
             err,
             format!(
@@ -864,7 +882,7 @@ mod tests {
         let soon = dated(&["a.example.com"], (2026, 1, 1), (2026, 11, 26));
         let later = dated(&["b.example.com"], (2026, 1, 1), (2027, 1, 1));
         let pairs = [pair(&dir, "a", &soon), pair(&dir, "b", &later)];
-        let (_, warnings) = Certificates::load(&pairs, at(2026, 11, 21)).unwrap();
+        let (_, warnings) = Certificates::load(&pairs, at(2026, 11, 21), &read).unwrap();
         assert_eq!(
             warnings,
             [format!(
@@ -872,7 +890,7 @@ mod tests {
                 pairs[0].cert.display()
             )]
         );
-        let (_, warnings) = Certificates::load(&pairs, at(2026, 10, 1)).unwrap();
+        let (_, warnings) = Certificates::load(&pairs, at(2026, 10, 1), &read).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
     }
 
@@ -935,14 +953,14 @@ mod tests {
     fn client_verifier_reads_the_ca_file() {
         let dir = Dir::new("client-ca");
         let missing = dir.0.join("ca.pem");
-        let err = client_verifier(&missing, true).err().unwrap();
+        let err = client_verifier(&missing, true, &read).err().unwrap();
         assert!(
             err.starts_with(&format!("{}: ", missing.display())),
             "{err}"
         );
 
         let a = named(&["a.example.com"]);
-        let err = client_verifier(&dir.write("key.pem", &a.key), true)
+        let err = client_verifier(&dir.write("key.pem", &a.key), true, &read)
             .err()
             .unwrap();
         assert!(err.contains("no CA certificate found"), "{err}");
@@ -951,9 +969,10 @@ mod tests {
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca = dir.write("ca.pem", &leaf(params).cert);
         for required in [true, false] {
-            let verifier = client_verifier(&ca, required).unwrap();
+            let verifier = client_verifier(&ca, required, &read).unwrap();
             assert_eq!(verifier.client_auth_mandatory(), required);
-            let (certs, _) = Certificates::load(&[pair(&dir, "a", &a)], SystemTime::now()).unwrap();
+            let (certs, _) =
+                Certificates::load(&[pair(&dir, "a", &a)], SystemTime::now(), &read).unwrap();
             let resumption = Resumption::new(0).unwrap();
             server_config(Arc::new(certs), &resumption, Some(verifier)).unwrap();
         }

@@ -23,7 +23,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::accesslog::LogWriter;
 use crate::admin::{AdminServer, AdminSocket};
-use crate::config::{Config, Steer};
+use crate::config::{Config, FileDigests, Steer};
 use crate::exporter::Exporter;
 use crate::handover::Inherited;
 use crate::health::{EndpointHealth, HealthChecker};
@@ -421,6 +421,7 @@ impl Server {
             health: Some(health),
             down: Vec::new(),
             seen: snapshot.config.text.clone(),
+            seen_files: snapshot.config.files.clone(),
             snapshot,
             generation: 0,
             started: Instant::now(),
@@ -541,6 +542,9 @@ struct Control {
     /// looked at. The text, not the modification time: two edits within
     /// one tick of the file system's clock differ only in it.
     seen: String,
+    /// The certificates, keys and CA files that text names, as that load
+    /// read them: a certificate renewed in place reloads too.
+    seen_files: FileDigests,
     watched: Instant,
     admin: Option<AdminServer>,
     exporter: Option<Exporter>,
@@ -1001,7 +1005,9 @@ impl Control {
         let path = self.snapshot.config.path.clone();
         let text = Config::read(&path).map_err(|e| e.to_string())?;
         self.seen.clone_from(&text);
-        let mut config = Config::parse(&path, &text).map_err(|e| e.to_string())?;
+        let (parsed, files) = Config::parse_reading(&path, &text);
+        self.seen_files = files;
+        let mut config = parsed.map_err(|e| e.to_string())?;
         let restart = self.keep_start_only(&mut config)?;
 
         // Listeners: the same name and address stay open as they are.
@@ -1190,7 +1196,8 @@ impl Control {
         Ok(restart)
     }
 
-    /// With `server.watch_config`: reloads when the file has changed.
+    /// With `server.watch_config`: reloads when the file has changed, or a
+    /// certificate, key or CA file it names.
     fn watch(&mut self) {
         if !self.snapshot.config.server.watch_config {
             return;
@@ -1202,6 +1209,9 @@ impl Control {
         };
         if text != self.seen {
             log::info!("config file changed: reloading");
+            let _ = self.reload();
+        } else if let Some(file) = self.seen_files.changed() {
+            log::info!("{} changed: reloading", file.display());
             let _ = self.reload();
         }
     }

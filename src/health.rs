@@ -350,52 +350,86 @@ fn probe(
 ) -> Result<(), String> {
     let deadline = Instant::now() + check.timeout;
     let tcp = TcpStream::connect_timeout(&addr, check.timeout).map_err(|e| e.to_string())?;
+    let tcp = Bounded { tcp, deadline };
     match tls {
-        None => exchange(addr, check, tcp, deadline),
+        None => exchange(&addr.to_string(), check, tcp),
         Some((config, name)) => {
+            let host = host_of(&name, addr.port());
             let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
-            exchange(addr, check, rustls::StreamOwned::new(conn, tcp), deadline)
+            exchange(&host, check, rustls::StreamOwned::new(conn, tcp))
         }
     }
 }
 
-/// A socket a probe talks through: TCP, or TLS over it (where the
-/// handshake happens with the first write).
-trait Probed: Read + Write {
-    fn tcp(&self) -> &TcpStream;
-}
-
-impl Probed for TcpStream {
-    fn tcp(&self) -> &TcpStream {
-        self
-    }
-}
-
-impl Probed for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    fn tcp(&self) -> &TcpStream {
-        &self.sock
-    }
-}
-
-fn exchange(
-    addr: SocketAddr,
-    check: &HealthCheck,
-    mut s: impl Probed,
-    deadline: Instant,
-) -> Result<(), String> {
-    let left = || {
-        let d = deadline.saturating_duration_since(Instant::now());
-        (!d.is_zero()).then_some(d).ok_or("timed out")
+/// The Host a TLS probe sends: the name it sends as SNI and verifies (an
+/// upstream that serves several names answers for that one), with the
+/// port unless it is https's own.
+fn host_of(name: &ServerName<'_>, port: u16) -> String {
+    let host = match name {
+        ServerName::IpAddress(rustls::pki_types::IpAddr::V6(_)) => format!("[{}]", name.to_str()),
+        _ => name.to_str().into_owned(),
     };
-    // The TLS handshake reads too: both timeouts from the start.
-    s.tcp()
-        .set_write_timeout(Some(left()?))
-        .map_err(|e| e.to_string())?;
-    s.tcp()
-        .set_read_timeout(Some(left()?))
-        .map_err(|e| e.to_string())?;
+    match port {
+        443 => host,
+        port => format!("{host}:{port}"),
+    }
+}
+
+/// A probe's socket, held to the probe's deadline: every read and write
+/// gets the time left as its socket timeout, and none starts once it is
+/// gone. Set once, a timeout bounds each system call, not the probe: the
+/// TLS handshake reads many times inside rustls, and a peer that drips a
+/// byte at a time answers each read in time.
+struct Bounded {
+    tcp: TcpStream,
+    deadline: Instant,
+}
+
+impl Bounded {
+    fn left(&self) -> std::io::Result<Duration> {
+        let d = self.deadline.saturating_duration_since(Instant::now());
+        if d.is_zero() {
+            return Err(timed_out());
+        }
+        Ok(d)
+    }
+}
+
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out")
+}
+
+/// A socket timeout shows as EAGAIN; the probe says what it was.
+fn expired(e: std::io::Error) -> std::io::Error {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock => timed_out(),
+        _ => e,
+    }
+}
+
+impl Read for Bounded {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.tcp.set_read_timeout(Some(self.left()?))?;
+        self.tcp.read(buf).map_err(expired)
+    }
+}
+
+impl Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.set_write_timeout(Some(self.left()?))?;
+        self.tcp.write(buf).map_err(expired)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// Sends the request and reads the status line over `s` (TCP, or TLS over
+/// it, where the handshake happens with the first write).
+fn exchange(host: &str, check: &HealthCheck, mut s: impl Read + Write) -> Result<(), String> {
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ringway-health-check\r\nConnection: close\r\n\r\n",
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringway-health-check\r\nConnection: close\r\n\r\n",
         check.path
     );
     s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
@@ -403,9 +437,6 @@ fn exchange(
     let mut head = [0u8; 64];
     let mut len = 0;
     while !head[..len].contains(&b'\n') && len < head.len() {
-        s.tcp()
-            .set_read_timeout(Some(left()?))
-            .map_err(|e| e.to_string())?;
         match s.read(&mut head[len..]) {
             Ok(0) => return Err("closed before a status line".into()),
             Ok(n) => len += n,
@@ -482,6 +513,55 @@ mod tests {
         assert!(c.probed("u", addr, Ok(())).unwrap().healthy);
         // Another upstream's endpoint of the same address is not this one.
         assert!(c.probed("v", addr, fail()).is_none());
+    }
+
+    /// An upstream that accepts, then sends a byte every 200 ms: the start
+    /// of a TLS record of 16 KiB, or of a status line, that never ends.
+    /// Each read is answered in time; the probe still ends at its deadline.
+    #[test]
+    fn a_dripping_upstream_holds_a_probe_no_longer_than_its_timeout() {
+        let insecure = crate::certs::client_config(rustls::RootCertStore::empty(), true).unwrap();
+        let name = ServerName::try_from("origin.test").unwrap();
+        for tls in [None, Some((insecure, name))] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let over_tls = tls.is_some();
+            let drip = std::thread::spawn(move || {
+                let (mut s, _) = listener.accept().unwrap();
+                s.set_nodelay(true).unwrap();
+                let start: &[u8] = match over_tls {
+                    true => &[22, 3, 3, 0x40, 0],
+                    false => b"HTTP/1.1 200",
+                };
+                // 5 s at most; it ends sooner when the probe hangs up.
+                for b in start.iter().chain(std::iter::repeat(&b' ')).take(25) {
+                    if s.write_all(std::slice::from_ref(b)).is_err() {
+                        return;
+                    }
+                    std::thread::park_timeout(Duration::from_millis(200));
+                }
+            });
+            let hc = check(1, 1);
+            let began = Instant::now();
+            let result = probe(addr, &hc, tls);
+            let took = began.elapsed();
+            assert_eq!(result, Err("timed out".to_string()), "tls: {over_tls}");
+            assert!(
+                took < hc.timeout + Duration::from_millis(500),
+                "tls: {over_tls}: the probe took {took:?}"
+            );
+            drip.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_tls_probe_sends_the_name_it_verifies_as_host() {
+        let name = |n: &str| ServerName::try_from(n.to_string()).unwrap();
+        assert_eq!(host_of(&name("api.internal"), 443), "api.internal");
+        assert_eq!(host_of(&name("api.internal"), 8443), "api.internal:8443");
+        assert_eq!(host_of(&name("10.0.0.7"), 8443), "10.0.0.7:8443");
+        assert_eq!(host_of(&name("::1"), 443), "[::1]");
+        assert_eq!(host_of(&name("::1"), 8443), "[::1]:8443");
     }
 
     #[test]

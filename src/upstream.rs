@@ -120,15 +120,24 @@ impl UpstreamPool {
             endpoints: cfg
                 .endpoints
                 .iter()
-                .map(|e| {
+                .enumerate()
+                .map(|(i, e)| {
                     let addr = e.addr;
-                    // Pooled connections speak what the upstream spoke:
-                    // a change of its TLS settings starts them afresh.
-                    let kept = previous
-                        .filter(|p| p.cfg.tls == cfg.tls)
-                        .and_then(|p| p.endpoints.iter().find(|e| e.addr == addr));
+                    // Pooled connections speak what the upstream spoke: an
+                    // endpoint it would now connect to otherwise (TLS or
+                    // not, the CA certificates, the name verified) starts
+                    // afresh.
+                    let kept = previous.and_then(|p| {
+                        let j = p.endpoints.iter().position(|e| e.addr == addr)?;
+                        let alike = match (&p.cfg.tls, &cfg.tls) {
+                            (None, None) => true,
+                            (Some(old), Some(new)) => old.connects_alike(j, new, i),
+                            _ => false,
+                        };
+                        alike.then(|| p.endpoints[j].clone())
+                    });
                     match kept {
-                        Some(ep) => ep.clone(),
+                        Some(ep) => ep,
                         None => Rc::new(Endpoint {
                             addr,
                             idle: RefCell::new(Vec::with_capacity(cfg.max_idle_per_endpoint)),
@@ -357,11 +366,10 @@ impl UpstreamPool {
             }
         }
         ep.open.set(ep.open.get() + 1);
-        let connected = monoio::time::timeout(
-            crate::io::budget(timeouts.upstream_connect.0, deadline),
-            TcpStream::connect_addr(ep.addr),
-        )
-        .await;
+        // One budget for the TCP connect and the TLS handshake after it.
+        let limit = crate::io::budget(timeouts.upstream_connect.0, deadline);
+        let connect_by = Instant::now() + limit;
+        let connected = monoio::time::timeout(limit, TcpStream::connect_addr(ep.addr)).await;
         let mut stream = match connected {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -384,7 +392,7 @@ impl UpstreamPool {
                 (Reader::Plain(r), Writer::Plain(w))
             }
             Some(tls) => {
-                let limit = crate::io::budget(timeouts.upstream_connect.0, deadline);
+                let limit = connect_by.saturating_duration_since(Instant::now());
                 let name = tls.names[endpoint].clone();
                 match crate::tls::connect(&mut stream, tls.client.clone(), name, limit).await {
                     Ok(session) => {

@@ -43,12 +43,6 @@ fn scrape(addr: SocketAddr, path: &str) -> (String, String) {
     (head.lines().next().unwrap().to_string(), body.to_string())
 }
 
-/// The value of the sample `series` (name and labels as written).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 /// Runs `n` requests, each on its own connection.
 fn send(addr: SocketAddr, n: usize, raw: &str, status: u16) {
     for _ in 0..n {

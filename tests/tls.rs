@@ -2,14 +2,17 @@
 //! test CA and leaves signed by it), a rustls client, the proxy in-process
 //! or as the built binary.
 
+// A Mutex for what the test origins saw; no shard runs here.
+#![allow(clippy::disallowed_types)]
+
 mod support;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rcgen::{CertificateParams, DnType, date_time_ymd};
@@ -495,15 +498,87 @@ fn certificates_reload_under_load_without_a_failed_request() {
     drop(child);
 }
 
+/// With `watch_config`, a certificate and key renewed in place, the
+/// config file untouched, are reloaded: a new handshake soon gets the new
+/// certificate. (A tick between the two writes finds a key that does not
+/// match, rejects that reload and keeps the old pair; the key's own change
+/// then reloads again.)
+#[test]
+fn watch_config_reloads_a_certificate_renewed_in_place() {
+    let pki = Pki::new("renew");
+    let old = pki.leaf("a", &["a.test"]);
+    let origin = Origin::start(|_| ok("in"));
+    let text = format!(
+        "[server]\nworkers = 1\npin_cores = false\nwatch_config = true\n\n\
+         [[listener]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\n{}\n\n\
+         [[upstream]]\nname = \"o\"\nendpoints = [\"{}\"]\n\n\
+         [[route]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"o\"\n",
+        pki.table(&["a"], ""),
+        origin.addr
+    );
+    let path = write_config("tls-renew.toml", &text);
+    let (child, addr, logs) = start_with(&path, &[]);
+    let _running = Running(Some(child));
+    // Full handshakes only: a resumed one keeps its session's certificate.
+    let mut fresh = pki.client();
+    fresh.resumption = rustls::client::Resumption::disabled();
+    let client = Arc::new(fresh);
+    let leaf = || {
+        let mut c = tls_client(addr, "a.test", &client);
+        assert_eq!(get_over(&mut c, "a.test", "/").status, 200);
+        leaf_of(&c.s)
+    };
+    assert_eq!(leaf(), old);
+
+    let new = pki.leaf("a", &["a.test"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = leaf();
+        if now == new {
+            break;
+        }
+        assert_eq!(now, old, "neither certificate");
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was never loaded"
+        );
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+    let said: Vec<String> = logs.try_iter().collect();
+    assert!(
+        said.iter()
+            .any(|l| l.contains("a.pem changed: reloading")
+                || l.contains("a.key changed: reloading")),
+        "{said:#?}"
+    );
+}
+
 /// An HTTPS origin: a TLS server with the `file` certificate of `pki`
-/// answering every request with `body`, keep-alive; counts connections.
+/// answering every request with `body`, keep-alive, and `/health` with
+/// the status the test sets (200 until then).
 struct TlsOrigin {
     addr: SocketAddr,
-    connections: Arc<AtomicU64>,
+    seen: Arc<Observed>,
+}
+
+/// What a `TlsOrigin`'s connections tell the test.
+#[derive(Default)]
+struct Observed {
+    connections: AtomicU64,
+    /// Connections that carried a request other than to `/health`.
+    serving: AtomicU64,
+    /// The Host of each request to `/health`.
+    health_hosts: Mutex<Vec<String>>,
+    /// The status `/health` answers; 0 is 200.
+    health: AtomicU16,
 }
 
 impl TlsOrigin {
     fn start(pki: &Pki, file: &str, body: &'static str) -> TlsOrigin {
+        TlsOrigin::start_on("127.0.0.1:0".parse().unwrap(), pki, file, body)
+    }
+
+    fn start_on(bind: SocketAddr, pki: &Pki, file: &str, body: &'static str) -> TlsOrigin {
         use rustls::pki_types::pem::PemObject;
         let chain = CertificateDer::pem_file_iter(pki.path(&format!("{file}.pem")))
             .unwrap()
@@ -518,51 +593,74 @@ impl TlsOrigin {
                 .with_single_cert(chain, key)
                 .unwrap(),
         );
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = std::net::TcpListener::bind(bind).unwrap();
         let addr = listener.local_addr().unwrap();
-        let connections = Arc::new(AtomicU64::new(0));
-        let counted = connections.clone();
+        let seen = Arc::new(Observed::default());
+        let shared = seen.clone();
         std::thread::spawn(move || {
             for tcp in listener.incoming() {
                 let Ok(tcp) = tcp else { return };
-                counted.fetch_add(1, Ordering::Relaxed);
-                let config = config.clone();
+                shared.connections.fetch_add(1, Ordering::Relaxed);
+                let (config, seen) = (config.clone(), shared.clone());
                 std::thread::spawn(move || {
                     tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
                     let conn = rustls::ServerConnection::new(config).unwrap();
-                    let mut s = StreamOwned::new(conn, tcp);
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        while find(&buf, b"\r\n\r\n").is_none() {
-                            match s.read(&mut chunk) {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        let end = find(&buf, b"\r\n\r\n").unwrap() + 4;
-                        buf.drain(..end);
-                        let reply = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if s.write_all(reply.as_bytes())
-                            .and_then(|()| s.flush())
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
+                    TlsOrigin::serve(StreamOwned::new(conn, tcp), body, &seen);
                 });
             }
         });
-        TlsOrigin { addr, connections }
+        TlsOrigin { addr, seen }
+    }
+
+    fn serve(
+        mut s: StreamOwned<rustls::ServerConnection, std::net::TcpStream>,
+        body: &str,
+        seen: &Observed,
+    ) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut serving = false;
+        loop {
+            while find(&buf, b"\r\n\r\n").is_none() {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let end = find(&buf, b"\r\n\r\n").unwrap() + 4;
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            buf.drain(..end);
+            let reply = if head.starts_with("GET /health ") {
+                let host = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Host: "))
+                    .unwrap_or("(none)");
+                seen.health_hosts.lock().unwrap().push(host.to_string());
+                let status = seen.health.load(Ordering::Relaxed).max(200);
+                format!("HTTP/1.1 {status} Health\r\nContent-Length: 0\r\n\r\n")
+            } else {
+                if !serving {
+                    serving = true;
+                    seen.serving.fetch_add(1, Ordering::Relaxed);
+                }
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+            };
+            if s.write_all(reply.as_bytes())
+                .and_then(|()| s.flush())
+                .is_err()
+            {
+                return;
+            }
+        }
     }
 }
 
 /// A plain listener in front of an upstream spoken to over TLS, `tls` its
 /// upstream setting.
-fn to_tls_upstream(origin: SocketAddr, tls: &str, more: &str) -> String {
+fn to_tls_upstream(origin: impl std::fmt::Display, tls: &str, more: &str) -> String {
     format!(
         "[server]\nworkers = 1\npin_cores = false\n\n\
          [[listener]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\n\n\
@@ -576,36 +674,166 @@ fn an_upstream_over_tls_is_verified_pooled_and_health_checked() {
     let pki = Pki::new("up");
     pki.leaf("origin", &["origin.test"]);
     let origin = TlsOrigin::start(&pki, "origin", "secret");
+    origin.seen.health.store(503, Ordering::Relaxed);
     let ca = pki.path("ca.pem");
     let text = to_tls_upstream(
         origin.addr,
         &format!("{{ sni = \"origin.test\", ca = \"{}\" }}", ca.display()),
-        "health_check = { path = \"/health\", interval = \"100ms\", timeout = \"1s\" }",
+        "health_check = { path = \"/health\", interval = \"100ms\", timeout = \"1s\", \
+         unhealthy_after = 2, healthy_after = 2 }",
     );
     let config = ringway::Config::parse(Path::new("up.toml"), &text).unwrap();
     let proxy = ringway::Server::start(config).unwrap();
+    let series = format!(
+        "ringway_upstream_endpoint_healthy{{upstream=\"secure\",endpoint=\"{}\"}}",
+        origin.addr
+    );
+    let healthy_is = |value: f64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let reply = proxy.ask(ringway::control::Command::Metrics).unwrap();
+            let text = reply["text"].as_str().unwrap().to_string();
+            if sample(&text, &series) == Some(value) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{series} never {value}:\n{text}");
+            std::thread::park_timeout(Duration::from_millis(10));
+        }
+    };
+    // Probed over TLS: marked down while /health says 503 (requests are
+    // then answered 503 at once), up again once it says 200.
+    healthy_is(0.0);
+    let r = get_over(&mut Client::connect(proxy.addr()), "t", "/");
+    assert_eq!(r.status, 503, "{}", r.text());
+    origin.seen.health.store(200, Ordering::Relaxed);
+    healthy_is(1.0);
     let mut c = Client::connect(proxy.addr());
     for _ in 0..20 {
         let r = get_over(&mut c, "t", "/");
         assert_eq!((r.status, r.text().as_str()), (200, "secret"));
     }
-    // Reused: one connection for the requests, and probes' own.
-    let probes = |m: &str| m.contains("ringway_upstream_endpoint_healthy{") && m.contains("} 1");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = proxy.ask(ringway::control::Command::Metrics).unwrap();
-        let text = reply["text"].as_str().unwrap().to_string();
-        if probes(&text) && origin.connections.load(Ordering::Relaxed) >= 3 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no healthy probe over TLS:\n{text}"
-        );
-        std::thread::park_timeout(Duration::from_millis(10));
+    // Pooled: one connection carried the requests.
+    assert_eq!(origin.seen.serving.load(Ordering::Relaxed), 1);
+    // Probes ask for the name they verify, as a client of it would.
+    let hosts = origin.seen.health_hosts.lock().unwrap().clone();
+    let port = origin.addr.port();
+    assert!(!hosts.is_empty());
+    assert!(
+        hosts.iter().all(|h| *h == format!("origin.test:{port}")),
+        "{hosts:?}"
+    );
+}
+
+/// A reload keeps an upstream's pooled TLS connections only while it
+/// would connect alike: the CA file rewritten in place, or an endpoint
+/// written with another name for the same address, starts the endpoint
+/// afresh, and its next request is verified again.
+#[test]
+fn a_reload_that_changes_the_ca_file_or_an_endpoints_name_drops_pooled_tls_connections() {
+    use ringway::control::Command;
+    use std::net::ToSocketAddrs;
+    let pki = Pki::new("up-reload");
+    pki.leaf("origin", &["localhost"]);
+    let other = Pki::new("up-reload-other");
+    // Where the proxy resolves "localhost" to, so that the endpoint can be
+    // written both ways.
+    #[allow(clippy::disallowed_methods)]
+    let local = ("localhost", 0).to_socket_addrs().unwrap().next().unwrap();
+    let origin = TlsOrigin::start_on(local, &pki, "origin", "secret");
+    let ca = pki.path("upstream-ca.pem");
+    std::fs::copy(pki.path("ca.pem"), &ca).unwrap();
+    let config =
+        |endpoint: &str| to_tls_upstream(endpoint, &format!("{{ ca = \"{}\" }}", ca.display()), "");
+    let by_name = format!("localhost:{}", origin.addr.port());
+    let path = write_config("tls-upstream-reload.toml", &config(&by_name));
+    let proxy = ringway::Server::start(ringway::Config::load(&path).unwrap()).unwrap();
+    let get = || get_over(&mut Client::connect(proxy.addr()), "t", "/").status;
+    let reload = || proxy.ask(Command::Reload).expect("reload");
+    let connections = || origin.seen.connections.load(Ordering::Relaxed);
+
+    assert_eq!((get(), get(), connections()), (200, 200, 1));
+    // Nothing changed: the pooled connection goes on.
+    reload();
+    assert_eq!((get(), connections()), (200, 1));
+    // Another CA written over the same file: the origin no longer verifies,
+    // and the connection verified before is not used.
+    std::fs::copy(other.path("ca.pem"), &ca).unwrap();
+    reload();
+    assert_eq!(get(), 502);
+    // The right CA again: a new connection, verified.
+    std::fs::copy(pki.path("ca.pem"), &ca).unwrap();
+    reload();
+    let before = connections();
+    assert_eq!((get(), get(), connections()), (200, 200, before + 1));
+    // The same address written as an IP address: verified for that, which
+    // the certificate does not cover.
+    std::fs::write(&path, config(&origin.addr.to_string())).unwrap();
+    reload();
+    assert_eq!(get(), 502);
+}
+
+/// `timeouts.upstream_connect` bounds the TCP connect and the TLS
+/// handshake together. The origin's accept queue is full when the proxy
+/// connects, so the proxy's SYN is dropped and sent again a second later
+/// (the kernel's first retransmission); the origin then takes the
+/// connection and never answers the ClientHello.
+#[test]
+fn upstream_connect_bounds_the_connect_and_the_tls_handshake_together() {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    listener.bind(&any.into()).unwrap();
+    // A queue of two (the kernel takes one more than the backlog), filled.
+    listener.listen(1).unwrap();
+    listener.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let origin = listener.local_addr().unwrap().as_socket().unwrap();
+    let fillers = [(); 2].map(|()| std::net::TcpStream::connect(origin).unwrap());
+    let text = to_tls_upstream(origin, "{ insecure_skip_verify = true }", "")
+        + "\n[timeouts]\nupstream_connect = \"1500ms\"\n";
+    let config = ringway::Config::parse(Path::new("connect.toml"), &text).unwrap();
+    let proxy = ringway::Server::start(config).unwrap();
+    let mut c = Client::connect(proxy.addr());
+    let began = Instant::now();
+    c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    // The proxy's SYN went unanswered: its socket waits in SYN-SENT.
+    let deadline = began + Duration::from_secs(5);
+    while !syn_sent_to(origin) {
+        assert!(Instant::now() < deadline, "the proxy never connected");
+        std::thread::park_timeout(Duration::from_millis(5));
     }
-    let r = get_over(&mut c, "t", "/");
-    assert_eq!((r.status, r.text().as_str()), (200, "secret"));
+    for _ in &fillers {
+        listener.accept().unwrap();
+    }
+    let (_held, _) = listener.accept().expect("the SYN sent again is taken");
+    let connected = began.elapsed();
+    let r = c.read(false).expect("a response");
+    let took = began.elapsed();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        connected >= Duration::from_millis(800),
+        "connected after {connected:?}: the SYN was not dropped"
+    );
+    assert!(
+        took < Duration::from_millis(1500 + 400),
+        "502 after {took:?}, the TCP connect done after {connected:?}"
+    );
+}
+
+/// Whether a socket of this host is in SYN-SENT towards `to` (IPv4).
+fn syn_sent_to(to: SocketAddr) -> bool {
+    let SocketAddr::V4(v4) = to else {
+        return false;
+    };
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(2) == Some(&want.as_str()) && f.get(3) == Some(&"02")
+    })
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! Every error names the file, the line and the key, and says what to do.
 #![forbid(unsafe_code)]
 
+mod files;
 mod metrics;
 mod rate_limit;
 mod route;
@@ -24,6 +25,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::policy::FileRequestId;
 
+pub use files::FileDigests;
 pub use metrics::Metrics;
 pub use rate_limit::{LimitKey, Rate, RateLimit};
 pub use route::{
@@ -39,6 +41,7 @@ pub use upstream::{
     Upstream,
 };
 
+use files::FileReader;
 use metrics::{FileAccessLog, FileMetrics};
 use rate_limit::FileRateLimit;
 use route::FileRoute;
@@ -85,6 +88,9 @@ pub struct Config {
     pub keys: KeyLines,
     /// The file as it was read: what `ringway ctl config` shows.
     pub text: String,
+    /// The other files it names (certificates, keys, CA files) as this
+    /// load read them, for `server.watch_config`.
+    pub files: FileDigests,
     /// The header a listener passes a client certificate's subject in:
     /// every client's own lines of it are dropped, on every listener.
     pub subject_header: Option<String>,
@@ -140,13 +146,37 @@ impl Config {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Config::parse_reading(path, text).0
+    }
+
+    /// `parse`, and the other files the load read (certificates, keys, CA
+    /// files) with a digest of each, up to the one that failed if it
+    /// failed: what `server.watch_config` watches besides the config.
+    pub fn parse_reading(path: &Path, text: &str) -> (Result<Config, ConfigError>, FileDigests) {
         let syntax = |e: toml::de::Error| syntax_error(path, text, &e);
-        let doc = DeTable::parse(text).map_err(syntax)?;
+        let doc = match DeTable::parse(text) {
+            Ok(doc) => doc,
+            Err(e) => return (Err(syntax(e)), FileDigests::default()),
+        };
         let keys = KeyLines::read(text, doc.get_ref());
-        let file = FileConfig::deserialize(toml::de::Deserializer::from(doc)).map_err(syntax)?;
-        let mut config = ConfigValidator { path, keys }.validate(file)?;
-        config.text = text.to_string();
-        Ok(config)
+        let file = match FileConfig::deserialize(toml::de::Deserializer::from(doc)) {
+            Ok(file) => file,
+            Err(e) => return (Err(syntax(e)), FileDigests::default()),
+        };
+        let reader = FileReader::default();
+        let validator = ConfigValidator {
+            path,
+            keys,
+            files: &reader,
+        };
+        let config = validator.validate(file);
+        let files = reader.into_digests();
+        let config = config.map(|mut c| {
+            c.text = text.to_string();
+            c.files = files.clone();
+            c
+        });
+        (config, files)
     }
 
     pub fn workers(&self) -> usize {
@@ -284,6 +314,8 @@ fn display_key(key: &str) -> String {
 struct ConfigValidator<'a> {
     path: &'a Path,
     keys: KeyLines,
+    /// Every other file is read through it.
+    files: &'a FileReader,
 }
 
 impl ConfigValidator<'_> {
@@ -345,6 +377,7 @@ impl ConfigValidator<'_> {
             endpoints,
             keys: self.keys,
             text: String::new(),
+            files: FileDigests::default(),
             subject_header,
         })
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{ServerName, TrustAnchor};
 use serde::Deserialize;
 
 use super::{ConfigError, ConfigValidator, Dur, Endpoint};
@@ -87,16 +87,19 @@ impl ConfigValidator<'_> {
                 key: base.join(&p.key),
             })
             .collect();
-        let (certs, warnings) = Certificates::load(&pairs, SystemTime::now())
-            .map_err(|e| self.error(&key("certificates"), e))?;
+        let (certs, warnings) =
+            Certificates::load(&pairs, SystemTime::now(), &|p| self.files.read(p))
+                .map_err(|e| self.error(&key("certificates"), e))?;
         let warnings = warnings
             .iter()
             .map(|w| self.warning(&key("certificates"), w))
             .collect();
         let client_auth = match (&t.client_ca, t.client_auth) {
             (Some(ca), auth) => Some(
-                certs::client_verifier(&base.join(ca), auth != Some(ClientAuth::Optional))
-                    .map_err(|e| self.error(&key("client_ca"), e))?,
+                certs::client_verifier(&base.join(ca), auth != Some(ClientAuth::Optional), &|p| {
+                    self.files.read(p)
+                })
+                .map_err(|e| self.error(&key("client_ca"), e))?,
             ),
             (None, Some(_)) => {
                 return Err(self.error(
@@ -171,16 +174,23 @@ pub struct UpstreamTls {
     /// The name each endpoint is sent as SNI and verified for, in the order
     /// of the endpoints: `sni`, else the host the endpoint is written with.
     pub names: Vec<ServerName<'static>>,
-    /// The settings as written, to tell a reload that changed them (pooled
-    /// connections are then not carried over).
-    pub written: String,
+    /// The CA certificates of `ca` as this load read them; `None`: the
+    /// system's roots, read once per process.
+    ca_roots: Option<Vec<TrustAnchor<'static>>>,
     /// Certificates are not verified (`insecure_skip_verify`).
     pub insecure: bool,
 }
 
-impl PartialEq for UpstreamTls {
-    fn eq(&self, other: &Self) -> bool {
-        self.written == other.written
+impl UpstreamTls {
+    /// Whether a connection this made to its endpoint `i` is one `new`
+    /// would make to its endpoint `j`: the same name sent and verified,
+    /// against the same CA certificates (what the file holds, not its
+    /// path), verified or not alike. A reload keeps an endpoint's pooled
+    /// connections only then.
+    pub fn connects_alike(&self, i: usize, new: &UpstreamTls, j: usize) -> bool {
+        self.insecure == new.insecure
+            && self.ca_roots == new.ca_roots
+            && self.names[i] == new.names[j]
     }
 }
 
@@ -217,12 +227,15 @@ impl ConfigValidator<'_> {
             FileUpstreamTls::On(true) => &default,
             FileUpstreamTls::Settings(t) => t,
         };
-        let roots = match &t.ca {
+        let (roots, ca_roots) = match &t.ca {
             Some(ca) => {
                 let path = self.path.parent().unwrap_or(Path::new(".")).join(ca);
-                certs::roots(&path).map_err(|e| self.error(&format!("{key}.ca"), e))?
+                let roots = certs::roots(&path, &|p| self.files.read(p))
+                    .map_err(|e| self.error(&format!("{key}.ca"), e))?;
+                let anchors = roots.roots.clone();
+                (roots, Some(anchors))
             }
-            None => certs::system_roots().map_err(|e| self.error(key, e))?,
+            None => (certs::system_roots().map_err(|e| self.error(key, e))?, None),
         };
         let client =
             certs::client_config(roots, t.insecure_skip_verify).map_err(|e| self.error(key, e))?;
@@ -244,7 +257,7 @@ impl ConfigValidator<'_> {
         Ok(Some(Arc::new(UpstreamTls {
             client,
             names,
-            written: format!("{:?} {:?} {}", t.sni, t.ca, t.insecure_skip_verify),
+            ca_roots,
             insecure: t.insecure_skip_verify,
         })))
     }

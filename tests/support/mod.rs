@@ -338,6 +338,13 @@ pub fn read_head(s: &mut impl Read) -> Vec<u8> {
     buf
 }
 
+/// The value of the Prometheus sample `series` (its name and labels
+/// exactly as written) in `text`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
