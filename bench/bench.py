@@ -27,7 +27,15 @@ reported beside it.
 Idle connections. BENCH_IDLE keep-alive connections (default 4,000) each
 send one request through each HTTP proxy, then stay open and quiet; the
 proxy's resident memory (VmRSS of all its processes) before and 15 s
-after, divided by the connections, is what one quiet client costs.
+after, divided by the connections, is what one quiet client costs. Past
+4,000 the proxies' connection caps (ringway's max_connections, nginx's
+worker_connections, HAProxy's maxconn) are raised to fit (and ringway's
+max_buffer_bytes: a connection keeps its 32 KiB read buffer for the first
+second or two of quiet, so clients that all arrive at once hold one each
+for a moment). The client and the proxies need a descriptor a connection
+each: the open-file limit is raised to fit where that is allowed
+(CAP_SYS_RESOURCE), else the count stops 100 short of the hard limit
+(19,900 of BENCH_IDLE=20000 where the hard limit is 20,000).
 
 TLS, opt-in (BENCH_PARTS=tls; about 3 minutes, which would take the
 default run past 10): each proxy terminating TLS with one certificate, kept
@@ -67,6 +75,8 @@ HTTP_PROXIES = [p for p in PROXIES if p != "relay"]
 UPDATE_README = os.environ.get("BENCH_README") == "1"
 PARTS = os.environ.get("BENCH_PARTS", "closed,added,idle").split(",")
 IDLE_CONNECTIONS = int(os.environ.get("BENCH_IDLE", "4000"))
+# Connection caps that fit the idle part (the defaults at up to 7,168).
+MAX_CONNS = max(8192, IDLE_CONNECTIONS + 1024)
 TICK = os.sysconf("SC_CLK_TCK")
 
 # name, path, connections, keep-alive: closed loop
@@ -181,6 +191,9 @@ def proxy_cmd(name, tmp, port, origin, tls_pair=None):
         conf.write_text(f"""[server]
 workers = {WORKERS}
 pin_cores = true
+max_connections = {MAX_CONNS}
+[limits]
+max_buffer_bytes = "{MAX_CONNS * 32}KiB"
 [[listener]]
 name = "bench"
 bind = "127.0.0.1:{port}"
@@ -210,7 +223,7 @@ upstream = "origin"
 worker_cpu_affinity auto;
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 16384; }}
+events {{ worker_connections {max(16384, 2 * MAX_CONNS)}; }}
 http {{
     access_log off;
     client_body_temp_path {tmp}/body;
@@ -243,7 +256,7 @@ http {{
         conf.write_text(f"""global
     nbthread {WORKERS}
     cpu-map auto:1/1-{WORKERS} 0-{WORKERS - 1}
-    maxconn 8000
+    maxconn {max(8000, IDLE_CONNECTIONS + 1024)}
 defaults
     mode tcp
     timeout connect 3s
@@ -262,7 +275,7 @@ backend origin
         conf.write_text(f"""global
     nbthread {WORKERS}
     cpu-map auto:1/1-{WORKERS} 0-{WORKERS - 1}
-    maxconn 8000
+    maxconn {max(8000, IDLE_CONNECTIONS + 1024)}
 defaults
     mode http
     timeout connect 3s
@@ -442,6 +455,8 @@ def one_request(sock):
             raise RuntimeError("closed before a response")
         data += chunk
     head, body = data.split(b"\r\n\r\n", 1)
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"answered {head.splitlines()[0]!r}")
     length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
     while len(body) < length:
         chunk = sock.recv(4096)
@@ -450,11 +465,24 @@ def one_request(sock):
         body += chunk
 
 
+def raise_file_limit(want):
+    """The soft open-file limit to the hard one, and both to `want` when
+    allowed (root); the proxies started after inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return
+        except (ValueError, OSError):
+            print(f"idle: open-file limit {hard} is below {want}, and may not be raised", file=sys.stderr)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def idle_memory(tmp, origin_port):
     """Per HTTP proxy: resident bytes per quiet keep-alive connection."""
+    raise_file_limit(IDLE_CONNECTIONS + 4096)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    n = min(IDLE_CONNECTIONS, hard - 256)
+    n = min(IDLE_CONNECTIONS, hard - 100)
     rows = []
     for name in HTTP_PROXIES:
         port = free_port()
@@ -475,14 +503,16 @@ def idle_memory(tmp, origin_port):
             # state is reached in about a dozen.
             time.sleep(15)
             after = rss_kib(proxy.pid)
+            peak = status_kib(proxy.pid, "VmHWM")
         finally:
             for s in conns:
                 s.close()
             stop(proxy)
         row = {"proxy": name, "connections": n, "rss_before_mib": before / 1024,
-               "rss_after_mib": after / 1024, "bytes_per_connection": (after - before) * 1024 / n}
-        print(f"idle: {name:<8} {n} connections, RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB, "
-              f"{row['bytes_per_connection']:,.0f} bytes each")
+               "rss_after_mib": after / 1024, "peak_rss_mib": peak / 1024,
+               "bytes_per_connection": (after - before) * 1024 / n}
+        print(f"idle: {name:<8} {n} connections, RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB "
+              f"(peak {peak / 1024:.1f}), {row['bytes_per_connection']:,.0f} bytes each")
         rows.append(row)
     return rows
 
@@ -492,14 +522,16 @@ def idle_markdown(rows):
         return ""
     lines = [
         f"Idle keep-alive connections: {rows[0]['connections']:,} clients each send one request, then stay "
-        "open and quiet; the proxy's resident memory (all its processes) before and 15 s after:",
+        "open and quiet; the proxy's resident memory (all its processes) before and 15 s after, and its peak "
+        "(each process's VmHWM, summed):",
         "",
-        "| proxy | connections | RSS before MiB | RSS after MiB | bytes per connection |",
-        "|---|---:|---:|---:|---:|",
+        "| proxy | connections | RSS before MiB | RSS after MiB | peak RSS MiB | bytes per connection |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        peak = f"{r['peak_rss_mib']:.1f}" if "peak_rss_mib" in r else "-"
         lines.append(f"| {r['proxy']} | {r['connections']:,} | {r['rss_before_mib']:.1f} | "
-                     f"{r['rss_after_mib']:.1f} | {r['bytes_per_connection']:,.0f} |")
+                     f"{r['rss_after_mib']:.1f} | {peak} | {r['bytes_per_connection']:,.0f} |")
     return "\n".join(lines) + "\n"
 
 

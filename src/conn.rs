@@ -19,7 +19,10 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use monoio::io::{AsyncWriteRent, CancelableAsyncReadRent, Splitable};
+use monoio::BufResult;
+use monoio::io::{
+    AsyncWriteRent, CancelableAsyncReadRent, OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
 use monoio::net::TcpStream;
 
 use crate::accesslog::{Entry, ShardLog};
@@ -37,7 +40,7 @@ use crate::ratelimit::{self, Policy, Spread, Ticket, Verdict, forwarded_client, 
 use crate::route::Match;
 use crate::slab::Lease;
 use crate::snapshot::Snapshot;
-use crate::state::{Generation, Handshakes, ShardState};
+use crate::state::{Generation, Handshakes, OpenWait, ShardState};
 
 pub type ClientRead = crate::stream::Reader;
 pub type ClientWrite = crate::stream::Writer;
@@ -76,8 +79,7 @@ pub enum After {
 /// A client connection between requests that holds no slab buffer: what
 /// the shard keeps, in a small task, for a client that is quiet.
 pub struct IdleConn {
-    r: ClientRead,
-    w: ClientWrite,
+    halves: IdleHalves,
     side: Side,
     peer: IpAddr,
     fd: RawFd,
@@ -88,6 +90,52 @@ pub struct IdleConn {
     /// the end of the last response after.
     until: Instant,
     first: bool,
+}
+
+/// A quiet connection's halves. A TLS connection's, with its session and
+/// stash, wait in a box: the task of every quiet connection is sized for
+/// a plain one, two pointers here instead of 112 bytes.
+enum IdleHalves {
+    Plain(OwnedReadHalf<TcpStream>, OwnedWriteHalf<TcpStream>),
+    Boxed(Box<(ClientRead, ClientWrite)>),
+}
+
+impl IdleHalves {
+    fn new(r: ClientRead, w: ClientWrite) -> IdleHalves {
+        match (r, w) {
+            (ClientRead::Plain(r), ClientWrite::Plain(w)) => IdleHalves::Plain(r, w),
+            (r, w) => IdleHalves::Boxed(Box::new((r, w))),
+        }
+    }
+
+    fn into_parts(self) -> (ClientRead, ClientWrite) {
+        match self {
+            IdleHalves::Plain(r, w) => (ClientRead::Plain(r), ClientWrite::Plain(w)),
+            IdleHalves::Boxed(halves) => *halves,
+        }
+    }
+
+    fn tcp(&mut self) -> &mut OwnedReadHalf<TcpStream> {
+        match self {
+            IdleHalves::Plain(r, _) => r,
+            IdleHalves::Boxed(halves) => halves.0.tcp(),
+        }
+    }
+}
+
+/// A quiet connection's read of its next byte: how many came (1, or 0 at
+/// the end), and the byte's buffer back.
+pub type ByteRead = BufResult<usize, Box<[u8; 1]>>;
+
+/// What a quiet connection's wait for its next byte came to.
+pub enum Woken {
+    /// The next request's first byte is in: `resume` serves it.
+    Request,
+    /// The shard cancelled the wait (its second came, or a drain): wait
+    /// again, or close if `IdleConn::wait` says so.
+    Cancelled,
+    /// Closed, or failed.
+    Closed,
 }
 
 pub struct Conn<'s> {
@@ -244,14 +292,15 @@ async fn handshake(
     done.ok()
 }
 
-/// Serves a quiet connection again once `wait_idle` has its first byte.
-pub async fn resume(shard: &ShardState, mut idle: IdleConn) -> After {
+/// Serves a quiet connection again once its wait has the first byte.
+pub async fn resume(shard: &ShardState, idle: IdleConn) -> After {
+    let (mut r, mut w) = idle.halves.into_parts();
     let Some(mut rbuf) = shard.slab.lease() else {
-        refuse(shard, &mut idle.w).await;
+        refuse(shard, &mut w).await;
         return After::Closed;
     };
     if let Some(byte) = &idle.byte {
-        match idle.r.resume(byte[0]) {
+        match r.resume(byte[0]) {
             Ok(Some(b)) => rbuf.get_mut().push(b),
             Ok(None) => {}
             Err(_) => return After::Closed,
@@ -263,8 +312,8 @@ pub async fn resume(shard: &ShardState, mut idle: IdleConn) -> After {
     };
     let conn = Conn {
         shard,
-        r: idle.r,
-        w: idle.w,
+        r,
+        w,
         side: idle.side,
         rbuf,
         peer: idle.peer,
@@ -281,28 +330,35 @@ pub async fn resume(shard: &ShardState, mut idle: IdleConn) -> After {
     conn.run().await
 }
 
-/// Waits, holding no slab buffer, for a quiet connection's next request.
-/// `true`: its first byte is in; `resume` serves it. `false`: it closed,
-/// timed out, or the shard is draining. It arms no timer of its own: the
-/// shard cancels the wait in the second the limit passes (see
-/// `ShardState::quiet_handle`), so the task that keeps a quiet connection
-/// holds little more than the connection.
-pub async fn wait_idle(shard: &ShardState, idle: &mut IdleConn) -> bool {
-    loop {
+impl IdleConn {
+    /// The wait for a quiet connection's next byte, holding no slab buffer,
+    /// and the guard that counts it open on the shard's canceller; `None`
+    /// when the connection closes instead: its limit has passed, or the
+    /// shard is draining. It arms no timer of its own: the shard cancels
+    /// the wait in the second the limit passes (see
+    /// `ShardState::quiet_handle`). Not an `async fn`, nor is the task that
+    /// awaits it (`shard::quiet_conn`): each layer would keep a copy of what
+    /// it was given, and the task is what a quiet connection costs.
+    pub fn wait<'i, 's>(
+        &'i mut self,
+        shard: &'s ShardState,
+    ) -> Option<(impl Future<Output = ByteRead> + use<'i>, OpenWait<'s>)> {
         // Draining, only a connection yet to send its first request waits on.
-        if (shard.draining() && !idle.first) || Instant::now() >= idle.until {
-            return false;
+        if (shard.draining() && !self.first) || Instant::now() >= self.until {
+            return None;
         }
-        let Some(byte) = idle.byte.take() else {
-            return false;
-        };
-        let (handle, _open) = shard.quiet_handle(idle.until);
-        let (res, byte) = idle.r.wait_byte(byte, handle).await;
-        idle.byte = Some(byte);
+        let byte = self.byte.take()?;
+        let (handle, open) = shard.quiet_handle(self.until);
+        Some((self.halves.tcp().cancelable_read(byte, handle), open))
+    }
+
+    /// Takes the byte back from a finished wait, and says what it came to.
+    pub fn woken(&mut self, (res, byte): ByteRead) -> Woken {
+        self.byte = Some(byte);
         match res {
-            Ok(1) => return true,
-            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
-            _ => return false,
+            Ok(1) => Woken::Request,
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Woken::Cancelled,
+            _ => Woken::Closed,
         }
     }
 }
@@ -352,8 +408,7 @@ impl Conn<'_> {
         self.r.release();
         self.w.release();
         IdleConn {
-            r: self.r,
-            w: self.w,
+            halves: IdleHalves::new(self.r, self.w),
             side: self.side,
             peer: self.peer,
             fd: self.fd,

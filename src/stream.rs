@@ -27,16 +27,12 @@ pub enum Writer {
 }
 
 impl Reader {
-    /// Waits for the socket's next byte, raw (ciphertext on TLS), into
-    /// `byte`: how a quiet connection waits holding no buffer.
-    pub async fn wait_byte(
-        &mut self,
-        byte: Box<[u8; 1]>,
-        c: CancelHandle,
-    ) -> BufResult<usize, Box<[u8; 1]>> {
+    /// The TCP half under either: a quiet connection waits on it for its
+    /// next byte, raw (ciphertext on TLS), holding no buffer.
+    pub fn tcp(&mut self) -> &mut OwnedReadHalf<TcpStream> {
         match self {
-            Reader::Plain(r) => r.cancelable_read(byte, c).await,
-            Reader::Tls(t) => t.tcp().cancelable_read(byte, c).await,
+            Reader::Plain(r) => r,
+            Reader::Tls(t) => t.tcp(),
         }
     }
 
