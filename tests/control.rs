@@ -17,6 +17,17 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::*;
 
+/// One test of this file at a time: each runs a debug proxy under load of
+/// its own (32 keep-alive clients, a stream of new connections). Two side
+/// by side took 142 and 297 s in two `.ci/run`s on a busy 2-core machine,
+/// where all six one at a time take seconds.
+// A test's lock, not a shard's.
+#[allow(clippy::disallowed_types)]
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A config with an admin socket, two shards, upstream "o" at `origin`
 /// behind `/keep`, and `extra` at the end (more routes, listeners).
 fn config(name: &str, origin: SocketAddr, extra: &str) -> String {
@@ -157,6 +168,7 @@ fn stop(mut running: Running, name: &str) {
 
 #[test]
 fn fifty_reloads_half_invalid_under_load_fail_no_request() {
+    let _turn = one_at_a_time();
     let name = "reloads";
     let origin = Origin::start(|_| ok("kept"));
     let path = write_config(&format!("{name}.toml"), &config(name, origin.addr, ""));
@@ -225,6 +237,7 @@ fn fifty_reloads_half_invalid_under_load_fail_no_request() {
 
 #[test]
 fn listeners_come_and_go_with_reloads_and_the_others_never_refuse() {
+    let _turn = one_at_a_time();
     let name = "listeners";
     let origin = Origin::start(|_| ok("kept"));
     let extra = "[[listener]]\nname = \"extra\"\nbind = \"127.0.0.1:0\"\n\n";
@@ -284,6 +297,7 @@ fn listeners_come_and_go_with_reloads_and_the_others_never_refuse() {
 
 #[test]
 fn drain_finishes_in_flight_requests_then_stop_exits_within_the_drain_timeout() {
+    let _turn = one_at_a_time();
     let name = "drain";
     let origin = Origin::start(|_| {
         Reply::Delay(
@@ -332,6 +346,7 @@ fn drain_finishes_in_flight_requests_then_stop_exits_within_the_drain_timeout() 
 
 #[test]
 fn a_request_that_never_ends_holds_stop_for_the_drain_timeout_and_no_longer() {
+    let _turn = one_at_a_time();
     let name = "hang";
     let origin = Origin::start(|_| Reply::Hang(Duration::from_secs(30)));
     let path = write_config(&format!("{name}.toml"), &config(name, origin.addr, ""));
@@ -356,6 +371,7 @@ fn a_request_that_never_ends_holds_stop_for_the_drain_timeout_and_no_longer() {
 
 #[test]
 fn every_ctl_command_round_trips_and_bad_admin_input_gets_an_error_line() {
+    let _turn = one_at_a_time();
     let name = "ctl";
     let origin = Origin::start(|_| ok("kept"));
     let text = config(name, origin.addr, &route("home", "/", "home"));
@@ -476,6 +492,7 @@ fn every_ctl_command_round_trips_and_bad_admin_input_gets_an_error_line() {
 
 #[test]
 fn sighup_and_the_file_watch_reload() {
+    let _turn = one_at_a_time();
     let name = "watch";
     let origin = Origin::start(|_| ok("kept"));
     let watch = "watch_config = true\n";
