@@ -8,7 +8,7 @@
 //!     cargo bench --bench alloc_tls
 //!
 //! Under `cargo test` it runs briefly, and fails if a warm request
-//! allocates on any of the paths.
+//! allocates on any of the paths (one allocation per request or more).
 #![allow(clippy::disallowed_methods)] // a bench's threads, not a shard's
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -318,7 +318,7 @@ fn main() {
     let (warm, n, conns, big) = if bench {
         (2_000, 20_000, 2_000, 10)
     } else {
-        (20, 50, 20, 1)
+        (20, 50, 20, 4)
     };
     let dir = std::env::temp_dir().join(format!("ringway-alloc-tls-{}", std::process::id()));
     pki(&dir);
@@ -377,10 +377,12 @@ fn main() {
     ] {
         worst = worst.max(measure(label, args, 2, big));
     }
-    // As `alloc` has it: one per hundred requests would be a per-request
-    // allocation on some path.
+    // An allocation on some path of a request counts one per request or
+    // more; the shard's and the control thread's housekeeping may make a
+    // stray one in a run (of 4 requests under `cargo test`), which stays
+    // below half.
     assert!(
-        worst < 0.01,
+        worst < 0.5,
         "a warm request over TLS allocates: {worst} per request"
     );
 
